@@ -1,1 +1,344 @@
-//! pending
+//! The running stream: XLogData → pgoutput → [`Event`]s, and the feedback task.
+//!
+//! ```text
+//!   ReplicationReader ──▶ SourceStream::run ──Event──▶ bounded channel ──▶ apply
+//!                             │ keepalive (wal_end, reply?)                 │ FlushHandle::applied(end_lsn)
+//!                             ▼                                             ▼
+//!                        FeedbackState (received, applied, confirmed) ◀─────┘
+//!                             ▲
+//!   FeedbackWriter ◀── feedback_loop: every interval, on request, and at shutdown
+//! ```
+//!
+//! The feedback loop is its own task, so a slow or paused apply (which blocks the channel and
+//! therefore the reader) never stops status updates: the walsender's `wal_sender_timeout` sees
+//! replies and does not kill the connection. The confirmed flush position only ever comes from
+//! apply (the end LSN of the last commit durably applied to the target) or, when every forwarded
+//! transaction has been applied and none is open, from the server's own keepalive position.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::pgoutput::{DecodeError, Decoder, LogicalMessage, Tuple};
+use super::replication::{FeedbackWriter, ReplicationError, ReplicationMessage, ReplicationReader};
+use crate::change::{Change, Datum, Event, Op, Relation, SourceKey};
+use crate::lsn::Lsn;
+
+/// Positions shared between the reader, apply and the feedback task.
+#[derive(Debug, Default)]
+pub struct FeedbackState {
+    /// Highest WAL position the server told us about (XLogData or keepalive `wal_end`).
+    server_wal_end: AtomicU64,
+    /// End LSN of the last source commit durably applied on the target.
+    applied: AtomicU64,
+    /// What we report as flushed: `max(applied, idle keepalive position)`.
+    confirmed: AtomicU64,
+    wake: Notify,
+}
+
+impl FeedbackState {
+    pub fn new(start: Lsn) -> Arc<FeedbackState> {
+        let s = FeedbackState::default();
+        s.applied.store(start.0, Ordering::SeqCst);
+        s.confirmed.store(start.0, Ordering::SeqCst);
+        s.server_wal_end.store(start.0, Ordering::SeqCst);
+        Arc::new(s)
+    }
+    pub fn server_wal_end(&self) -> Lsn {
+        Lsn(self.server_wal_end.load(Ordering::SeqCst))
+    }
+    pub fn applied(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::SeqCst))
+    }
+    pub fn confirmed(&self) -> Lsn {
+        Lsn(self.confirmed.load(Ordering::SeqCst))
+    }
+    fn saw_server_position(&self, lsn: Lsn) {
+        self.server_wal_end.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+    fn confirm(&self, lsn: Lsn) {
+        self.confirmed.fetch_max(lsn.0, Ordering::SeqCst);
+    }
+}
+
+/// Apply's handle: the only way to move the applied (and so confirmed) position.
+#[derive(Clone, Debug)]
+pub struct FlushHandle(Arc<FeedbackState>);
+
+impl FlushHandle {
+    pub fn new(state: Arc<FeedbackState>) -> Self {
+        FlushHandle(state)
+    }
+    /// Call only after the target transaction containing this commit has committed.
+    pub fn applied(&self, end_lsn: Lsn) {
+        self.0.applied.fetch_max(end_lsn.0, Ordering::SeqCst);
+        self.0.confirm(end_lsn);
+    }
+    pub fn state(&self) -> &Arc<FeedbackState> {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("could not decode a pgoutput message at {lsn}: {source}")]
+    Decode {
+        lsn: Lsn,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("stream at {lsn}: {what}")]
+    Protocol { lsn: Lsn, what: String },
+}
+
+/// Reads the replication stream and forwards typed events in commit order.
+pub struct SourceStream {
+    reader: ReplicationReader,
+    decoder: Decoder,
+    relations: HashMap<u32, Arc<Relation>>,
+    state: Arc<FeedbackState>,
+    tx: mpsc::Sender<Event>,
+    /// Some((xid, commit_lsn)) between Begin and Commit.
+    open_txn: Option<(u32, Lsn)>,
+    last_forwarded_end: Lsn,
+}
+
+impl SourceStream {
+    pub fn new(
+        reader: ReplicationReader,
+        decoder: Decoder,
+        state: Arc<FeedbackState>,
+        tx: mpsc::Sender<Event>,
+    ) -> Self {
+        let start = state.applied();
+        SourceStream {
+            reader,
+            decoder,
+            relations: HashMap::new(),
+            state,
+            tx,
+            open_txn: None,
+            last_forwarded_end: start,
+        }
+    }
+
+    /// Runs until the server closes, an error, the receiver is dropped, or `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), StreamError> {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                m = self.reader.next() => m?,
+            };
+            match msg {
+                ReplicationMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
+                    self.state.saw_server_position(wal_end);
+                    if self.open_txn.is_none() && self.state.applied() >= self.last_forwarded_end {
+                        self.state.confirm(wal_end);
+                    }
+                    if reply_requested {
+                        self.state.wake.notify_one();
+                    }
+                }
+                ReplicationMessage::XLogData {
+                    start,
+                    wal_end,
+                    data,
+                } => {
+                    self.state.saw_server_position(wal_end);
+                    let msg = self
+                        .decoder
+                        .decode(&data)
+                        .map_err(|source| StreamError::Decode { lsn: start, source })?;
+                    for ev in self.handle(start, msg)? {
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => return Ok(()),
+                            r = self.tx.send(ev) => if r.is_err() { return Ok(()) },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn relation(&self, lsn: Lsn, oid: u32) -> Result<Arc<Relation>, StreamError> {
+        self.relations
+            .get(&oid)
+            .cloned()
+            .ok_or_else(|| StreamError::Protocol {
+                lsn,
+                what: format!("row change for relation oid {oid} before its Relation message"),
+            })
+    }
+
+    fn txn(&self, lsn: Lsn) -> Result<(u32, Lsn), StreamError> {
+        self.open_txn.ok_or_else(|| StreamError::Protocol {
+            lsn,
+            what: "row change outside a transaction".into(),
+        })
+    }
+
+    fn handle(&mut self, lsn: Lsn, msg: LogicalMessage) -> Result<Vec<Event>, StreamError> {
+        Ok(match msg {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
+                self.open_txn = Some((xid, final_lsn));
+                vec![Event::Begin {
+                    xid,
+                    commit_lsn: final_lsn,
+                    commit_ts,
+                }]
+            }
+            LogicalMessage::Commit {
+                commit_lsn,
+                end_lsn,
+                commit_ts,
+                ..
+            } => {
+                self.open_txn = None;
+                self.last_forwarded_end = end_lsn;
+                vec![Event::Commit {
+                    commit_lsn,
+                    end_lsn,
+                    commit_ts,
+                }]
+            }
+            LogicalMessage::Relation { body, .. } => {
+                let rel = Relation {
+                    oid: body.oid,
+                    schema: body.namespace,
+                    name: body.name,
+                    replica_identity: body.replica_identity,
+                    columns: body.columns,
+                };
+                self.relations.insert(rel.oid, Arc::new(rel));
+                vec![]
+            }
+            LogicalMessage::Insert { rel, new, .. } => {
+                let rel = self.relation(lsn, rel)?;
+                let (xid, commit_lsn) = self.txn(lsn)?;
+                let key = identity_key(&rel, &new);
+                vec![Event::Change(Change {
+                    rel,
+                    op: Op::Insert,
+                    key,
+                    old: None,
+                    new: Some(new),
+                    commit_lsn,
+                    xid,
+                })]
+            }
+            LogicalMessage::Update { rel, old, new, .. } => {
+                let rel = self.relation(lsn, rel)?;
+                let (xid, commit_lsn) = self.txn(lsn)?;
+                let old = old.map(|(_, t)| t);
+                let key = identity_key(&rel, old.as_ref().unwrap_or(&new));
+                vec![Event::Change(Change {
+                    rel,
+                    op: Op::Update,
+                    key,
+                    old,
+                    new: Some(new),
+                    commit_lsn,
+                    xid,
+                })]
+            }
+            LogicalMessage::Delete { rel, old, .. } => {
+                let rel = self.relation(lsn, rel)?;
+                let (xid, commit_lsn) = self.txn(lsn)?;
+                let key = identity_key(&rel, &old.1);
+                vec![Event::Change(Change {
+                    rel,
+                    op: Op::Delete,
+                    key,
+                    old: Some(old.1),
+                    new: None,
+                    commit_lsn,
+                    xid,
+                })]
+            }
+            LogicalMessage::Truncate { rels, .. } => {
+                let (xid, commit_lsn) = self.txn(lsn)?;
+                let mut out = Vec::with_capacity(rels.len());
+                for oid in rels {
+                    out.push(Event::Change(Change {
+                        rel: self.relation(lsn, oid)?,
+                        op: Op::Truncate,
+                        key: SourceKey(vec![]),
+                        old: None,
+                        new: None,
+                        commit_lsn,
+                        xid,
+                    }));
+                }
+                out
+            }
+            LogicalMessage::Type { .. }
+            | LogicalMessage::Origin { .. }
+            | LogicalMessage::Message { .. } => vec![],
+            LogicalMessage::StreamStart { .. }
+            | LogicalMessage::StreamStop
+            | LogicalMessage::StreamCommit { .. }
+            | LogicalMessage::StreamAbort { .. } => {
+                return Err(StreamError::Protocol {
+                    lsn,
+                    what: "streamed in-progress transaction received but streaming was not requested".into(),
+                })
+            }
+        })
+    }
+}
+
+/// The replica-identity key of a tuple, in the source's text form.
+fn identity_key(rel: &Relation, tuple: &Tuple) -> SourceKey {
+    SourceKey(
+        rel.key_positions()
+            .into_iter()
+            .map(|i| match tuple.get(i) {
+                Some(Datum::Text(s)) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Sends standby status updates every `interval`, when the server asks, and once at shutdown.
+pub async fn feedback_loop(
+    mut writer: FeedbackWriter,
+    state: Arc<FeedbackState>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), ReplicationError> {
+    let mut last_sent = Lsn::ZERO;
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = state.wake.notified() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let confirmed = state.confirmed();
+        let written = state.server_wal_end().max(confirmed);
+        writer.send_status(written, confirmed, false).await?;
+        if confirmed != last_sent {
+            tracing::debug!(%confirmed, "confirmed flush position to the source");
+            last_sent = confirmed;
+        }
+        if stop {
+            writer.close().await;
+            return Ok(());
+        }
+    }
+}
