@@ -6,10 +6,22 @@
 //!
 //! `pipeline` wires the stages; `main.rs` is config → tracing → metrics → `pipeline::run`.
 
+pub mod apply;
 pub mod change;
+pub mod check;
 pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod error;
 pub mod lsn;
+pub mod metrics;
+pub mod pipeline;
 pub mod source;
+pub mod state;
+pub mod status;
+pub mod transform;
 
 pub use change::{Change, Event, Op, Relation, SourceKey};
+pub use config::Config;
+pub use error::Error;
 pub use lsn::Lsn;

@@ -14,6 +14,7 @@
 //! only writer of the flush position is apply, through [`FlushHandle`](stream::FlushHandle).
 
 pub mod conninfo;
+pub mod monitor;
 pub mod pgoutput;
 pub mod replication;
 pub mod setup;

@@ -143,13 +143,21 @@ pub enum LogicalMessage {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("pgoutput message truncated: needed {needed} more bytes at offset {offset} of a '{tag}' message")]
-    Truncated { tag: char, offset: usize, needed: usize },
+    Truncated {
+        tag: char,
+        offset: usize,
+        needed: usize,
+    },
     #[error("unknown pgoutput message tag {0:#04x}")]
     UnknownTag(u8),
     #[error("empty pgoutput message")]
     Empty,
     #[error("invalid {what} in a '{tag}' message: {detail}")]
-    Invalid { tag: char, what: &'static str, detail: String },
+    Invalid {
+        tag: char,
+        what: &'static str,
+        detail: String,
+    },
     #[error("{extra} unexpected trailing bytes after a '{tag}' message")]
     Trailing { tag: char, extra: usize },
 }
@@ -163,7 +171,10 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(protocol_version: u32) -> Self {
-        Decoder { protocol_version, in_stream: false }
+        Decoder {
+            protocol_version,
+            in_stream: false,
+        }
     }
 
     pub fn protocol_version(&self) -> u32 {
@@ -222,9 +233,17 @@ impl Decoder {
                 let rel = r.u32()?;
                 match r.u8()? {
                     b'N' => {}
-                    other => return Err(r.invalid("tuple kind", format!("expected 'N', got {other:#04x}"))),
+                    other => {
+                        return Err(
+                            r.invalid("tuple kind", format!("expected 'N', got {other:#04x}"))
+                        )
+                    }
                 }
-                LogicalMessage::Insert { xid, rel, new: tuple(&mut r)? }
+                LogicalMessage::Insert {
+                    xid,
+                    rel,
+                    new: tuple(&mut r)?,
+                }
             }
             b'U' => {
                 let xid = self.stream_xid(&mut r)?;
@@ -232,18 +251,28 @@ impl Decoder {
                 let (old, new) = match r.u8()? {
                     b'N' => (None, tuple(&mut r)?),
                     kind @ (b'K' | b'O') => {
-                        let old_kind = if kind == b'K' { OldKind::Key } else { OldKind::Full };
+                        let old_kind = if kind == b'K' {
+                            OldKind::Key
+                        } else {
+                            OldKind::Full
+                        };
                         let old = tuple(&mut r)?;
                         match r.u8()? {
                             b'N' => {}
                             other => {
-                                return Err(r.invalid("tuple kind", format!("expected 'N' after the old tuple, got {other:#04x}")))
+                                return Err(r.invalid(
+                                    "tuple kind",
+                                    format!("expected 'N' after the old tuple, got {other:#04x}"),
+                                ))
                             }
                         }
                         (Some((old_kind, old)), tuple(&mut r)?)
                     }
                     other => {
-                        return Err(r.invalid("tuple kind", format!("expected 'K', 'O' or 'N', got {other:#04x}")))
+                        return Err(r.invalid(
+                            "tuple kind",
+                            format!("expected 'K', 'O' or 'N', got {other:#04x}"),
+                        ))
                     }
                 };
                 LogicalMessage::Update { xid, rel, old, new }
@@ -254,9 +283,18 @@ impl Decoder {
                 let kind = match r.u8()? {
                     b'K' => OldKind::Key,
                     b'O' => OldKind::Full,
-                    other => return Err(r.invalid("tuple kind", format!("expected 'K' or 'O', got {other:#04x}"))),
+                    other => {
+                        return Err(r.invalid(
+                            "tuple kind",
+                            format!("expected 'K' or 'O', got {other:#04x}"),
+                        ))
+                    }
                 };
-                LogicalMessage::Delete { xid, rel, old: (kind, tuple(&mut r)?) }
+                LogicalMessage::Delete {
+                    xid,
+                    rel,
+                    old: (kind, tuple(&mut r)?),
+                }
             }
             b'T' => {
                 let xid = self.stream_xid(&mut r)?;
@@ -276,7 +314,13 @@ impl Decoder {
                 let prefix = r.cstr("message prefix")?;
                 let len = r.count_i32("message length")?;
                 let content = Bytes::copy_from_slice(r.take(len)?);
-                LogicalMessage::Message { xid, transactional: flags & 1 != 0, lsn, prefix, content }
+                LogicalMessage::Message {
+                    xid,
+                    transactional: flags & 1 != 0,
+                    lsn,
+                    prefix,
+                    content,
+                }
             }
             b'S' => {
                 self.streaming_protocol(&r)?;
@@ -285,14 +329,21 @@ impl Decoder {
                 let first_segment = match r.u8()? {
                     0 => false,
                     1 => true,
-                    other => return Err(r.invalid("first-segment flag", format!("expected 0 or 1, got {other}"))),
+                    other => {
+                        return Err(r.invalid(
+                            "first-segment flag",
+                            format!("expected 0 or 1, got {other}"),
+                        ))
+                    }
                 };
                 LogicalMessage::StreamStart { xid, first_segment }
             }
             b'E' => {
                 self.streaming_protocol(&r)?;
                 if !self.in_stream {
-                    return Err(r.invalid("message order", "Stream Stop outside a stream block".into()));
+                    return Err(
+                        r.invalid("message order", "Stream Stop outside a stream block".into())
+                    );
                 }
                 LogicalMessage::StreamStop
             }
@@ -343,7 +394,10 @@ impl Decoder {
         if self.protocol_version < 2 {
             return Err(r.invalid(
                 "message",
-                format!("stream messages need protocol version 2, this connection uses {}", self.protocol_version),
+                format!(
+                    "stream messages need protocol version 2, this connection uses {}",
+                    self.protocol_version
+                ),
             ));
         }
         Ok(())
@@ -376,7 +430,10 @@ fn relation_body(r: &mut Reader<'_>) -> Result<RelationBody, DecodeError> {
     let name = r.cstr("relation name")?;
     let replica_identity = r.u8()?;
     if !matches!(replica_identity, b'd' | b'n' | b'f' | b'i') {
-        return Err(r.invalid("replica identity", format!("expected d, n, f or i, got {replica_identity:#04x}")));
+        return Err(r.invalid(
+            "replica identity",
+            format!("expected d, n, f or i, got {replica_identity:#04x}"),
+        ));
     }
     let count = r.count_i16("column count")?;
     // Each column takes at least 10 bytes (flags, name NUL, type oid, typmod).
@@ -390,7 +447,13 @@ fn relation_body(r: &mut Reader<'_>) -> Result<RelationBody, DecodeError> {
             type_modifier: r.i32()?,
         });
     }
-    Ok(RelationBody { oid, namespace, name, replica_identity, columns })
+    Ok(RelationBody {
+        oid,
+        namespace,
+        name,
+        replica_identity,
+        columns,
+    })
 }
 
 fn tuple(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
@@ -408,7 +471,9 @@ fn tuple(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
                 match std::str::from_utf8(bytes) {
                     Ok(s) => Datum::Text(s.to_owned()),
                     Err(e) => {
-                        return Err(r.invalid("text value", format!("not UTF-8 at offset {offset}: {e}")));
+                        return Err(
+                            r.invalid("text value", format!("not UTF-8 at offset {offset}: {e}"))
+                        );
                     }
                 }
             }
@@ -417,7 +482,10 @@ fn tuple(r: &mut Reader<'_>) -> Result<Tuple, DecodeError> {
                 Datum::Binary(Bytes::copy_from_slice(r.take(len)?))
             }
             other => {
-                return Err(r.invalid("column kind", format!("expected 'n', 'u', 't' or 'b', got {other:#04x}")));
+                return Err(r.invalid(
+                    "column kind",
+                    format!("expected 'n', 'u', 't' or 'b', got {other:#04x}"),
+                ));
             }
         };
         datums.push(datum);
@@ -456,7 +524,11 @@ impl<'a> Reader<'a> {
         let (offset, tag) = (self.pos, self.tag);
         self.take(N)?
             .try_into()
-            .map_err(|_| DecodeError::Truncated { tag, offset, needed: N })
+            .map_err(|_| DecodeError::Truncated {
+                tag,
+                offset,
+                needed: N,
+            })
     }
 
     fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -487,7 +559,11 @@ impl<'a> Reader<'a> {
     fn cstr(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let rest = self.buf.get(self.pos..).unwrap_or_default();
         let Some(nul) = rest.iter().position(|&b| b == 0) else {
-            return Err(DecodeError::Truncated { tag: self.tag, offset: self.buf.len(), needed: 1 });
+            return Err(DecodeError::Truncated {
+                tag: self.tag,
+                offset: self.buf.len(),
+                needed: 1,
+            });
         };
         let offset = self.pos;
         let bytes = self.take(nul)?;
@@ -511,13 +587,20 @@ impl<'a> Reader<'a> {
     }
 
     fn invalid(&self, what: &'static str, detail: String) -> DecodeError {
-        DecodeError::Invalid { tag: self.tag, what, detail }
+        DecodeError::Invalid {
+            tag: self.tag,
+            what,
+            detail,
+        }
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
-            extra => Err(DecodeError::Trailing { tag: self.tag, extra }),
+            extra => Err(DecodeError::Trailing {
+                tag: self.tag,
+                extra,
+            }),
         }
     }
 }

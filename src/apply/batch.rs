@@ -1,0 +1,327 @@
+//! Turning an ordered list of [`TargetOp`]s into set-based statement groups.
+//!
+//! Order matters across tables (foreign keys) and across operations on one key, so ops are cut
+//! into *runs*: maximal stretches of the same output and kind, executed in stream order. Inside
+//! a run keys are distinct after merging (a later upsert of a key folds into the earlier one,
+//! keeping earlier values for columns the later one left unchanged), so one statement per run
+//! (per set of present columns) is equivalent to applying the ops one by one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::lsn::Lsn;
+use crate::transform::{Guard, OutputPlan, TargetOp, Value};
+
+#[derive(Debug)]
+pub enum Group {
+    /// Rows with every column present (INSERT .. ON CONFLICT).
+    Upsert {
+        output: Arc<OutputPlan>,
+        rows: Vec<(Guard, Vec<Value>)>,
+    },
+    /// Rows with some columns unchanged: UPDATE of `present` only.
+    Update {
+        output: Arc<OutputPlan>,
+        present: Vec<usize>,
+        rows: Vec<(Guard, Vec<Value>)>,
+    },
+    Delete {
+        output: Arc<OutputPlan>,
+        rows: Vec<(Guard, Vec<Value>)>,
+    },
+    Truncate {
+        tables: Vec<(Arc<str>, Lsn, Vec<Arc<OutputPlan>>)>,
+    },
+}
+
+impl Group {
+    pub fn len(&self) -> usize {
+        match self {
+            Group::Upsert { rows, .. } | Group::Update { rows, .. } | Group::Delete { rows, .. } => {
+                rows.len()
+            }
+            Group::Truncate { tables } => tables.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The first row's guard, to name a key in errors.
+    pub fn first_guard(&self) -> Option<&Guard> {
+        match self {
+            Group::Upsert { rows, .. } | Group::Update { rows, .. } | Group::Delete { rows, .. } => {
+                rows.first().map(|r| &r.0)
+            }
+            Group::Truncate { .. } => None,
+        }
+    }
+    /// One group per row (for finding the row the target rejects).
+    pub fn split(&self) -> Vec<Group> {
+        match self {
+            Group::Upsert { output, rows } => rows
+                .iter()
+                .map(|r| Group::Upsert {
+                    output: output.clone(),
+                    rows: vec![r.clone()],
+                })
+                .collect(),
+            Group::Update {
+                output,
+                present,
+                rows,
+            } => rows
+                .iter()
+                .map(|r| Group::Update {
+                    output: output.clone(),
+                    present: present.clone(),
+                    rows: vec![r.clone()],
+                })
+                .collect(),
+            Group::Delete { output, rows } => rows
+                .iter()
+                .map(|r| Group::Delete {
+                    output: output.clone(),
+                    rows: vec![r.clone()],
+                })
+                .collect(),
+            Group::Truncate { tables } => vec![Group::Truncate {
+                tables: tables.clone(),
+            }],
+        }
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum RunKind {
+    Upsert(usize),
+    Delete(usize),
+    Truncate,
+}
+
+fn kind(op: &TargetOp) -> RunKind {
+    match op {
+        TargetOp::Upsert { output, .. } => RunKind::Upsert(output.id),
+        TargetOp::Delete { output, .. } => RunKind::Delete(output.id),
+        TargetOp::Truncate { .. } => RunKind::Truncate,
+    }
+}
+
+/// Cut `ops` into runs and merge each run into statement groups, preserving order.
+pub fn groups(ops: Vec<TargetOp>) -> Vec<Group> {
+    let mut out = Vec::new();
+    let mut run: Vec<TargetOp> = Vec::new();
+    for op in ops {
+        if let Some(last) = run.last() {
+            if kind(last) != kind(&op) {
+                finish_run(std::mem::take(&mut run), &mut out);
+            }
+        }
+        run.push(op);
+    }
+    finish_run(run, &mut out);
+    out
+}
+
+fn key_of(output: &OutputPlan, row: &[Value]) -> Vec<Value> {
+    output.key.iter().map(|&k| row[k].clone()).collect()
+}
+
+fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
+    let Some(first) = run.first() else { return };
+    match kind(first) {
+        RunKind::Truncate => {
+            let tables = run
+                .into_iter()
+                .filter_map(|op| match op {
+                    TargetOp::Truncate {
+                        source_rel,
+                        version,
+                        outputs,
+                    } => Some((source_rel, version, outputs)),
+                    _ => None,
+                })
+                .collect();
+            out.push(Group::Truncate { tables });
+        }
+        RunKind::Delete(_) => {
+            let mut output = None;
+            let mut index: HashMap<Vec<Value>, usize> = HashMap::new();
+            let mut rows: Vec<(Guard, Vec<Value>)> = Vec::new();
+            for op in run {
+                if let TargetOp::Delete {
+                    output: o,
+                    guard,
+                    key,
+                } = op
+                {
+                    output.get_or_insert(o);
+                    match index.get(&key) {
+                        Some(&i) => rows[i] = (guard, key),
+                        None => {
+                            index.insert(key.clone(), rows.len());
+                            rows.push((guard, key));
+                        }
+                    }
+                }
+            }
+            if let Some(output) = output {
+                out.push(Group::Delete { output, rows });
+            }
+        }
+        RunKind::Upsert(_) => {
+            let mut output: Option<Arc<OutputPlan>> = None;
+            let mut index: HashMap<Vec<Value>, usize> = HashMap::new();
+            let mut rows: Vec<(Guard, Vec<Value>)> = Vec::new();
+            for op in run {
+                if let TargetOp::Upsert {
+                    output: o,
+                    guard,
+                    row,
+                } = op
+                {
+                    let key = key_of(&o, &row);
+                    output.get_or_insert(o);
+                    match index.get(&key) {
+                        Some(&i) => {
+                            let merged: Vec<Value> = row
+                                .into_iter()
+                                .zip(rows[i].1.iter())
+                                .map(|(new, old)| match new {
+                                    Value::Unchanged => old.clone(),
+                                    v => v,
+                                })
+                                .collect();
+                            rows[i] = (guard, merged);
+                        }
+                        None => {
+                            index.insert(key, rows.len());
+                            rows.push((guard, row));
+                        }
+                    }
+                }
+            }
+            let Some(output) = output else { return };
+            // Split by which columns are present, keeping the full rows together.
+            let mut by_mask: Vec<(Vec<usize>, Vec<(Guard, Vec<Value>)>)> = Vec::new();
+            for (g, row) in rows {
+                let present: Vec<usize> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| **v != Value::Unchanged)
+                    .map(|(i, _)| i)
+                    .collect();
+                match by_mask.iter_mut().find(|(m, _)| *m == present) {
+                    Some((_, rs)) => rs.push((g, row)),
+                    None => by_mask.push((present, vec![(g, row)])),
+                }
+            }
+            for (present, rows) in by_mask {
+                if present.len() == output.columns.len() {
+                    out.push(Group::Upsert {
+                        output: output.clone(),
+                        rows,
+                    });
+                } else {
+                    out.push(Group::Update {
+                        output: output.clone(),
+                        present,
+                        rows,
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change::SourceKey;
+    use crate::transform::plan::{Expr, TargetColumn};
+
+    fn output(id: usize) -> Arc<OutputPlan> {
+        let col = |n: &str| TargetColumn {
+            name: n.into(),
+            sql_type: "text".into(),
+            expr: Expr::Column {
+                name: n.into(),
+                via: None,
+            },
+        };
+        Arc::new(OutputPlan {
+            id,
+            source: "public.s".into(),
+            target_schema: "public".into(),
+            target_name: format!("t{id}"),
+            columns: vec![col("id"), col("a"), col("big")],
+            key: vec![0],
+        })
+    }
+    fn g(k: &str, v: u64) -> Guard {
+        Guard {
+            source_rel: Arc::from("public.s"),
+            key: SourceKey(vec![Some(k.into())]),
+            version: Lsn(v),
+        }
+    }
+    fn t(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+    fn up(o: &Arc<OutputPlan>, k: &str, v: u64, a: &str, big: Value) -> TargetOp {
+        TargetOp::Upsert {
+            output: o.clone(),
+            guard: g(k, v),
+            row: vec![t(k), t(a), big],
+        }
+    }
+
+    #[test]
+    fn later_upsert_folds_into_earlier_and_keeps_unchanged_values() {
+        let o = output(0);
+        let gs = groups(vec![
+            up(&o, "1", 10, "x", t("LARGE")),
+            up(&o, "2", 10, "y", t("B")),
+            up(&o, "1", 20, "z", Value::Unchanged),
+        ]);
+        assert_eq!(gs.len(), 1);
+        let Group::Upsert { rows, .. } = &gs[0] else { panic!("{gs:?}") };
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0.version, Lsn(20));
+        assert_eq!(rows[0].1, vec![t("1"), t("z"), t("LARGE")]);
+    }
+
+    #[test]
+    fn unchanged_columns_without_earlier_value_become_an_update_of_present_columns() {
+        let o = output(0);
+        let gs = groups(vec![up(&o, "1", 10, "x", Value::Unchanged), up(&o, "2", 10, "y", t("B"))]);
+        assert_eq!(gs.len(), 2);
+        assert!(matches!(&gs[0], Group::Update { present, .. } if *present == vec![0, 1]));
+        assert!(matches!(&gs[1], Group::Upsert { rows, .. } if rows.len() == 1));
+    }
+
+    #[test]
+    fn runs_keep_stream_order_across_kinds_and_tables() {
+        let (a, b) = (output(0), output(1));
+        let del = |o: &Arc<OutputPlan>, k: &str, v| TargetOp::Delete {
+            output: o.clone(),
+            guard: g(k, v),
+            key: vec![t(k)],
+        };
+        let gs = groups(vec![
+            up(&a, "1", 1, "x", t("b")),
+            up(&b, "1", 1, "x", t("b")),
+            del(&a, "1", 2),
+            up(&a, "1", 3, "again", t("b")),
+        ]);
+        let kinds: Vec<&str> = gs
+            .iter()
+            .map(|g| match g {
+                Group::Upsert { output, .. } if output.id == 0 => "upA",
+                Group::Upsert { .. } => "upB",
+                Group::Delete { .. } => "delA",
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(kinds, ["upA", "upB", "delA", "upA"]);
+    }
+}

@@ -1,0 +1,502 @@
+//! Apply: writes transformed changes to the target, batched, versioned and idempotent.
+//!
+//! ```text
+//!  Event ─▶ Transformer ─▶ pending ops ─(batch_rows)─▶ batch::groups ─▶ sql (ledger-guarded)
+//!                                          │
+//!  Commit of a source txn ──▶ maybe COMMIT the target txn with the progress row in it
+//!                                          └─▶ FlushHandle::applied(end_lsn) → slot confirmed
+//! ```
+//!
+//! A target transaction holds whole source transactions only (several small ones may share it),
+//! so each source transaction lands all or nothing, in commit order. The progress row commits in
+//! the same target transaction as the data. Memory: at most `batch_rows` pending ops; a large
+//! source transaction is flushed in pieces into one open target transaction.
+//!
+//! Owns the target connection's write path. Must never confirm a position before its target
+//! commit returned, and never write while paused.
+
+pub mod batch;
+pub mod sql;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Statement};
+
+use crate::change::{Event, Op};
+use crate::control::Control;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::source::replication::pg_ts_to_unix_secs;
+use crate::source::stream::FlushHandle;
+use crate::state::StateSchema;
+use crate::transform::{Guard, TargetOp, TransformError, Transformer, Value};
+use batch::Group;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Transform(#[from] TransformError),
+    #[error("the target rejected {op} of source table {table} key {key} at LSN {lsn} (target table {target}): {message}{}. Nothing after it was applied and nothing before it is lost: fix the mapping, the target schema or the source row, then restart", .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Rejected {
+        op: &'static str,
+        table: String,
+        key: String,
+        lsn: Lsn,
+        target: String,
+        message: String,
+        detail: Option<String>,
+        sqlstate: String,
+    },
+    #[error("target: {what}: {source}")]
+    Db {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ApplyError {
+    pub fn db_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            ApplyError::Db { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
+    move |source| ApplyError::Db { what, source }
+}
+
+/// SQLSTATE classes that mean "this data cannot be written" rather than "try again".
+fn is_data_rejection(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        let c = d.code().code();
+        c.starts_with("22") || c.starts_with("23") || c.starts_with("42") || c.starts_with("P0")
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ApplySettings {
+    pub slot: String,
+    pub batch_rows: usize,
+    pub max_delay: Duration,
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum StmtKey {
+    Upsert(usize),
+    Update(usize, Vec<usize>),
+    Delete(usize),
+}
+
+struct OpenTxn {
+    started: Instant,
+    rows: usize,
+    last_commit: Option<(Lsn, i64)>,
+    source_txns: u64,
+    counts: HashMap<(Arc<str>, Op), u64>,
+}
+
+pub struct Applier {
+    client: Client,
+    state: StateSchema,
+    settings: ApplySettings,
+    transformer: Transformer,
+    flush: FlushHandle,
+    metrics: Arc<Metrics>,
+    control: Control,
+    stmts: HashMap<StmtKey, Statement>,
+    pending: Vec<TargetOp>,
+    txn: Option<OpenTxn>,
+    /// Commit LSN of the source transaction being received, between Begin and Commit.
+    source_txn: Option<Lsn>,
+    skipping: bool,
+    applied: Lsn,
+}
+
+impl Applier {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        state: StateSchema,
+        settings: ApplySettings,
+        transformer: Transformer,
+        flush: FlushHandle,
+        metrics: Arc<Metrics>,
+        control: Control,
+        applied: Lsn,
+    ) -> Self {
+        Applier {
+            client,
+            state,
+            settings,
+            transformer,
+            flush,
+            metrics,
+            control,
+            stmts: HashMap::new(),
+            pending: Vec::new(),
+            txn: None,
+            source_txn: None,
+            skipping: false,
+            applied,
+        }
+    }
+
+    /// Apply events until the channel closes or shutdown; commits complete work before returning.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<(), ApplyError> {
+        let shutdown = self.control.shutdown_token();
+        let mut paused_rx = self.control.watch_paused();
+        loop {
+            if self.source_txn.is_none() && self.control.is_paused() {
+                self.commit().await?;
+                self.metrics.paused.set(1);
+                tracing::info!(applied = %self.applied, "paused: nothing is written to the target until resumed");
+                while self.control.is_paused() {
+                    tokio::select! {
+                        _ = paused_rx.changed() => {}
+                        _ = shutdown.cancelled() => {
+                            self.metrics.paused.set(0);
+                            return Ok(());
+                        }
+                    }
+                }
+                self.metrics.paused.set(0);
+                tracing::info!("resumed");
+            }
+            let deadline = match (&self.txn, self.source_txn) {
+                (Some(t), None) => Some(t.started + self.settings.max_delay),
+                _ => None,
+            };
+            let ev = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.stop().await,
+                _ = paused_rx.changed(), if self.source_txn.is_none() => continue,
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.commit().await?;
+                    continue;
+                }
+                ev = rx.recv() => ev,
+            };
+            let Some(ev) = ev else {
+                return self.stop().await;
+            };
+            if let Err(e) = self.handle(ev, rx.is_empty()).await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
+    }
+
+    async fn handle(&mut self, ev: Event, idle: bool) -> Result<(), ApplyError> {
+        match ev {
+            Event::Begin { commit_lsn, .. } => {
+                if commit_lsn < self.applied {
+                    // Already applied before a restart: the progress row says so.
+                    self.skipping = true;
+                    return Ok(());
+                }
+                self.skipping = false;
+                self.source_txn = Some(commit_lsn);
+                if self.txn.is_none() {
+                    self.client
+                        .batch_execute("BEGIN")
+                        .await
+                        .map_err(db("beginning a transaction"))?;
+                    self.txn = Some(OpenTxn {
+                        started: Instant::now(),
+                        rows: 0,
+                        last_commit: None,
+                        source_txns: 0,
+                        counts: HashMap::new(),
+                    });
+                }
+            }
+            Event::Change(c) => {
+                if self.skipping {
+                    return Ok(());
+                }
+                if let Some(t) = self.txn.as_mut() {
+                    *t.counts.entry((Arc::from(c.rel.qualified().as_str()), c.op)).or_default() += 1;
+                }
+                self.transformer.transform(&c, &mut self.pending)?;
+                if self.pending.len() >= self.settings.batch_rows {
+                    self.flush_pending().await?;
+                }
+            }
+            Event::Commit {
+                end_lsn, commit_ts, ..
+            } => {
+                if self.skipping {
+                    self.skipping = false;
+                    return Ok(());
+                }
+                self.source_txn = None;
+                let pending = self.pending.len();
+                let due = match self.txn.as_mut() {
+                    Some(t) => {
+                        t.last_commit = Some((end_lsn, commit_ts));
+                        t.source_txns += 1;
+                        t.rows + pending >= self.settings.batch_rows
+                            || idle
+                            || t.started.elapsed() >= self.settings.max_delay
+                    }
+                    None => false,
+                };
+                if due {
+                    self.commit().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Graceful stop: commit complete source transactions, roll back a partial one.
+    async fn stop(&mut self) -> Result<(), ApplyError> {
+        if self.source_txn.is_some() {
+            tracing::info!("stopping inside a source transaction: rolling back its partial target transaction (it is re-streamed on restart)");
+            self.abort().await;
+            return Ok(());
+        }
+        self.commit().await
+    }
+
+    async fn abort(&mut self) {
+        self.pending.clear();
+        self.source_txn = None;
+        if self.txn.take().is_some() {
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+    }
+
+    async fn commit(&mut self) -> Result<(), ApplyError> {
+        if self.txn.is_none() {
+            return Ok(());
+        }
+        self.flush_pending().await?;
+        let Some(t) = self.txn.take() else {
+            return Ok(());
+        };
+        if let Some((end, ts)) = t.last_commit {
+            let stmt = self.client.prepare_typed(&sql::progress(&self.state), &[Type::TEXT, Type::TEXT, Type::FLOAT8]).await.map_err(db("preparing the progress update"))?;
+            self.client
+                .execute(&stmt, &[&self.settings.slot, &end.to_string(), &pg_ts_to_unix_secs(ts)])
+                .await
+                .map_err(db("writing progress"))?;
+        }
+        self.client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(db("committing"))?;
+        self.metrics
+            .apply_batch_seconds
+            .observe(t.started.elapsed().as_secs_f64());
+        if let Some((end, ts)) = t.last_commit {
+            self.flush.applied(end);
+            self.applied = end;
+            self.metrics.applied_lsn.set(end.0 as i64);
+            let now = crate::source::replication::pg_now();
+            self.metrics
+                .lag_seconds
+                .set(((now - ts) as f64 / 1e6).max(0.0));
+        }
+        self.metrics.transactions_applied.inc_by(t.source_txns);
+        for ((table, op), n) in t.counts {
+            self.metrics
+                .changes_applied
+                .with_label_values(&[&table, op.as_str()])
+                .inc_by(n);
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self) -> Result<(), ApplyError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.pending);
+        let n = ops.len();
+        for group in batch::groups(ops) {
+            if let Err(e) = self.exec(&group).await {
+                if is_data_rejection(&e) {
+                    return Err(self.diagnose(&group, e).await);
+                }
+                return Err(ApplyError::Db {
+                    what: "writing a batch",
+                    source: e,
+                });
+            }
+        }
+        if let Some(t) = self.txn.as_mut() {
+            t.rows += n;
+        }
+        Ok(())
+    }
+
+    /// The target rejected a group: roll back, then find the row it rejects, one by one.
+    async fn diagnose(&mut self, group: &Group, err: tokio_postgres::Error) -> ApplyError {
+        self.abort().await;
+        let mut culprit = (group.first_guard().cloned(), err);
+        if self.client.batch_execute("BEGIN").await.is_ok() {
+            for single in group.split() {
+                let _ = self.client.batch_execute("SAVEPOINT diagnose").await;
+                match self.exec(&single).await {
+                    Ok(()) => {
+                        let _ = self.client.batch_execute("RELEASE SAVEPOINT diagnose").await;
+                    }
+                    Err(e) => {
+                        culprit = (single.first_guard().cloned(), e);
+                        break;
+                    }
+                }
+            }
+            let _ = self.client.batch_execute("ROLLBACK").await;
+        }
+        let (guard, e) = culprit;
+        let (target, op) = match group {
+            Group::Upsert { output, .. } => (output.target(), "insert/update"),
+            Group::Update { output, .. } => (output.target(), "update"),
+            Group::Delete { output, .. } => (output.target(), "delete"),
+            Group::Truncate { .. } => ("(truncate)".into(), "truncate"),
+        };
+        let db = e.as_db_error();
+        ApplyError::Rejected {
+            op,
+            table: guard.as_ref().map(|g| g.source_rel.to_string()).unwrap_or_default(),
+            key: guard.as_ref().map(|g| g.key.to_string()).unwrap_or_default(),
+            lsn: guard.as_ref().map(|g| g.version).unwrap_or_default(),
+            target,
+            message: db.map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+            detail: db.and_then(|d| d.detail().map(str::to_string)),
+            sqlstate: db.map(|d| d.code().code().to_string()).unwrap_or_default(),
+        }
+    }
+
+    async fn statement(&mut self, key: StmtKey, text: impl FnOnce() -> String, params: usize) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.stmts.get(&key) {
+            return Ok(s.clone());
+        }
+        let mut types = vec![Type::TEXT];
+        types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, params));
+        let s = self.client.prepare_typed(&text(), &types).await?;
+        self.stmts.insert(key, s.clone());
+        Ok(s)
+    }
+
+    async fn exec(&mut self, group: &Group) -> Result<(), tokio_postgres::Error> {
+        match group {
+            Group::Upsert { output, rows } => {
+                let o = output.clone();
+                let st = self.state.clone();
+                let stmt = self
+                    .statement(StmtKey::Upsert(o.id), || sql::upsert(&st, &o), 2 + o.columns.len())
+                    .await?;
+                let cols: Vec<usize> = (0..o.columns.len()).collect();
+                self.run_rows(&stmt, &o.source, rows, &cols).await
+            }
+            Group::Update {
+                output,
+                present,
+                rows,
+            } => {
+                let o = output.clone();
+                let st = self.state.clone();
+                let p = present.clone();
+                let stmt = self
+                    .statement(
+                        StmtKey::Update(o.id, p.clone()),
+                        || sql::update_present(&st, &o, &p),
+                        2 + p.len(),
+                    )
+                    .await?;
+                self.run_rows(&stmt, &o.source, rows, &p).await
+            }
+            Group::Delete { output, rows } => {
+                let o = output.clone();
+                let st = self.state.clone();
+                let stmt = self
+                    .statement(StmtKey::Delete(o.id), || sql::delete(&st, &o), 2 + o.key.len())
+                    .await?;
+                let cols: Vec<usize> = (0..o.key.len()).collect();
+                self.run_rows(&stmt, &o.source, rows, &cols).await
+            }
+            Group::Truncate { tables } => self.truncate(tables).await,
+        }
+    }
+
+    async fn run_rows(
+        &self,
+        stmt: &Statement,
+        rel: &str,
+        rows: &[(Guard, Vec<Value>)],
+        cols: &[usize],
+    ) -> Result<(), tokio_postgres::Error> {
+        let skeys: Vec<String> = rows.iter().map(|(g, _)| g.key.encode()).collect();
+        let vers: Vec<String> = rows.iter().map(|(g, _)| g.version.to_string()).collect();
+        let columns: Vec<Vec<Option<&str>>> = cols
+            .iter()
+            .map(|&c| {
+                rows.iter()
+                    .map(|(_, r)| match r.get(c) {
+                        Some(Value::Text(s)) => Some(s.as_str()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&rel, &skeys, &vers];
+        for c in &columns {
+            params.push(c);
+        }
+        self.client.execute(stmt, &params).await.map(|_| ())
+    }
+
+    async fn truncate(
+        &self,
+        tables: &[(Arc<str>, Lsn, Vec<Arc<crate::transform::OutputPlan>>)],
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut targets = Vec::new();
+        let mut recorded = Vec::new();
+        for (rel, version, outputs) in tables {
+            let newer: bool = self
+                .client
+                .query_one(&sql::newer_than(&self.state), &[&rel.as_ref(), &version.to_string()])
+                .await?
+                .get(0);
+            if newer {
+                tracing::warn!(table = %rel, %version, "skipping a TRUNCATE older than rows already applied (replay)");
+                continue;
+            }
+            for o in outputs {
+                let t = o.quoted_target();
+                if !targets.contains(&t) {
+                    targets.push(t);
+                }
+            }
+            recorded.push((rel, version));
+        }
+        if !targets.is_empty() {
+            self.client
+                .batch_execute(&format!("TRUNCATE {}", targets.join(", ")))
+                .await?;
+        }
+        for (rel, version) in recorded {
+            self.client
+                .execute(&sql::record_truncation(&self.state), &[&rel.as_ref(), &version.to_string()])
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

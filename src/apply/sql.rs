@@ -1,0 +1,186 @@
+//! SQL text for set-based, ledger-guarded writes. Pure string building; no I/O.
+//!
+//! Every data statement has the same shape:
+//!
+//! ```text
+//!  WITH input AS (unnest of text[] params: skey, ver, values...),
+//!       guard AS (INSERT INTO ledger ... ON CONFLICT DO UPDATE ... WHERE ledger.version <= new
+//!                 RETURNING skey)               -- only rows whose version wins survive
+//!  <INSERT .. ON CONFLICT | UPDATE | DELETE> target ... JOIN guard USING skey
+//! ```
+//!
+//! so the ledger row and the data change commit in one statement of one transaction. Rows older
+//! than a table-wide tombstone (TRUNCATE) never pass the guard.
+//! Parameters: `$1` source table name, `$2` source keys, `$3` versions, `$4..` one text[] per value column.
+
+use crate::source::replication::quote_ident;
+use crate::state::StateSchema;
+use crate::transform::OutputPlan;
+
+fn input_cte(value_cols: &[String]) -> String {
+    let mut params = vec!["$2::text[]".to_string(), "$3::text[]".to_string()];
+    let mut names = vec!["skey".to_string(), "ver".to_string()];
+    for (i, c) in value_cols.iter().enumerate() {
+        params.push(format!("${}::text[]", i + 4));
+        names.push(c.clone());
+    }
+    format!(
+        "input AS (SELECT * FROM unnest({}) AS i({}))",
+        params.join(", "),
+        names.join(", ")
+    )
+}
+
+fn guard_cte(state: &StateSchema, deleted: bool) -> String {
+    format!(
+        "guard AS (
+           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
+           SELECT DISTINCT ON (i.skey) $1, i.skey, i.ver::pg_lsn, {deleted} FROM input i
+           WHERE i.ver::pg_lsn >= COALESCE(
+               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
+           ORDER BY i.skey, i.ver::pg_lsn DESC
+           ON CONFLICT (rel, skey) DO UPDATE
+             SET version = EXCLUDED.version, deleted = EXCLUDED.deleted
+             WHERE l.version <= EXCLUDED.version
+           RETURNING l.skey)",
+        ledger = state.table("ledger"),
+        trunc = state.table("truncations"),
+    )
+}
+
+/// Insert-or-update of full rows: every column of `o` is a parameter.
+pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
+    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
+    let targets: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
+        .collect();
+    let keys: Vec<String> = o.key.iter().map(|&k| quote_ident(&o.columns[k].name)).collect();
+    let sets: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !o.key.contains(i))
+        .map(|(_, c)| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
+        .collect();
+    let on_conflict = if sets.is_empty() {
+        "DO NOTHING".to_string()
+    } else {
+        format!("DO UPDATE SET {}", sets.join(", "))
+    };
+    format!(
+        "WITH {input}, {guard}
+         INSERT INTO {target} AS t ({targets})
+         SELECT {values} FROM input i JOIN guard g ON g.skey = i.skey
+         ON CONFLICT ({keys}) {on_conflict}",
+        input = input_cte(&cols),
+        guard = guard_cte(state, false),
+        target = o.quoted_target(),
+        targets = targets.join(", "),
+        values = values.join(", "),
+        keys = keys.join(", "),
+    )
+}
+
+/// Update of the `present` columns only (others are unchanged TOAST values on the source).
+/// The key columns must be among `present`.
+pub fn update_present(state: &StateSchema, o: &OutputPlan, present: &[usize]) -> String {
+    let cols: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
+    let sets: Vec<String> = present
+        .iter()
+        .filter(|i| !o.key.contains(i))
+        .map(|&i| {
+            format!(
+                "{} = {}",
+                quote_ident(&o.columns[i].name),
+                o.columns[i].sql_value(&format!("i.c{i}"))
+            )
+        })
+        .collect();
+    let wheres: Vec<String> = o
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[k].name),
+                o.columns[k].sql_value(&format!("i.c{k}"))
+            )
+        })
+        .collect();
+    if sets.is_empty() {
+        return format!(
+            "WITH {input}, {guard} SELECT count(*) FROM guard",
+            input = input_cte(&cols),
+            guard = guard_cte(state, false)
+        );
+    }
+    format!(
+        "WITH {input}, {guard}
+         UPDATE {target} AS t SET {sets}
+         FROM input i JOIN guard g ON g.skey = i.skey
+         WHERE {wheres}",
+        input = input_cte(&cols),
+        guard = guard_cte(state, false),
+        target = o.quoted_target(),
+        sets = sets.join(", "),
+        wheres = wheres.join(" AND "),
+    )
+}
+
+/// Delete by target key, leaving tombstones in the ledger.
+pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
+    let cols: Vec<String> = (0..o.key.len()).map(|i| format!("k{i}")).collect();
+    let wheres: Vec<String> = o
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[k].name),
+                o.columns[k].sql_value(&format!("i.k{j}"))
+            )
+        })
+        .collect();
+    format!(
+        "WITH {input}, {guard}
+         DELETE FROM {target} AS t USING input i JOIN guard g ON g.skey = i.skey
+         WHERE {wheres}",
+        input = input_cte(&cols),
+        guard = guard_cte(state, true),
+        target = o.quoted_target(),
+        wheres = wheres.join(" AND "),
+    )
+}
+
+/// Whether the ledger already holds a write of `$1` newer than `$2` (a replayed TRUNCATE).
+pub fn newer_than(state: &StateSchema) -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version > $2::text::pg_lsn)",
+        state.table("ledger")
+    )
+}
+
+pub fn record_truncation(state: &StateSchema) -> String {
+    format!(
+        "WITH t AS (INSERT INTO {trunc} AS tr (rel, version) VALUES ($1, $2::text::pg_lsn)
+                    ON CONFLICT (rel) DO UPDATE SET version = GREATEST(tr.version, EXCLUDED.version))
+         DELETE FROM {ledger} WHERE rel = $1 AND version < $2::text::pg_lsn",
+        trunc = state.table("truncations"),
+        ledger = state.table("ledger"),
+    )
+}
+
+pub fn progress(state: &StateSchema) -> String {
+    format!(
+        "INSERT INTO {} (slot, applied_lsn, commit_ts, updated_at)
+         VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
+         ON CONFLICT (slot) DO UPDATE SET applied_lsn = EXCLUDED.applied_lsn,
+             commit_ts = EXCLUDED.commit_ts, updated_at = now()",
+        state.table("progress")
+    )
+}

@@ -1,0 +1,352 @@
+//! Configuration: TOML file + `REMODEL__SECTION__KEY` environment overrides, via the `config` crate.
+//!
+//! Owns the settings' names, defaults and validation. Unknown keys are errors. Must never log
+//! or display a connection password: URLs are shown through [`ConnInfo`]'s redacting `Display`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::source::conninfo::{ConnInfo, ConnInfoError};
+use crate::transform::mapping::TableMapping;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Load {
+        path: String,
+        #[source]
+        source: config::ConfigError,
+    },
+    #[error("config {path}: {key}: {source}")]
+    Url {
+        path: String,
+        key: &'static str,
+        #[source]
+        source: ConnInfoError,
+    },
+    #[error("config {path}: {key} = {value:?}: {why}")]
+    Invalid {
+        path: String,
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub apply: ApplyConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
+    #[serde(default)]
+    pub tables: Vec<TableMapping>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub url: String,
+    #[serde(default = "default_name")]
+    pub slot: String,
+    #[serde(default = "default_name")]
+    pub publication: String,
+    /// Tables for a newly created publication; empty means FOR ALL TABLES.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Standby status update interval (ms). Keep well under the server's wal_sender_timeout.
+    #[serde(default = "default_status_interval")]
+    pub status_interval_ms: u64,
+    /// Events buffered between source and apply (bounds memory together with apply.batch_rows).
+    #[serde(default = "default_channel")]
+    pub channel_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub url: String,
+    #[serde(default = "default_name")]
+    pub state_schema: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// Row changes per set-based flush, and the target transaction size that triggers a commit.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Longest a committed source transaction waits before its target transaction commits.
+    #[serde(default = "default_batch_delay")]
+    pub max_batch_delay_ms: u64,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        ApplyConfig {
+            batch_rows: default_batch_rows(),
+            max_batch_delay_ms: default_batch_delay(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_listen(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `remodel=debug`. Reloaded on SIGHUP.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+            format: default_format(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Where `run` writes its pid for `remodel pause` / `resume`.
+    pub pidfile: Option<PathBuf>,
+}
+
+fn default_name() -> String {
+    "remodel".into()
+}
+fn default_status_interval() -> u64 {
+    1000
+}
+fn default_channel() -> usize {
+    8192
+}
+fn default_batch_rows() -> usize {
+    5000
+}
+fn default_batch_delay() -> u64 {
+    100
+}
+fn default_listen() -> String {
+    "127.0.0.1:9898".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_level() -> String {
+    "info".into()
+}
+fn default_format() -> String {
+    "text".into()
+}
+
+impl Config {
+    /// Load a TOML file with environment overrides (`REMODEL__SOURCE__URL`, ...).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let load = |source| ConfigError::Load {
+            path: shown.clone(),
+            source,
+        };
+        let raw = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("REMODEL")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .map_err(load)?;
+        let cfg: Config = raw.try_deserialize().map_err(load)?;
+        cfg.validate(&shown)?;
+        Ok(cfg)
+    }
+
+    /// Parse TOML text (no environment), for tests and `demo`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()
+            .map_err(|source| ConfigError::Load {
+                path: "<inline>".into(),
+                source,
+            })?;
+        let cfg: Config = raw.try_deserialize().map_err(|source| ConfigError::Load {
+            path: "<inline>".into(),
+            source,
+        })?;
+        cfg.validate("<inline>")?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let invalid = |key, value: &str, why: &str| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            value: value.into(),
+            why: why.into(),
+        };
+        self.source_conn().map_err(|source| ConfigError::Url {
+            path: path.into(),
+            key: "source.url",
+            source,
+        })?;
+        self.target_conn().map_err(|source| ConfigError::Url {
+            path: path.into(),
+            key: "target.url",
+            source,
+        })?;
+        let ident_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        if !ident_ok(&self.source.slot) {
+            return Err(invalid(
+                "source.slot",
+                &self.source.slot,
+                "slot names may use only a-z, 0-9 and _ (at most 63)",
+            ));
+        }
+        if !ident_ok(&self.target.state_schema) {
+            return Err(invalid(
+                "target.state_schema",
+                &self.target.state_schema,
+                "use a-z, 0-9 and _ (at most 63)",
+            ));
+        }
+        if self.source.publication.is_empty() {
+            return Err(invalid("source.publication", "", "must not be empty"));
+        }
+        if self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.listen",
+                &self.metrics.listen,
+                "expected host:port, e.g. 127.0.0.1:9898",
+            ));
+        }
+        if self.log.format != "text" && self.log.format != "json" {
+            return Err(invalid("log.format", &self.log.format, "use text or json"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                &self.log.level,
+                "not a tracing filter (e.g. info, debug, remodel=debug)",
+            ));
+        }
+        if self.apply.batch_rows == 0 {
+            return Err(invalid("apply.batch_rows", "0", "must be at least 1"));
+        }
+        if self.source.channel_capacity == 0 {
+            return Err(invalid("source.channel_capacity", "0", "must be at least 1"));
+        }
+        if self.source.status_interval_ms == 0 {
+            return Err(invalid(
+                "source.status_interval_ms",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn source_conn(&self) -> Result<ConnInfo, ConnInfoError> {
+        ConnInfo::parse(&self.source.url)
+    }
+
+    pub fn target_conn(&self) -> Result<ConnInfo, ConnInfoError> {
+        ConnInfo::parse(&self.target.url)
+    }
+
+    pub fn status_interval(&self) -> Duration {
+        Duration::from_millis(self.source.status_interval_ms)
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.control.pidfile.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("remodel-{}.pid", self.source.slot))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+        [source]
+        url = "postgresql://u:secret@localhost:5432/src"
+        [target]
+        url = "postgresql://u@localhost:5433/dst"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml(MIN).unwrap();
+        assert_eq!(c.source.slot, "remodel");
+        assert_eq!(c.target.state_schema, "remodel");
+        assert_eq!(c.metrics.listen, "127.0.0.1:9898");
+        assert!(c.tables.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml(&format!("{MIN}\n[apply]\nbatch_rowz = 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_rowz"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_never_the_password() {
+        let e = Config::from_toml(&MIN.replace("5433/dst", "5433/dst?sslmode=sure"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target.url") && e.contains("sslmode"), "{e}");
+        let e = Config::from_toml(&MIN.replace("localhost:5432", "localhost:99999"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("source.url") && !e.contains("secret"), "{e}");
+        let e = Config::from_toml(&format!("{MIN}\n[metrics]\nlisten = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.listen"), "{e}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Control: pause/resume, graceful stop, log-level reload, and the pidfile that lets
+//! `remodel pause` / `remodel resume` signal a running daemon.
+//!
+//! Signals: SIGUSR1 pause, SIGUSR2 resume, SIGTERM/SIGINT graceful stop, SIGHUP reload.
+//! Owns the process-wide control state. Must never write to a database itself: stages observe
+//! [`Control`] and act at their own safe points.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone)]
+pub struct Control {
+    paused: Arc<watch::Sender<bool>>,
+    shutdown: CancellationToken,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Control {
+    pub fn new() -> Self {
+        Control {
+            paused: Arc::new(watch::channel(false).0),
+            shutdown: CancellationToken::new(),
+        }
+    }
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+    pub fn watch_paused(&self) -> watch::Receiver<bool> {
+        self.paused.subscribe()
+    }
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Install the signal handlers. `reload` runs on SIGHUP.
+pub fn install_signals(
+    control: Control,
+    reload: impl Fn() + Send + Sync + 'static,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => { tracing::info!("SIGUSR1: pausing (apply and backfill stop at the next transaction boundary)"); control.pause(); }
+                _ = usr2.recv() => { tracing::info!("SIGUSR2: resuming"); control.resume(); }
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); control.shutdown(); }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); control.shutdown(); }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading settings"); reload(); }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PidError {
+    #[error("pidfile {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pidfile {path} does not hold a pid ({content:?})")]
+    Garbage { path: PathBuf, content: String },
+    #[error("no remodel is running with pidfile {path} (pid {pid}: {source}); start it with `remodel run`")]
+    NotRunning {
+        path: PathBuf,
+        pid: i32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("pidfile {path} belongs to a running process {pid}; another remodel uses the same slot/pidfile")]
+    InUse { path: PathBuf, pid: i32 },
+}
+
+/// Removes the pidfile when dropped.
+pub struct PidFile(PathBuf);
+
+impl PidFile {
+    pub fn create(path: &Path) -> Result<PidFile, PidError> {
+        if let Ok(pid) = read_pid(path) {
+            if pid != std::process::id() as i32
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+            {
+                return Err(PidError::InUse {
+                    path: path.into(),
+                    pid,
+                });
+            }
+        }
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            PidError::Io {
+                path: path.into(),
+                source,
+            }
+        })?;
+        Ok(PidFile(path.into()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, PidError> {
+    let content = std::fs::read_to_string(path).map_err(|source| PidError::Io {
+        path: path.into(),
+        source,
+    })?;
+    content.trim().parse().map_err(|_| PidError::Garbage {
+        path: path.into(),
+        content,
+    })
+}
+
+/// Send `sig` to the daemon recorded in `path`; returns its pid.
+pub fn signal_daemon(path: &Path, sig: nix::sys::signal::Signal) -> Result<i32, PidError> {
+    let pid = read_pid(path)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|source| {
+        PidError::NotRunning {
+            path: path.into(),
+            pid,
+            source,
+        }
+    })?;
+    Ok(pid)
+}

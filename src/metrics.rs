@@ -1,0 +1,210 @@
+//! Prometheus metrics: every name in one place ([`names`]), one registry, and the HTTP endpoint
+//! (`/metrics`, `/healthz`, `/readyz`, `/status`).
+//!
+//! Owns metric definitions and exposition. Must never block a pipeline stage: stages only
+//! touch atomics; the HTTP server runs on its own task.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Gauge, Opts,
+    Registry, TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Every metric name remodel registers. Dashboards and alerts must use these.
+pub mod names {
+    pub const APPLIED_LSN: &str = "remodel_applied_lsn";
+    pub const SOURCE_LAG_BYTES: &str = "remodel_source_lag_bytes";
+    pub const LAG_SECONDS: &str = "remodel_lag_seconds";
+    pub const CHANGES_APPLIED_TOTAL: &str = "remodel_changes_applied_total";
+    pub const TRANSACTIONS_APPLIED_TOTAL: &str = "remodel_transactions_applied_total";
+    pub const APPLY_BATCH_SECONDS: &str = "remodel_apply_batch_seconds";
+    pub const PAUSED: &str = "remodel_paused";
+    pub const ERRORS_TOTAL: &str = "remodel_errors_total";
+    pub const SLOT_RETAINED_WAL_BYTES: &str = "remodel_slot_retained_wal_bytes";
+    pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
+    pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
+    pub const ALL: &[&str] = &[
+        APPLIED_LSN,
+        SOURCE_LAG_BYTES,
+        LAG_SECONDS,
+        CHANGES_APPLIED_TOTAL,
+        TRANSACTIONS_APPLIED_TOTAL,
+        APPLY_BATCH_SECONDS,
+        PAUSED,
+        ERRORS_TOTAL,
+        SLOT_RETAINED_WAL_BYTES,
+        CONFIRMED_FLUSH_LSN,
+        RESTARTS_TOTAL,
+    ];
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub applied_lsn: IntGauge,
+    pub source_lag_bytes: IntGauge,
+    pub lag_seconds: Gauge,
+    pub changes_applied: IntCounterVec,
+    pub transactions_applied: IntCounter,
+    pub apply_batch_seconds: Histogram,
+    pub paused: IntGauge,
+    pub errors: IntCounterVec,
+    pub slot_retained_wal_bytes: IntGauge,
+    pub confirmed_flush_lsn: IntGauge,
+    pub restarts: IntCounter,
+    /// Streaming and applying (for /readyz).
+    pub ready: AtomicBool,
+    /// Server WAL end last seen, for /status.
+    pub server_wal_end: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let m = Metrics {
+            applied_lsn: IntGauge::new(names::APPLIED_LSN, "End LSN of the last source commit applied on the target").expect("valid metric"),
+            source_lag_bytes: IntGauge::new(names::SOURCE_LAG_BYTES, "Source WAL bytes not yet applied on the target").expect("valid metric"),
+            lag_seconds: Gauge::new(names::LAG_SECONDS, "Age of the oldest unapplied source commit, 0 when caught up").expect("valid metric"),
+            changes_applied: IntCounterVec::new(Opts::new(names::CHANGES_APPLIED_TOTAL, "Row changes applied, by source table and operation"), &["table", "op"]).expect("valid metric"),
+            transactions_applied: IntCounter::new(names::TRANSACTIONS_APPLIED_TOTAL, "Source transactions applied").expect("valid metric"),
+            apply_batch_seconds: Histogram::with_opts(HistogramOpts::new(names::APPLY_BATCH_SECONDS, "Time to write and commit one target transaction").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("valid metric"),
+            paused: IntGauge::new(names::PAUSED, "1 while paused by signal").expect("valid metric"),
+            errors: IntCounterVec::new(Opts::new(names::ERRORS_TOTAL, "Errors by kind (retryable ones are retried)"), &["kind"]).expect("valid metric"),
+            slot_retained_wal_bytes: IntGauge::new(names::SLOT_RETAINED_WAL_BYTES, "WAL the source keeps for the slot (current LSN - restart_lsn)").expect("valid metric"),
+            confirmed_flush_lsn: IntGauge::new(names::CONFIRMED_FLUSH_LSN, "Flush position confirmed to the source").expect("valid metric"),
+            restarts: IntCounter::new(names::RESTARTS_TOTAL, "Pipeline restarts after retryable errors").expect("valid metric"),
+            registry,
+            ready: AtomicBool::new(false),
+            server_wal_end: AtomicU64::new(0),
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.applied_lsn.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.source_lag_bytes.clone()),
+            Box::new(m.lag_seconds.clone()),
+            Box::new(m.changes_applied.clone()),
+            Box::new(m.transactions_applied.clone()),
+            Box::new(m.apply_batch_seconds.clone()),
+            Box::new(m.paused.clone()),
+            Box::new(m.errors.clone()),
+            Box::new(m.slot_retained_wal_bytes.clone()),
+            Box::new(m.confirmed_flush_lsn.clone()),
+            Box::new(m.restarts.clone()),
+        ] {
+            r.register(c).expect("metric names are unique");
+        }
+        Arc::new(m)
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The daemon's view for `remodel status`.
+    pub fn status_json(&self) -> serde_json::Value {
+        let applied = crate::Lsn(self.applied_lsn.get() as u64);
+        let server = crate::Lsn(self.server_wal_end.load(Ordering::Relaxed));
+        serde_json::json!({
+            "state": if self.paused.get() == 1 { "paused" } else if self.ready.load(Ordering::Relaxed) { "streaming" } else { "starting" },
+            "paused": self.paused.get() == 1,
+            "applied_lsn": applied.to_string(),
+            "server_wal_end": server.to_string(),
+            "lag_bytes": self.source_lag_bytes.get(),
+            "lag_seconds": self.lag_seconds.get(),
+            "transactions_applied": self.transactions_applied.get(),
+            "pid": std::process::id(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics endpoint: cannot listen on {addr}: {source}; set metrics.listen to a free address")]
+pub struct ServeError {
+    addr: String,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Bind the endpoint now (so a taken port is a start-up error) and serve until `shutdown`.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: &str,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServeError> {
+    let addr_parsed: SocketAddr = addr.parse().map_err(|_| ServeError {
+        addr: addr.into(),
+        source: std::io::ErrorKind::InvalidInput.into(),
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr_parsed)
+        .await
+        .map_err(|source| ServeError {
+            addr: addr.into(),
+            source,
+        })?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+            };
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let m = m.clone();
+                    async move { Ok::<_, Infallible>(respond(&m, req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }))
+}
+
+fn respond(m: &Metrics, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", m.render()),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/readyz" => {
+            if m.ready.load(Ordering::Relaxed) {
+                (StatusCode::OK, "text/plain", "ready\n".to_string())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+            }
+        }
+        "/status" => (StatusCode::OK, "application/json", m.status_json().to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_family_is_named_in_names_all() {
+        let m = Metrics::new();
+        m.changes_applied.with_label_values(&["t", "insert"]).inc();
+        m.errors.with_label_values(&["x"]).inc();
+        m.apply_batch_seconds.observe(0.1);
+        let families: Vec<String> = m.registry.gather().iter().map(|f| f.get_name().to_string()).collect();
+        for f in &families {
+            assert!(names::ALL.contains(&f.as_str()), "{f} missing from names::ALL");
+        }
+        assert_eq!(families.len(), names::ALL.len());
+    }
+}

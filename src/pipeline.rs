@@ -1,0 +1,167 @@
+//! Wiring only: connect, set up, compile, start the stages, supervise restarts.
+//!
+//! ```text
+//!            ┌──────────── run (retry loop: Error::is_retryable) ─────────────┐
+//!            │ setup::ensure_publication/slot   state::migrate   plan::compile │
+//!            │ ReplicationConn ─▶ SourceStream ─mpsc─▶ Applier ─▶ target       │
+//!            │                 └▶ feedback_loop      monitor ─▶ metrics        │
+//!            └─────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! No decisions about data live here; each stage owns its own.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{Applier, ApplySettings};
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::source::pgoutput::Decoder;
+use crate::source::replication::{quote_ident, ReplicationConn};
+use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream};
+use crate::source::{monitor, setup};
+use crate::state::StateSchema;
+use crate::transform::{catalog, plan, Plan, Transformer};
+
+/// Run until `control` shuts down (Ok) or a fatal error. Retryable errors restart the stages.
+pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let shutdown = control.shutdown_token();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        let result = run_once(&config, &control, &metrics).await;
+        metrics.ready.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "error while stopping");
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => {
+                metrics.errors.with_label_values(&[e.kind()]).inc();
+                metrics.restarts.inc();
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(250);
+                }
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "retryable error; resuming from the last committed progress");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                metrics.errors.with_label_values(&[e.kind()]).inc();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Compile the configured mapping against both live schemas.
+pub async fn compile_plan(config: &Config, source: &Client, target: &Client) -> Result<Plan, Error> {
+    let published = setup::publication_tables(source, &config.source.publication).await?;
+    let src = catalog::load(source).await.map_err(|source| Error::Sql { what: "reading the source schema", source })?;
+    let tgt = catalog::load(target).await.map_err(|source| Error::Sql { what: "reading the target schema", source })?;
+    plan::compile(&config.tables, &published, &src, &tgt, target)
+        .await
+        .map_err(Error::Plan)
+}
+
+async fn run_once(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
+    let src_info = config.source_conn().map_err(crate::source::conninfo::ConnectError::from)?;
+    let tgt_info = config.target_conn().map_err(crate::source::conninfo::ConnectError::from)?;
+    let source = src_info.connect().await?;
+    setup::ensure_publication(&source, &config.source.publication, &config.source.tables).await?;
+    let slot_lsn = setup::ensure_slot(&source, &config.source.slot).await?;
+    let mut target = tgt_info.connect().await?;
+    let state = StateSchema::new(&config.target.state_schema);
+    state.migrate(&mut target).await?;
+    let plan = compile_plan(config, &source, &target).await?;
+    let progress = state
+        .progress(&target, &config.source.slot)
+        .await?
+        .map(|p| p.applied_lsn)
+        .unwrap_or_default();
+    let start = progress.max(slot_lsn);
+    tracing::info!(source = %src_info, target = %tgt_info, slot = %config.source.slot, %progress, %slot_lsn, tables = plan.tables.len(), "starting replication");
+
+    let repl = ReplicationConn::connect(&src_info).await?;
+    let publications = quote_ident(&config.source.publication);
+    let (reader, writer) = repl
+        .start_replication(
+            &config.source.slot,
+            start,
+            &[("proto_version", "1"), ("publication_names", &publications)],
+        )
+        .await?;
+    let fb = FeedbackState::new(start);
+    let (tx, rx) = mpsc::channel(config.source.channel_capacity);
+    let stream_stop = CancellationToken::new();
+    let feedback_stop = CancellationToken::new();
+    let monitor_stop = CancellationToken::new();
+
+    let stream = tokio::spawn(
+        SourceStream::new(reader, Decoder::new(1), fb.clone(), tx).run(stream_stop.clone()),
+    );
+    let feedback = {
+        let (fb, stop, stream_stop) = (fb.clone(), feedback_stop.clone(), stream_stop.clone());
+        let interval = config.status_interval();
+        tokio::spawn(async move {
+            let r = feedback_loop(writer, fb, interval, stop).await;
+            if r.is_err() {
+                stream_stop.cancel();
+            }
+            r
+        })
+    };
+    let monitor = tokio::spawn(monitor::run(
+        fb.clone(),
+        metrics.clone(),
+        source,
+        config.source.slot.clone(),
+        monitor_stop.clone(),
+    ));
+    metrics.applied_lsn.set(progress.0 as i64);
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    let applier = Applier::new(
+        target,
+        state,
+        ApplySettings {
+            slot: config.source.slot.clone(),
+            batch_rows: config.apply.batch_rows,
+            max_delay: Duration::from_millis(config.apply.max_batch_delay_ms),
+        },
+        Transformer::new(Arc::new(plan)),
+        FlushHandle::new(fb.clone()),
+        metrics.clone(),
+        control.clone(),
+        progress,
+    );
+    let applied = applier.run(rx).await;
+
+    // Apply has committed what it will commit: now the last feedback may confirm it.
+    stream_stop.cancel();
+    feedback_stop.cancel();
+    monitor_stop.cancel();
+    let streamed = stream.await.map_err(|e| Error::Task(e.to_string()))?;
+    let fed = feedback.await.map_err(|e| Error::Task(e.to_string()))?;
+    let _ = monitor.await;
+    applied?;
+    streamed?;
+    fed?;
+    if control.shutdown_token().is_cancelled() {
+        tracing::info!(applied = %fb.applied(), confirmed = %fb.confirmed(), "stopped");
+        Ok(())
+    } else {
+        Err(crate::source::replication::ReplicationError::Closed.into())
+    }
+}

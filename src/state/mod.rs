@@ -1,0 +1,161 @@
+//! The state schema on the target (`target.state_schema`, default `remodel`): created and
+//! versioned by remodel itself.
+//!
+//! ```text
+//!   <schema>.schema_version (version)                      which migrations ran
+//!   <schema>.progress   (slot, applied_lsn, commit_ts)     last source commit end LSN applied
+//!   <schema>.ledger     (rel, skey, version, deleted)      version ledger: source key → LSN, tombstones
+//!   <schema>.truncations(rel, version)                     table-wide tombstones
+//! ```
+//!
+//! Owns the DDL of these tables and reading progress. Must never create or alter the user's
+//! data tables, and never write progress outside the apply transaction that earned it.
+
+use tokio_postgres::Client;
+
+use crate::lsn::Lsn;
+use crate::source::replication::quote_ident;
+
+/// Migrations in order; index + 1 is the version they bring the schema to.
+const MIGRATIONS: &[&str] = &[
+    // 1: progress, ledger, table tombstones.
+    "CREATE TABLE {s}.progress (
+         slot text PRIMARY KEY,
+         applied_lsn pg_lsn NOT NULL,
+         commit_ts timestamptz,
+         updated_at timestamptz NOT NULL DEFAULT now());
+     CREATE TABLE {s}.ledger (
+         rel text NOT NULL,
+         skey text NOT NULL,
+         version pg_lsn NOT NULL,
+         deleted boolean NOT NULL,
+         PRIMARY KEY (rel, skey));
+     CREATE TABLE {s}.truncations (
+         rel text PRIMARY KEY,
+         version pg_lsn NOT NULL);",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state schema {schema}: {what}: {source}")]
+    Sql {
+        schema: String,
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("state schema {schema} is at version {found}, newer than this remodel knows ({known}); upgrade remodel")]
+    TooNew {
+        schema: String,
+        found: i32,
+        known: usize,
+    },
+}
+
+/// Names of the state tables, quoted, for one schema.
+#[derive(Debug, Clone)]
+pub struct StateSchema {
+    pub schema: String,
+    pub quoted: String,
+}
+
+impl StateSchema {
+    pub fn new(schema: &str) -> Self {
+        StateSchema {
+            schema: schema.to_string(),
+            quoted: quote_ident(schema),
+        }
+    }
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{}", self.quoted, name)
+    }
+
+    fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StateError {
+        let schema = self.schema.clone();
+        move |source| StateError::Sql {
+            schema,
+            what,
+            source,
+        }
+    }
+
+    /// Create the schema or bring it to the current version (serialised by an advisory lock).
+    pub async fn migrate(&self, client: &mut Client) -> Result<i32, StateError> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(self.err("starting migration"))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('remodel-state:' || $1))",
+            &[&self.schema],
+        )
+        .await
+        .map_err(self.err("taking the migration lock"))?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);",
+            s = self.quoted
+        ))
+        .await
+        .map_err(self.err("creating the schema"))?;
+        let current: i32 = tx
+            .query_opt(
+                &format!("SELECT max(version) FROM {}", self.table("schema_version")),
+                &[],
+            )
+            .await
+            .map_err(self.err("reading the version"))?
+            .and_then(|r| r.get::<_, Option<i32>>(0))
+            .unwrap_or(0);
+        if current as usize > MIGRATIONS.len() {
+            return Err(StateError::TooNew {
+                schema: self.schema.clone(),
+                found: current,
+                known: MIGRATIONS.len(),
+            });
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.batch_execute(&m.replace("{s}", &self.quoted))
+                .await
+                .map_err(self.err("running a migration"))?;
+            tx.batch_execute(&format!("DELETE FROM {}", self.table("schema_version")))
+                .await
+                .map_err(self.err("recording the version"))?;
+            tx.execute(
+                &format!("INSERT INTO {} VALUES ($1)", self.table("schema_version")),
+                &[&(i as i32 + 1)],
+            )
+            .await
+            .map_err(self.err("recording the version"))?;
+        }
+        tx.commit().await.map_err(self.err("committing migration"))?;
+        Ok(MIGRATIONS.len() as i32)
+    }
+
+    /// The last source commit end LSN applied for `slot`, if any.
+    pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<Progress>, StateError> {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT applied_lsn::text, extract(epoch from commit_ts)::float8, \
+                     extract(epoch from updated_at)::float8 FROM {} WHERE slot = $1",
+                    self.table("progress")
+                ),
+                &[&slot],
+            )
+            .await
+            .map_err(self.err("reading progress"))?;
+        Ok(row.map(|r| Progress {
+            applied_lsn: r.get::<_, String>(0).parse().unwrap_or_default(),
+            commit_ts_unix: r.get(1),
+            updated_at_unix: r.get(2),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub applied_lsn: Lsn,
+    pub commit_ts_unix: Option<f64>,
+    pub updated_at_unix: Option<f64>,
+}

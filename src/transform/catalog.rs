@@ -1,0 +1,96 @@
+//! Reading table definitions from a live database (source or target) for the plan compiler.
+//! Read-only: must never change either schema.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`, e.g. `integer`, `numeric(10,2)`, `text[]`.
+    pub sql_type: String,
+    pub not_null: bool,
+    pub has_default: bool,
+    pub generated: bool,
+    pub identity_always: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnInfo>,
+    pub primary_key: Vec<String>,
+    /// 'd' default, 'n' nothing, 'f' full, 'i' index.
+    pub replica_identity: char,
+}
+
+impl TableInfo {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// All ordinary/partitioned tables of the database's user schemas, keyed by `schema.table`.
+pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT n.nspname, c.relname, c.relreplident::text, a.attname,
+                    format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef,
+                    a.attgenerated <> '', a.attidentity = 'a',
+                    COALESCE(a.attnum = ANY (i.indkey::int2[]), false),
+                    array_position(i.indkey::int2[], a.attnum)
+             FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+             WHERE c.relkind IN ('r', 'p')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+             ORDER BY n.nspname, c.relname, a.attnum",
+            &[],
+        )
+        .await?;
+    let mut out: HashMap<String, TableInfo> = HashMap::new();
+    let mut pk_pos: HashMap<String, Vec<(i32, String)>> = HashMap::new();
+    for r in rows {
+        let schema: String = r.get(0);
+        let name: String = r.get(1);
+        let qualified = format!("{schema}.{name}");
+        let ident: String = r.get(2);
+        let t = out.entry(qualified.clone()).or_insert_with(|| TableInfo {
+            schema,
+            name,
+            columns: vec![],
+            primary_key: vec![],
+            replica_identity: ident.chars().next().unwrap_or('d'),
+        });
+        let col: String = r.get(3);
+        t.columns.push(ColumnInfo {
+            name: col.clone(),
+            sql_type: r.get(4),
+            not_null: r.get(5),
+            has_default: r.get(6),
+            generated: r.get(7),
+            identity_always: r.get(8),
+        });
+        if r.get::<_, bool>(9) {
+            let pos: Option<i32> = r.get(10);
+            pk_pos
+                .entry(qualified)
+                .or_default()
+                .push((pos.unwrap_or(0), col));
+        }
+    }
+    for (q, mut cols) in pk_pos {
+        cols.sort();
+        if let Some(t) = out.get_mut(&q) {
+            t.primary_key = cols.into_iter().map(|(_, c)| c).collect();
+        }
+    }
+    Ok(out)
+}
