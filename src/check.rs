@@ -1,1 +1,169 @@
-//! pending
+//! `remodel check`: preflight of both databases and the mapping. Lists every problem at once,
+//! each with its fix. Read-only: must never create the slot, publication or state schema.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::source::conninfo::ConnInfo;
+use crate::source::setup;
+use crate::transform::{catalog, plan};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Finding {
+    pub subject: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}\n    fix: {}", self.subject, self.problem, self.fix)
+    }
+}
+
+fn finding(subject: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+    Finding {
+        subject: subject.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+async fn connect(what: &str, info: Result<ConnInfo, crate::source::conninfo::ConnInfoError>, out: &mut Vec<Finding>) -> Option<Client> {
+    let info = match info {
+        Ok(i) => i,
+        Err(e) => {
+            out.push(finding(what, e.to_string(), format!("fix {what}.url")));
+            return None;
+        }
+    };
+    match info.connect().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            out.push(finding(what, e.to_string(), format!("check that the server is up and {what}.url is right (host, port, user, password, sslmode)")));
+            None
+        }
+    }
+}
+
+async fn setting(client: &Client, name: &str) -> Option<String> {
+    client
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+async fn int(client: &Client, sql: &str) -> i64 {
+    client
+        .query_one(sql, &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<i64>>(0))
+        .unwrap_or(0)
+}
+
+/// Run every check; an empty result means ready to `run`.
+pub async fn run(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let source = connect("source", config.source_conn(), &mut out).await;
+    let target = connect("target", config.target_conn(), &mut out).await;
+    let mut published: Vec<String> = Vec::new();
+    let mut src_tables = HashMap::new();
+    if let Some(s) = &source {
+        check_source(config, s, &mut out, &mut published).await;
+        src_tables = catalog::load(s).await.unwrap_or_default();
+        for t in &published {
+            if let Some(info) = src_tables.get(t) {
+                if info.replica_identity == 'n' {
+                    out.push(finding(t, "REPLICA IDENTITY NOTHING: updates and deletes on it fail once it is published", format!("ALTER TABLE {t} REPLICA IDENTITY DEFAULT")));
+                } else if info.replica_identity == 'd' && info.primary_key.is_empty() {
+                    out.push(finding(t, "no primary key and REPLICA IDENTITY DEFAULT: updates and deletes cannot be replicated", format!("add a primary key to {t}, or ALTER TABLE {t} REPLICA IDENTITY FULL and set key = [...] in its mapping")));
+                }
+            }
+        }
+    }
+    if let Some(t) = &target {
+        let schema = &config.target.state_schema;
+        let ok: bool = t
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1 AND pg_has_role(nspowner, 'USAGE'))
+                     OR has_database_privilege(current_database(), 'CREATE')",
+                &[schema],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(false);
+        if !ok {
+            out.push(finding("target", format!("the role cannot create or use the state schema {schema:?}"), "GRANT CREATE ON DATABASE <db> TO <role>, or create the schema for it"));
+        }
+    }
+    if let (Some(_), Some(t)) = (&source, &target) {
+        let tgt_tables = catalog::load(t).await.unwrap_or_default();
+        if let Err(problems) = plan::compile(&config.tables, &published, &src_tables, &tgt_tables, t).await {
+            for p in problems {
+                out.push(finding(format!("mapping {}", p.table), p.message, p.fix));
+            }
+        }
+    }
+    out
+}
+
+async fn check_source(config: &Config, s: &Client, out: &mut Vec<Finding>, published: &mut Vec<String>) {
+    match setting(s, "wal_level").await.as_deref() {
+        Some("logical") => {}
+        other => out.push(finding("source", format!("wal_level is {}, logical decoding needs logical", other.unwrap_or("unknown")), "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL")),
+    }
+    let slot_exists = int(s, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", config.source.slot.replace('\'', "''"))).await > 0;
+    let max_slots: i64 = setting(s, "max_replication_slots").await.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let used_slots = int(s, "SELECT count(*) FROM pg_replication_slots").await;
+    // One slot for the stream, plus temporary ones for backfill passes.
+    if !slot_exists && used_slots + 1 > max_slots {
+        out.push(finding("source", format!("max_replication_slots = {max_slots} and {used_slots} are in use: no room for slot {:?}", config.source.slot), "raise max_replication_slots (restart needed) or drop an unused slot"));
+    }
+    let max_senders: i64 = setting(s, "max_wal_senders").await.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let used_senders = int(s, "SELECT count(*) FROM pg_stat_replication").await;
+    if used_senders + 1 > max_senders {
+        out.push(finding("source", format!("max_wal_senders = {max_senders} and {used_senders} are in use"), "raise max_wal_senders (restart needed)"));
+    }
+    let (replication, superuser): (bool, bool) = s
+        .query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap_or((false, false));
+    if !replication && !superuser {
+        out.push(finding("source", "the role lacks the REPLICATION attribute", "ALTER ROLE <role> REPLICATION"));
+    }
+    match setup::publication_tables(s, &config.source.publication).await {
+        Ok(t) => *published = t,
+        Err(e) => out.push(finding("source", e.to_string(), "check permissions on pg_publication_tables")),
+    }
+    let pub_exists = int(s, &format!("SELECT count(*) FROM pg_publication WHERE pubname = '{}'", config.source.publication.replace('\'', "''"))).await > 0;
+    if !pub_exists {
+        if config.source.tables.is_empty() {
+            if !superuser {
+                out.push(finding("source", format!("publication {:?} does not exist and creating it FOR ALL TABLES needs a superuser", config.source.publication), "create it as a superuser, or list source.tables"));
+            }
+            let all = catalog::load(s).await.unwrap_or_default();
+            let mut names: Vec<String> = all.keys().cloned().collect();
+            names.sort();
+            *published = names;
+        } else {
+            *published = config.source.tables.iter().map(|t| match setup::split_name(t) {
+                Ok((a, b)) => format!("{a}.{b}"),
+                Err(_) => t.clone(),
+            }).collect();
+        }
+    }
+    if let Ok(Some(row)) = s
+        .query_opt("SELECT plugin FROM pg_replication_slots WHERE slot_name = $1", &[&config.source.slot])
+        .await
+    {
+        let plugin: Option<String> = row.get(0);
+        if plugin.as_deref() != Some("pgoutput") {
+            out.push(finding("source", format!("slot {:?} exists with plugin {:?}", config.source.slot, plugin), "choose another source.slot or drop that slot"));
+        }
+    }
+}

@@ -779,7 +779,7 @@ pub struct Cluster {
 impl Cluster {
     /// `initdb` a new cluster into a fresh temp dir and start it on a free port (retrying on
     /// another port if the chosen one is taken by the time the server binds it). Also sweeps the
-    /// stale dirs of earlier runs that were killed. Typically ~1 s.
+    /// stale dirs of earlier runs that were killed. About 1.2 s here (initdb included).
     pub async fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
         sweep_stale_dirs();
         let bin_dir = find_bin_dir()?;
@@ -883,6 +883,10 @@ impl Cluster {
     /// Fast shutdown (SIGINT: open transactions are rolled back, connections closed) and wait
     /// for it. The data dir stays; [`Cluster::restart`] starts the server again. A no-op if it is
     /// not running.
+    ///
+    /// A connected logical replication consumer can delay this: each walsender exits only once
+    /// its client confirmed everything sent (up to the shutdown checkpoint), else after
+    /// `wal_sender_timeout`. Stop the consumer first, or use [`Cluster::kill9`] or drop.
     pub async fn stop(&mut self) -> Result<(), ClusterError> {
         let Some(mut child) = self.postmaster.take() else {
             return Ok(());
@@ -934,8 +938,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Stop the server if it runs, then start it again on the same data dir and port, and wait
-    /// until it accepts connections.
+    /// Stop the server if it runs, then start it again on the same data dir and port (no other
+    /// port is tried: clients keep their URLs), and wait until it accepts connections, crash
+    /// recovery included.
     pub async fn restart(&mut self) -> Result<(), ClusterError> {
         self.stop().await?;
         self.spawn_and_wait().await

@@ -12,6 +12,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod error;
 pub mod lsn;
 pub mod metrics;

@@ -201,7 +201,7 @@ mod tests {
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
         m.apply_batch_seconds.observe(0.1);
-        let families: Vec<String> = m.registry.gather().iter().map(|f| f.get_name().to_string()).collect();
+        let families: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         for f in &families {
             assert!(names::ALL.contains(&f.as_str()), "{f} missing from names::ALL");
         }

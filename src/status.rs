@@ -1,1 +1,199 @@
-//! pending
+//! `remodel status`: what the target's progress row, the source's slot and the running daemon
+//! (if any) say. Read-only. Never prints a password.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::lsn::Lsn;
+use crate::state::StateSchema;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub daemon: DaemonState,
+    pub applied_lsn: Option<String>,
+    pub progress_updated_at_unix: Option<f64>,
+    pub last_applied_commit_unix: Option<f64>,
+    pub source_current_lsn: Option<String>,
+    pub slot: Option<SlotStatus>,
+    /// Source WAL written but not yet applied on the target.
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the last applied source commit was made, when behind.
+    pub lag_seconds: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DaemonState {
+    /// `streaming`, `paused`, `starting`, or `not running`.
+    pub state: String,
+    pub paused: bool,
+    pub pid: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub name: String,
+    pub active: bool,
+    pub confirmed_flush_lsn: Option<String>,
+    pub retained_wal_bytes: Option<i64>,
+}
+
+async fn daemon_status(listen: &str) -> Option<serde_json::Value> {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(listen).await.ok()?;
+        s.write_all(format!("GET /status HTTP/1.0\r\nHost: {listen}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split_once("\r\n\r\n")?.1;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
+}
+
+pub async fn gather(config: &Config) -> Status {
+    let mut errors = Vec::new();
+    let daemon = match daemon_status(&config.metrics.listen).await {
+        Some(v) => DaemonState {
+            state: v["state"].as_str().unwrap_or("unknown").to_string(),
+            paused: v["paused"].as_bool().unwrap_or(false),
+            pid: v["pid"].as_u64(),
+        },
+        None => DaemonState {
+            state: "not running".into(),
+            paused: false,
+            pid: None,
+        },
+    };
+    let mut st = Status {
+        daemon,
+        applied_lsn: None,
+        progress_updated_at_unix: None,
+        last_applied_commit_unix: None,
+        source_current_lsn: None,
+        slot: None,
+        lag_bytes: None,
+        lag_seconds: None,
+        errors: vec![],
+    };
+    match target_progress(config).await {
+        Ok(Some(p)) => {
+            st.applied_lsn = Some(p.applied_lsn.to_string());
+            st.progress_updated_at_unix = p.updated_at_unix;
+            st.last_applied_commit_unix = p.commit_ts_unix;
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e.to_string()),
+    }
+    match source_slot(config).await {
+        Ok((current, slot)) => {
+            if let (Some(a), Some(c)) = (&st.applied_lsn, current) {
+                if let Ok(a) = a.parse::<Lsn>() {
+                    let lag = c.bytes_since(a);
+                    st.lag_bytes = Some(lag);
+                    st.lag_seconds = match (lag, st.last_applied_commit_unix) {
+                        (0, _) => Some(0.0),
+                        (_, Some(ts)) => std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .ok()
+                            .map(|n| (n.as_secs_f64() - ts).max(0.0)),
+                        _ => None,
+                    };
+                }
+            }
+            st.source_current_lsn = current.map(|c| c.to_string());
+            st.slot = slot;
+        }
+        Err(e) => errors.push(e.to_string()),
+    }
+    st.errors = errors;
+    st
+}
+
+async fn target_progress(config: &Config) -> Result<Option<crate::state::Progress>, Error> {
+    let client = config
+        .target_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?
+        .connect()
+        .await?;
+    let state = StateSchema::new(&config.target.state_schema);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{}.progress", state.quoted)])
+        .await
+        .map_err(|source| Error::Sql { what: "looking for the state schema", source })?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(state.progress(&client, &config.source.slot).await?)
+}
+
+async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>), Error> {
+    let client = config
+        .source_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?
+        .connect()
+        .await?;
+    let sql = |source| Error::Sql { what: "reading the source slot", source };
+    let current: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(sql)?
+        .get(0);
+    let slot = client
+        .query_opt(
+            "SELECT active, confirmed_flush_lsn::text, (pg_current_wal_lsn() - restart_lsn)::int8
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.source.slot],
+        )
+        .await
+        .map_err(sql)?
+        .map(|r| SlotStatus {
+            name: config.source.slot.clone(),
+            active: r.get(0),
+            confirmed_flush_lsn: r.get(1),
+            retained_wal_bytes: r.get(2),
+        });
+    Ok((current.parse().ok(), slot))
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        writeln!(
+            f,
+            "daemon:        {}{}",
+            self.daemon.state,
+            self.daemon.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        )?;
+        writeln!(f, "applied LSN:   {}", or(&self.applied_lsn))?;
+        writeln!(f, "source LSN:    {}", or(&self.source_current_lsn))?;
+        writeln!(
+            f,
+            "lag:           {} bytes, {} s",
+            self.lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            self.lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into())
+        )?;
+        match &self.slot {
+            Some(s) => writeln!(
+                f,
+                "slot:          {} ({}), confirmed {}, retains {} bytes of WAL",
+                s.name,
+                if s.active { "active" } else { "inactive" },
+                or(&s.confirmed_flush_lsn),
+                s.retained_wal_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into())
+            )?,
+            None => writeln!(f, "slot:          (does not exist yet)")?,
+        }
+        for e in &self.errors {
+            writeln!(f, "error:         {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -200,8 +200,7 @@ async fn tls_cluster_serves_a_verifiable_certificate() {
     // The TLS-only role may not connect in plain text.
     let err = connect_no_tls(&tls.cluster.url_with_password("postgres", &role, pw))
         .await
-        .err()
-        .expect("a TLS-only role connected without TLS");
+        .expect_err("a TLS-only role connected without TLS");
     assert_eq!(
         err.code(),
         Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION),

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 #[derive(Debug, Clone)]
-struct Info {
+pub(crate) struct Info {
     id: u64,
     port: u16,
     pid: Option<u32>,

@@ -10,15 +10,14 @@
 //! * [`Proxy`]: TCP proxy to cut or black-hole connections.
 //! * [`wait_until`] / [`wait_until_eq`]: poll a condition with a deadline; never sleep to
 //!   synchronise.
+//! * `daemon`: running the `remodel` binary under test (its own file, `daemon.rs`).
 //!
 //! All clusters are owned by one long-lived thread (see `clusters.rs` for why); tests get
 //! handles with ports and URLs, and connect from their own runtimes.
-//!
-//! Room for more: a `Daemon` helper belongs in its own file here (`daemon.rs`, declared below
-//! as `pub mod daemon;`).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod clusters;
+pub mod daemon;
 pub mod proxy;
 pub mod tls;
 

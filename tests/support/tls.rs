@@ -39,9 +39,10 @@ pub fn tls_certs(dir: &Path) -> TlsMaterial {
     let ca_key = KeyPair::generate().expect("generating the CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A distinct name per CA: clients look issuers up by name.
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "remodel test CA");
+        .push(DnType::CommonName, super::unique_name("remodel test CA"));
     ca_params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,

@@ -1,0 +1,177 @@
+//! Runs the real `remodel` binary as a child process against test databases.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    pub listen: String,
+}
+
+pub fn free_listen() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+/// A minimal config; `extra` is appended verbatim (sections, [[tables]]).
+pub fn config(source_url: &str, target_url: &str, listen: &str, extra: &str) -> String {
+    format!(
+        "[source]\nurl = \"{source_url}\"\nslot = \"remodel_test\"\npublication = \"remodel_test\"\n\
+         status_interval_ms = 200\n\
+         [target]\nurl = \"{target_url}\"\n[metrics]\nlisten = \"{listen}\"\n[log]\nlevel = \"remodel=debug,info\"\n{extra}"
+    )
+}
+
+impl Daemon {
+    /// Write `config_toml` (its `[metrics] listen` must be `listen`) and start `remodel run`.
+    pub fn start(config_toml: &str, listen: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("remodel.toml");
+        let pid = dir.path().join("remodel.pid");
+        let toml = format!(
+            "{config_toml}\n[control]\npidfile = \"{}\"\n",
+            pid.display()
+        );
+        std::fs::write(&config_path, toml).expect("write config");
+        let log_path = dir.path().join("remodel.log");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            config_path,
+            log_path,
+            listen: listen.to_string(),
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .stdout(log.try_clone().expect("dup"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn remodel");
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).expect("signal");
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Wait for exit (with a deadline), returning the status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return st;
+            }
+            if started.elapsed() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "remodel did not exit within {deadline:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and expect exit 0.
+    pub fn stop(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let st = self.wait_exit(Duration::from_secs(30));
+        assert!(
+            st.success(),
+            "remodel exited with {st}; log:\n{}",
+            self.log()
+        );
+    }
+
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.listen).await.ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, text.split_once("\r\n\r\n")?.1.to_string()))
+    }
+
+    /// The value of one metric sample line (`name{labels}` exactly as exposed), or 0.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics").await else {
+            return 0.0;
+        };
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
+    pub async fn wait_ready(&self) {
+        let started = Instant::now();
+        loop {
+            if let Some((200, _)) = self.get("/readyz").await {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "remodel not ready in 30 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
