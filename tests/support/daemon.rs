@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use super::TestDb;
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -21,13 +23,41 @@ pub fn free_listen() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
-/// A minimal config; `extra` is appended verbatim (sections, [[tables]]).
-pub fn config(source_url: &str, target_url: &str, listen: &str, extra: &str) -> String {
+/// A config for `db` with slot and publication named after the database (slots are
+/// cluster-wide). `source_extra` goes into `[source]`; `extra` is appended (sections, [[tables]]).
+pub fn config_with(db: &TestDb, listen: &str, source_extra: &str, extra: &str) -> String {
+    config_urls(&db.source_url, &db.target_url, &db.name, listen, source_extra, extra)
+}
+
+pub fn config_urls(source_url: &str, target_url: &str, slot: &str, listen: &str, source_extra: &str, extra: &str) -> String {
     format!(
-        "[source]\nurl = \"{source_url}\"\nslot = \"remodel_test\"\npublication = \"remodel_test\"\n\
-         status_interval_ms = 200\n\
+        "[source]\nurl = \"{source_url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\
+         status_interval_ms = 200\n{source_extra}\n\
          [target]\nurl = \"{target_url}\"\n[metrics]\nlisten = \"{listen}\"\n[log]\nlevel = \"remodel=debug,info\"\n{extra}"
     )
+}
+
+pub fn config(db: &TestDb, listen: &str, extra: &str) -> String {
+    config_with(db, listen, "", extra)
+}
+
+/// Drop the test's slot (the shared source has a limited number).
+pub async fn drop_slot(db: &TestDb) {
+    let c = &db.source;
+    let name = db.name.clone();
+    super::wait_until("slot inactive and dropped", Duration::from_secs(30), || {
+        let name = name.clone();
+        async move {
+            c.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&name],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+    })
+    .await;
 }
 
 impl Daemon {

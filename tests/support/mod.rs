@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod clusters;
+pub mod compare;
 pub mod daemon;
 pub mod proxy;
 pub mod tls;
@@ -44,8 +45,14 @@ pub struct Pair {
 pub fn pair() -> &'static Pair {
     static PAIR: OnceLock<Result<Pair, String>> = OnceLock::new();
     let result = PAIR.get_or_init(|| {
-        let source = clusters::send_start(ClusterOptions::default());
-        let target = clusters::send_start(ClusterOptions::default());
+        // Every daemon test holds a slot and a walsender on the source while it runs.
+        let opts = || ClusterOptions {
+            max_replication_slots: 64,
+            max_wal_senders: 64,
+            ..ClusterOptions::default()
+        };
+        let source = clusters::send_start(opts());
+        let target = clusters::send_start(opts());
         let source = clusters::handle_from(source, true);
         let target = clusters::handle_from(target, true);
         Ok(Pair {
