@@ -108,10 +108,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let control = Control::new();
             let path = config.clone();
             control::install_signals(control.clone(), move || match Config::load(&path) {
-                Ok(c) => match reload(&c.log.level) {
-                    Ok(()) => tracing::info!(level = %c.log.level, "log level reloaded"),
-                    Err(e) => tracing::error!(error = %e, "log level not reloaded"),
-                },
+                Ok(c) => {
+                    // Said before switching: at the new level this line may be filtered out.
+                    tracing::info!(level = %c.log.level, "log level reloaded");
+                    if let Err(e) = reload(&c.log.level) {
+                        tracing::error!(error = %e, "log level not reloaded");
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "config not reloaded"),
             })?;
             let _pid = PidFile::create(&cfg.pidfile())?;
