@@ -27,7 +27,7 @@ pub enum DemoError {
     Sql {
         what: &'static str,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pgerr::PgError,
     },
     #[error("demo: the daemon failed: {0}")]
     Daemon(#[from] crate::error::Error),
@@ -36,7 +36,7 @@ pub enum DemoError {
 }
 
 fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DemoError {
-    move |source| DemoError::Sql { what, source }
+    move |source| DemoError::Sql { what, source: source.into() }
 }
 
 const SOURCE_SCHEMA: &str = "

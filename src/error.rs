@@ -42,7 +42,7 @@ pub enum Error {
     Sql {
         what: &'static str,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pgerr::PgError,
     },
     #[error("a pipeline task ended unexpectedly: {0}")]
     Task(String),
@@ -61,10 +61,31 @@ fn retryable_sqlstate(code: &str) -> bool {
 }
 
 fn pg_retryable(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        Some(db) => retryable_sqlstate(db.code().code()),
-        None => true, // I/O, closed connection, timeout
+    if let Some(db) = e.as_db_error() {
+        return retryable_sqlstate(db.code().code());
     }
+    !is_tls_failure(e)
+}
+
+/// A TLS handshake or certificate failure is definite: retrying cannot fix a wrong CA, a host
+/// name mismatch or a server without TLS.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.to_string().contains("TLS handshake") {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 impl Error {
@@ -72,20 +93,20 @@ impl Error {
         match self {
             Error::Config(_) | Error::Plan(_) | Error::Metrics(_) | Error::Pid(_) | Error::Task(_) => false,
             Error::Connect(ConnectError::Info(_)) => false,
-            Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(e),
+            Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
             Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => match e {
                 ReplicationError::Io { .. } | ReplicationError::Closed => true,
                 ReplicationError::Server { code, .. } => retryable_sqlstate(code),
                 _ => false,
             },
             Error::Stream(_) => false,
-            Error::Setup(SetupError::Sql { source, .. }) => pg_retryable(source),
+            Error::Setup(SetupError::Sql { source, .. }) => pg_retryable(&source.0),
             Error::Setup(_) => false,
-            Error::State(StateError::Sql { source, .. }) => pg_retryable(source),
+            Error::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
             Error::State(_) => false,
-            Error::Apply(ApplyError::Db { source, .. }) => pg_retryable(source),
+            Error::Apply(ApplyError::Db { source, .. }) => pg_retryable(&source.0),
             Error::Apply(_) => false,
-            Error::Sql { source, .. } => pg_retryable(source),
+            Error::Sql { source, .. } => pg_retryable(&source.0),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod lsn;
 pub mod metrics;
+pub mod pgerr;
 pub mod pipeline;
 pub mod source;
 pub mod state;

@@ -68,8 +68,8 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
 /// Compile the configured mapping against both live schemas.
 pub async fn compile_plan(config: &Config, source: &Client, target: &Client) -> Result<Plan, Error> {
     let published = setup::publication_tables(source, &config.source.publication).await?;
-    let src = catalog::load(source).await.map_err(|source| Error::Sql { what: "reading the source schema", source })?;
-    let tgt = catalog::load(target).await.map_err(|source| Error::Sql { what: "reading the target schema", source })?;
+    let src = catalog::load(source).await.map_err(|source| Error::Sql { what: "reading the source schema", source: source.into() })?;
+    let tgt = catalog::load(target).await.map_err(|source| Error::Sql { what: "reading the target schema", source: source.into() })?;
     plan::compile(&config.tables, &published, &src, &tgt, target)
         .await
         .map_err(Error::Plan)

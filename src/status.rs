@@ -126,7 +126,7 @@ async fn target_progress(config: &Config) -> Result<Option<crate::state::Progres
     let exists: bool = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{}.progress", state.quoted)])
         .await
-        .map_err(|source| Error::Sql { what: "looking for the state schema", source })?
+        .map_err(|source| Error::Sql { what: "looking for the state schema", source: source.into() })?
         .get(0);
     if !exists {
         return Ok(None);
@@ -140,7 +140,7 @@ async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>
         .map_err(crate::source::conninfo::ConnectError::from)?
         .connect()
         .await?;
-    let sql = |source| Error::Sql { what: "reading the source slot", source };
+    let sql = |source: tokio_postgres::Error| Error::Sql { what: "reading the source slot", source: source.into() };
     let current: String = client
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await

@@ -55,21 +55,21 @@ pub enum ApplyError {
     Db {
         what: &'static str,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pgerr::PgError,
     },
 }
 
 impl ApplyError {
     pub fn db_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
-            ApplyError::Db { source, .. } => Some(source),
+            ApplyError::Db { source, .. } => Some(&source.0),
             _ => None,
         }
     }
 }
 
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
-    move |source| ApplyError::Db { what, source }
+    move |source| ApplyError::Db { what, source: source.into() }
 }
 
 /// SQLSTATE classes that mean "this data cannot be written" rather than "try again".
@@ -328,7 +328,7 @@ impl Applier {
                 }
                 return Err(ApplyError::Db {
                     what: "writing a batch",
-                    source: e,
+                    source: e.into(),
                 });
             }
         }

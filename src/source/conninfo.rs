@@ -237,7 +237,7 @@ impl ConnInfo {
                 let (client, conn) = config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| ConnectError::Postgres(self.redacted(), e))?;
+                    .map_err(|e| ConnectError::Postgres(self.redacted(), e.into()))?;
                 tokio::spawn(conn);
                 client
             }
@@ -246,7 +246,7 @@ impl ConnInfo {
                 let (client, conn) = config
                     .connect(tls)
                     .await
-                    .map_err(|e| ConnectError::Postgres(self.redacted(), e))?;
+                    .map_err(|e| ConnectError::Postgres(self.redacted(), e.into()))?;
                 tokio::spawn(conn);
                 client
             }
@@ -254,7 +254,7 @@ impl ConnInfo {
         client
             .batch_execute("SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET TimeZone = 'UTC'")
             .await
-            .map_err(|e| ConnectError::Postgres(self.redacted(), e))?;
+            .map_err(|e| ConnectError::Postgres(self.redacted(), e.into()))?;
         Ok(client)
     }
 }
@@ -264,7 +264,7 @@ pub enum ConnectError {
     #[error(transparent)]
     Info(#[from] ConnInfoError),
     #[error("could not connect to {0}: {1}")]
-    Postgres(String, #[source] tokio_postgres::Error),
+    Postgres(String, #[source] crate::pgerr::PgError),
 }
 
 impl fmt::Debug for ConnInfo {

@@ -15,7 +15,7 @@ pub enum SetupError {
     Sql {
         what: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pgerr::PgError,
     },
     #[error("source: replication slot {slot:?} exists but uses plugin {plugin:?} (remodel needs pgoutput); choose another source.slot or drop it with SELECT pg_drop_replication_slot('{slot}')")]
     WrongPlugin { slot: String, plugin: String },
@@ -33,7 +33,7 @@ pub enum SetupError {
 
 fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
     let what = what.into();
-    move |source| SetupError::Sql { what, source }
+    move |source| SetupError::Sql { what, source: source.into() }
 }
 
 /// Split `schema.table` (or `table` → `public.table`).

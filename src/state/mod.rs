@@ -42,7 +42,7 @@ pub enum StateError {
         schema: String,
         what: &'static str,
         #[source]
-        source: tokio_postgres::Error,
+        source: crate::pgerr::PgError,
     },
     #[error("state schema {schema} is at version {found}, newer than this remodel knows ({known}); upgrade remodel")]
     TooNew {
@@ -75,7 +75,7 @@ impl StateSchema {
         move |source| StateError::Sql {
             schema,
             what,
-            source,
+            source: source.into(),
         }
     }
 
