@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applier, ApplySettings};
+use crate::apply::{Applier, ApplyError, ApplySettings};
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::Error;
@@ -34,12 +34,17 @@ use crate::transform::{catalog, plan, Plan, Transformer};
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let mut backoff = Duration::from_millis(250);
+    let mut isolate_until = None;
     loop {
         let started = Instant::now();
-        let result = run_once(&config, &control, &metrics).await;
+        let result = run_once(&config, &control, &metrics, isolate_until.take()).await;
         metrics.ready.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return Ok(()),
+            Err(Error::Apply(ApplyError::Isolate { until, inner })) => {
+                tracing::warn!(error = %inner, %until, "isolating source transactions to commit everything before the failing one");
+                isolate_until = Some(until);
+            }
             Err(e) if shutdown.is_cancelled() => {
                 tracing::warn!(error = %e, "error while stopping");
                 return Ok(());
@@ -75,7 +80,12 @@ pub async fn compile_plan(config: &Config, source: &Client, target: &Client) -> 
         .map_err(Error::Plan)
 }
 
-async fn run_once(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
+async fn run_once(
+    config: &Config,
+    control: &Control,
+    metrics: &Arc<Metrics>,
+    isolate_until: Option<crate::Lsn>,
+) -> Result<(), Error> {
     let src_info = config.source_conn().map_err(crate::source::conninfo::ConnectError::from)?;
     let tgt_info = config.target_conn().map_err(crate::source::conninfo::ConnectError::from)?;
     let source = src_info.connect().await?;
@@ -139,6 +149,7 @@ async fn run_once(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
             slot: config.source.slot.clone(),
             batch_rows: config.apply.batch_rows,
             max_delay: Duration::from_millis(config.apply.max_batch_delay_ms),
+            isolate_until,
         },
         Transformer::new(Arc::new(plan)),
         FlushHandle::new(fb.clone()),

@@ -51,6 +51,11 @@ pub enum ApplyError {
         detail: Option<String>,
         sqlstate: String,
     },
+    /// A rejection inside a target transaction shared by several source transactions: retry
+    /// with one source transaction per target transaction up to `until`, so everything before
+    /// the culprit commits and the error names exactly it.
+    #[error("{inner} (retrying with each source transaction up to {until} in its own target transaction, to commit everything before it)")]
+    Isolate { until: Lsn, inner: Box<ApplyError> },
     #[error("target: {what}: {source}")]
     Db {
         what: &'static str,
@@ -85,6 +90,8 @@ pub struct ApplySettings {
     pub slot: String,
     pub batch_rows: usize,
     pub max_delay: Duration,
+    /// Commit every source transaction with a commit LSN up to this one on its own.
+    pub isolate_until: Option<Lsn>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -99,6 +106,9 @@ struct OpenTxn {
     rows: usize,
     last_commit: Option<(Lsn, i64)>,
     source_txns: u64,
+    /// Source transactions begun in this target transaction, and the last one's commit LSN.
+    begun: u64,
+    max_commit_lsn: Lsn,
     counts: HashMap<(Arc<str>, Op), u64>,
 }
 
@@ -187,8 +197,14 @@ impl Applier {
                 return self.stop().await;
             };
             if let Err(e) = self.handle(ev, rx.is_empty()).await {
+                let shared = self.txn.as_ref().filter(|t| t.begun > 1).map(|t| t.max_commit_lsn);
                 self.abort().await;
-                return Err(e);
+                return Err(match (e, shared) {
+                    (e @ (ApplyError::Rejected { .. } | ApplyError::Transform(_)), Some(until)) => {
+                        ApplyError::Isolate { until, inner: Box::new(e) }
+                    }
+                    (e, _) => e,
+                });
             }
         }
     }
@@ -213,8 +229,14 @@ impl Applier {
                         rows: 0,
                         last_commit: None,
                         source_txns: 0,
+                        begun: 0,
+                        max_commit_lsn: commit_lsn,
                         counts: HashMap::new(),
                     });
+                }
+                if let Some(t) = self.txn.as_mut() {
+                    t.begun += 1;
+                    t.max_commit_lsn = t.max_commit_lsn.max(commit_lsn);
                 }
             }
             Event::Change(c) => {
@@ -230,7 +252,9 @@ impl Applier {
                 }
             }
             Event::Commit {
-                end_lsn, commit_ts, ..
+                commit_lsn,
+                end_lsn,
+                commit_ts,
             } => {
                 if self.skipping {
                     self.skipping = false;
@@ -244,6 +268,7 @@ impl Applier {
                         t.source_txns += 1;
                         t.rows + pending >= self.settings.batch_rows
                             || idle
+                            || self.settings.isolate_until.is_some_and(|u| commit_lsn <= u)
                             || t.started.elapsed() >= self.settings.max_delay
                     }
                     None => false,

@@ -1,0 +1,110 @@
+//! Errors a user meets: each names what is wrong and how to fix it, and nothing is lost.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::compare::{converge, rows};
+use support::daemon::{config, drop_slot, free_listen, Daemon};
+use support::{fresh_db, pair};
+
+fn run_with(toml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn bad_config_names_the_key_and_exits_2() {
+    let base = "[source]\nurl = \"postgresql://u:pw@127.0.0.1:1/x\"\n[target]\nurl = \"postgresql://u@127.0.0.1:1/y\"\n";
+    let (code, out) = run_with(&format!("{base}[apply]\nbatch_rowz = 10\n"));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("batch_rowz"), "{out}");
+    let (code, out) = run_with(&base.replace("127.0.0.1:1/y", "127.0.0.1:1/y?sslmode=verify-sometimes"));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("target.url") && out.contains("verify-sometimes"), "{out}");
+    assert!(!out.contains("pw@"), "password shown: {out}");
+    let (code, out) = run_with("[source]\nurl = \"postgresql://u@h/x\"\n");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("target"), "{out}");
+}
+
+#[tokio::test]
+async fn mapping_problems_are_all_listed_at_start() {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, x text, y text); CREATE TABLE b (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    db.target.batch_execute("CREATE TABLE a (id int PRIMARY KEY, x int)").await.unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("public.b") && log.contains("does not exist on the target"), "{log}");
+    assert!(log.contains("public.a.y, which does not exist"), "{log}");
+    assert!(log.contains("column x is text on the source but public.a.x is integer"), "{log}");
+    assert!(log.contains("3 problem(s)"), "{log}");
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int)").await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int CHECK (amount >= 0))")
+        .await
+        .unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    d.wait_ready().await;
+    for sql in [
+        "INSERT INTO pay VALUES (1, 10), (2, 20)",
+        "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",
+        "INSERT INTO pay VALUES (5, 50)",
+    ] {
+        db.source.batch_execute(sql).await.unwrap();
+    }
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("source table public.pay key (3) at LSN"), "{log}");
+    assert!(log.contains("pay_amount_check"), "{log}");
+    // The transaction before it is there; it and everything after it is not.
+    assert_eq!(rows(&db.target, "SELECT string_agg(id::text, ',' ORDER BY id) FROM pay").await, ["1,2"]);
+    // Nothing lost: fix the target, restart, and it all arrives.
+    db.target.batch_execute("ALTER TABLE pay DROP CONSTRAINT pay_amount_check").await.unwrap();
+    d.spawn();
+    d.wait_ready().await;
+    converge(&db, "SELECT string_agg(id || ':' || amount, ',' ORDER BY id) FROM pay").await;
+    d.stop();
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn a_table_without_mapping_appearing_in_the_stream_halts_with_its_name() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
+    db.target.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    d.wait_ready().await;
+    db.source
+        .batch_execute("CREATE TABLE late (id int PRIMARY KEY); INSERT INTO late VALUES (1)")
+        .await
+        .unwrap();
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("public.late") && log.contains("has no mapping"), "{log}");
+    drop_slot(&db).await;
+}

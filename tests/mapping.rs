@@ -1,0 +1,142 @@
+//! The first slice of the mapping (rename, drop, cast, constant), the shipped config examples,
+//! and the `check` / `status` commands.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::compare::{converge_with, rows};
+use support::daemon::{drop_slot, free_listen, Daemon};
+use support::{fresh_db, pair};
+
+const SOURCE: &str = "
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, email text, legacy_code text,
+                        age text, signed_up timestamptz);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(12,2), status text);";
+const TARGET: &str = "
+CREATE TABLE clients (id bigint PRIMARY KEY, full_name text NOT NULL, email text, age integer,
+                      signed_up timestamptz, origin text NOT NULL);
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(12,2), status text);";
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples").join(name).display().to_string()
+}
+
+fn remodel(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_remodel"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn every_config_example_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            remodel::config::Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected the identity and rename examples");
+}
+
+/// `config/examples/rename.toml`, run as shipped with only the connection settings overridden
+/// from the environment.
+#[tokio::test]
+async fn rename_example_renames_drops_casts_and_fills_constants() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    let listen = free_listen();
+    let env = [
+        ("REMODEL__SOURCE__URL", db.source_url.clone()),
+        ("REMODEL__TARGET__URL", db.target_url.clone()),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
+        ("REMODEL__METRICS__LISTEN", listen.clone()),
+    ];
+    let (code, out) = remodel(&["check", "--config", &example("rename.toml")], &env);
+    assert_eq!(code, Some(0), "check: {out}");
+    // Start the binary with the example file and the environment.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rename.toml");
+    let mut text = std::fs::read_to_string(example("rename.toml")).unwrap();
+    text.push_str(&format!("\n[control]\npidfile = \"{}\"\n", dir.path().join("pid").display()));
+    std::fs::write(&cfg, text).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let probe = Daemon { child: None, dir: tempfile::tempdir().unwrap(), config_path: cfg.clone(), log_path: dir.path().join("log"), listen: listen.clone() };
+    probe.wait_ready().await;
+    db.source
+        .batch_execute(
+            "INSERT INTO customers VALUES (1, 'Ada', 'ada@x', 'L1', '36', '2020-01-01 00:00+00'), (2, 'Bob', NULL, NULL, NULL, NULL);
+             INSERT INTO orders VALUES (10, 1, 9.99, 'new');
+             UPDATE customers SET name = 'Ada L.', age = '37' WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    converge_with(
+        &db,
+        "SELECT id || '|' || name || '|' || coalesce(email, '-') || '|' || coalesce(age, '-') || '|' || coalesce(signed_up::text, '-') || '|legacy-crm' FROM customers ORDER BY id",
+        "SELECT id || '|' || full_name || '|' || coalesce(email, '-') || '|' || coalesce(age::text, '-') || '|' || coalesce(signed_up::text, '-') || '|' || origin FROM clients ORDER BY id",
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(rows(&db.target, "SELECT id || ':' || amount FROM orders").await, ["10:9.99"]);
+    // status through the same example + environment.
+    let (code, out) = remodel(&["status", "--config", &example("rename.toml")], &env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("streaming") && out.contains("applied LSN"), "{out}");
+    // A value the cast cannot convert stops the daemon naming table, key and value.
+    db.source.batch_execute("INSERT INTO customers VALUES (3, 'Cy', NULL, NULL, 'thirty', NULL)").await.unwrap();
+    let st = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("public.customers key (3)") && log.contains("\"thirty\""), "{log}");
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn check_lists_every_problem_with_its_fix() {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute(
+            "CREATE TABLE nopk (x int); CREATE TABLE ri (id int PRIMARY KEY); ALTER TABLE ri REPLICA IDENTITY NOTHING;
+             CREATE TABLE ok (id int PRIMARY KEY, gone text)",
+        )
+        .await
+        .unwrap();
+    db.target.batch_execute("CREATE TABLE ok (id int PRIMARY KEY, must text NOT NULL)").await.unwrap();
+    let listen = free_listen();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, support::daemon::config(&db, &listen, "")).unwrap();
+    let (code, out) = remodel(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    for needle in [
+        "public.nopk",
+        "REPLICA IDENTITY NOTHING",
+        "public.ok.gone, which does not exist",
+        "public.ok.must is NOT NULL without a default",
+        "public.ri",
+        "fix:",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    // check is read-only: no slot, no publication, no state schema.
+    assert_eq!(rows(&db.source, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '{}'", db.name)).await, ["0"]);
+    assert_eq!(rows(&db.target, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'remodel'").await, ["0"]);
+}
