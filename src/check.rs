@@ -19,11 +19,19 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}\n    fix: {}", self.subject, self.problem, self.fix)
+        write!(
+            f,
+            "{}: {}\n    fix: {}",
+            self.subject, self.problem, self.fix
+        )
     }
 }
 
-fn finding(subject: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Finding {
+fn finding(
+    subject: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> Finding {
     Finding {
         subject: subject.into(),
         problem: problem.into(),
@@ -31,7 +39,11 @@ fn finding(subject: impl Into<String>, problem: impl Into<String>, fix: impl Int
     }
 }
 
-async fn connect(what: &str, info: Result<ConnInfo, crate::source::conninfo::ConnInfoError>, out: &mut Vec<Finding>) -> Option<Client> {
+async fn connect(
+    what: &str,
+    info: Result<ConnInfo, crate::source::conninfo::ConnInfoError>,
+    out: &mut Vec<Finding>,
+) -> Option<Client> {
     let info = match info {
         Ok(i) => i,
         Err(e) => {
@@ -97,12 +109,18 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             .map(|r| r.get(0))
             .unwrap_or(false);
         if !ok {
-            out.push(finding("target", format!("the role cannot create or use the state schema {schema:?}"), "GRANT CREATE ON DATABASE <db> TO <role>, or create the schema for it"));
+            out.push(finding(
+                "target",
+                format!("the role cannot create or use the state schema {schema:?}"),
+                "GRANT CREATE ON DATABASE <db> TO <role>, or create the schema for it",
+            ));
         }
     }
     if let (Some(_), Some(t)) = (&source, &target) {
         let tgt_tables = catalog::load(t).await.unwrap_or_default();
-        if let Err(problems) = plan::compile(&config.tables, &published, &src_tables, &tgt_tables, t).await {
+        if let Err(problems) =
+            plan::compile(&config.tables, &published, &src_tables, &tgt_tables, t).await
+        {
             for p in problems {
                 out.push(finding(format!("mapping {}", p.table), p.message, p.fix));
             }
@@ -111,36 +129,85 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     out
 }
 
-async fn check_source(config: &Config, s: &Client, out: &mut Vec<Finding>, published: &mut Vec<String>) {
+async fn check_source(
+    config: &Config,
+    s: &Client,
+    out: &mut Vec<Finding>,
+    published: &mut Vec<String>,
+) {
     match setting(s, "wal_level").await.as_deref() {
         Some("logical") => {}
-        other => out.push(finding("source", format!("wal_level is {}, logical decoding needs logical", other.unwrap_or("unknown")), "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL")),
+        other => out.push(finding(
+            "source",
+            format!(
+                "wal_level is {}, logical decoding needs logical",
+                other.unwrap_or("unknown")
+            ),
+            "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+        )),
     }
-    let slot_exists = int(s, &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", config.source.slot.replace('\'', "''"))).await > 0;
-    let max_slots: i64 = setting(s, "max_replication_slots").await.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let slot_exists = int(
+        s,
+        &format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            config.source.slot.replace('\'', "''")
+        ),
+    )
+    .await
+        > 0;
+    let max_slots: i64 = setting(s, "max_replication_slots")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let used_slots = int(s, "SELECT count(*) FROM pg_replication_slots").await;
     // One slot for the stream, plus temporary ones for backfill passes.
     if !slot_exists && used_slots + 1 > max_slots {
         out.push(finding("source", format!("max_replication_slots = {max_slots} and {used_slots} are in use: no room for slot {:?}", config.source.slot), "raise max_replication_slots (restart needed) or drop an unused slot"));
     }
-    let max_senders: i64 = setting(s, "max_wal_senders").await.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let max_senders: i64 = setting(s, "max_wal_senders")
+        .await
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let used_senders = int(s, "SELECT count(*) FROM pg_stat_replication").await;
     if used_senders + 1 > max_senders {
-        out.push(finding("source", format!("max_wal_senders = {max_senders} and {used_senders} are in use"), "raise max_wal_senders (restart needed)"));
+        out.push(finding(
+            "source",
+            format!("max_wal_senders = {max_senders} and {used_senders} are in use"),
+            "raise max_wal_senders (restart needed)",
+        ));
     }
     let (replication, superuser): (bool, bool) = s
-        .query_one("SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+        .query_one(
+            "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap_or((false, false));
     if !replication && !superuser {
-        out.push(finding("source", "the role lacks the REPLICATION attribute", "ALTER ROLE <role> REPLICATION"));
+        out.push(finding(
+            "source",
+            "the role lacks the REPLICATION attribute",
+            "ALTER ROLE <role> REPLICATION",
+        ));
     }
     match setup::publication_tables(s, &config.source.publication).await {
         Ok(t) => *published = t,
-        Err(e) => out.push(finding("source", e.to_string(), "check permissions on pg_publication_tables")),
+        Err(e) => out.push(finding(
+            "source",
+            e.to_string(),
+            "check permissions on pg_publication_tables",
+        )),
     }
-    let pub_exists = int(s, &format!("SELECT count(*) FROM pg_publication WHERE pubname = '{}'", config.source.publication.replace('\'', "''"))).await > 0;
+    let pub_exists = int(
+        s,
+        &format!(
+            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
+            config.source.publication.replace('\'', "''")
+        ),
+    )
+    .await
+        > 0;
     if !pub_exists {
         if config.source.tables.is_empty() {
             if !superuser {
@@ -151,19 +218,34 @@ async fn check_source(config: &Config, s: &Client, out: &mut Vec<Finding>, publi
             names.sort();
             *published = names;
         } else {
-            *published = config.source.tables.iter().map(|t| match setup::split_name(t) {
-                Ok((a, b)) => format!("{a}.{b}"),
-                Err(_) => t.clone(),
-            }).collect();
+            *published = config
+                .source
+                .tables
+                .iter()
+                .map(|t| match setup::split_name(t) {
+                    Ok((a, b)) => format!("{a}.{b}"),
+                    Err(_) => t.clone(),
+                })
+                .collect();
         }
     }
     if let Ok(Some(row)) = s
-        .query_opt("SELECT plugin FROM pg_replication_slots WHERE slot_name = $1", &[&config.source.slot])
+        .query_opt(
+            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.source.slot],
+        )
         .await
     {
         let plugin: Option<String> = row.get(0);
         if plugin.as_deref() != Some("pgoutput") {
-            out.push(finding("source", format!("slot {:?} exists with plugin {:?}", config.source.slot, plugin), "choose another source.slot or drop that slot"));
+            out.push(finding(
+                "source",
+                format!(
+                    "slot {:?} exists with plugin {:?}",
+                    config.source.slot, plugin
+                ),
+                "choose another source.slot or drop that slot",
+            ));
         }
     }
 }

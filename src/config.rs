@@ -275,7 +275,11 @@ impl Config {
             return Err(invalid("apply.batch_rows", "0", "must be at least 1"));
         }
         if self.source.channel_capacity == 0 {
-            return Err(invalid("source.channel_capacity", "0", "must be at least 1"));
+            return Err(invalid(
+                "source.channel_capacity",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.source.status_interval_ms == 0 {
             return Err(invalid(

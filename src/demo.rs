@@ -30,13 +30,16 @@ pub enum DemoError {
         source: crate::pgerr::PgError,
     },
     #[error("demo: the daemon failed: {0}")]
-    Daemon(#[from] crate::error::Error),
+    Daemon(#[from] Box<crate::error::Error>),
     #[error("demo: {0}")]
     Other(String),
 }
 
 fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DemoError {
-    move |source| DemoError::Sql { what, source: source.into() }
+    move |source| DemoError::Sql {
+        what,
+        source: source.into(),
+    }
 }
 
 const SOURCE_SCHEMA: &str = "
@@ -83,13 +86,19 @@ source = "public.orders"
 }
 
 fn free_listen() -> Result<String, DemoError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Other(e.to_string()))?;
-    let addr = l.local_addr().map_err(|e| DemoError::Other(e.to_string()))?;
+    let l =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DemoError::Other(e.to_string()))?;
+    let addr = l
+        .local_addr()
+        .map_err(|e| DemoError::Other(e.to_string()))?;
     Ok(addr.to_string())
 }
 
 async fn count(c: &Client, sql_text: &str) -> Result<i64, DemoError> {
-    Ok(c.query_one(sql_text, &[]).await.map_err(sql("counting"))?.get(0))
+    Ok(c.query_one(sql_text, &[])
+        .await
+        .map_err(sql("counting"))?
+        .get(0))
 }
 
 pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
@@ -100,8 +109,12 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     println!("  target: {}", target.url("postgres", "postgres"));
     let s = source.client("postgres").await?;
     let t = target.client("postgres").await?;
-    s.batch_execute(SOURCE_SCHEMA).await.map_err(sql("creating the source schema"))?;
-    t.batch_execute(TARGET_SCHEMA).await.map_err(sql("creating the target schema"))?;
+    s.batch_execute(SOURCE_SCHEMA)
+        .await
+        .map_err(sql("creating the source schema"))?;
+    t.batch_execute(TARGET_SCHEMA)
+        .await
+        .map_err(sql("creating the target schema"))?;
 
     let listen = free_listen()?;
     let config = Config::from_toml(&demo_config(
@@ -118,7 +131,11 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         .await
         .map_err(|e| DemoError::Other(e.to_string()))?;
     println!("  metrics: http://{listen}/metrics (while the demo runs)");
-    let daemon = tokio::spawn(crate::pipeline::run(config, control.clone(), metrics.clone()));
+    let daemon = tokio::spawn(crate::pipeline::run(
+        config,
+        control.clone(),
+        metrics.clone(),
+    ));
 
     let ctrl_c = tokio::spawn({
         let control = control.clone();
@@ -137,14 +154,19 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         if Instant::now() > ready_by || daemon.is_finished() {
             control.shutdown();
             return match daemon.await {
-                Ok(Err(e)) => Err(e.into()),
-                _ => Err(DemoError::Other("the daemon did not become ready within 30 s".into())),
+                Ok(Err(e)) => Err(Box::new(e).into()),
+                _ => Err(DemoError::Other(
+                    "the daemon did not become ready within 30 s".into(),
+                )),
             };
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let written = Arc::new(AtomicU64::new(0));
-    println!("live writer: ~{} changes/s for {} s", opts.rate, opts.seconds);
+    println!(
+        "live writer: ~{} changes/s for {} s",
+        opts.rate, opts.seconds
+    );
     let writer_client = source.client("postgres").await?;
     let deadline = Instant::now() + Duration::from_secs(opts.seconds);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -205,7 +227,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
                 break;
             }
             if Instant::now() > catch_up {
-                return Err(DemoError::Other("the target did not catch up within 60 s".into()));
+                return Err(DemoError::Other(
+                    "the target did not catch up within 60 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -213,12 +237,19 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
         for family in metrics.registry.gather() {
             if family.name() == crate::metrics::names::CHANGES_APPLIED_TOTAL {
                 for m in family.get_metric() {
-                    let labels: Vec<String> = m.get_label().iter().map(|l| format!("{}={}", l.name(), l.value())).collect();
+                    let labels: Vec<String> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| format!("{}={}", l.name(), l.value()))
+                        .collect();
                     println!("  {:<40} {}", labels.join(" "), m.get_counter().get_value());
                 }
             }
         }
-        println!("  transactions applied: {}", metrics.transactions_applied.get());
+        println!(
+            "  transactions applied: {}",
+            metrics.transactions_applied.get()
+        );
         println!(
             "  rows: source customers={} orders={} | target clients={} orders={}",
             count(&s, "SELECT count(*) FROM customers").await?,
@@ -227,12 +258,18 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             count(&t, "SELECT count(*) FROM orders").await?
         );
         let before = s
-            .query_one("SELECT id, name, email, legacy_code FROM customers ORDER BY id DESC LIMIT 1", &[])
+            .query_one(
+                "SELECT id, name, email, legacy_code FROM customers ORDER BY id DESC LIMIT 1",
+                &[],
+            )
             .await
             .map_err(sql("sampling"))?;
         let id: i64 = before.get(0);
         let after = t
-            .query_one("SELECT full_name, email, origin FROM clients WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT full_name, email, origin FROM clients WHERE id = $1",
+                &[&id],
+            )
             .await
             .map_err(sql("sampling"))?;
         println!(
@@ -252,7 +289,8 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
     ctrl_c.abort();
     daemon
         .await
-        .map_err(|e| DemoError::Other(e.to_string()))??;
+        .map_err(|e| DemoError::Other(e.to_string()))?
+        .map_err(Box::new)?;
     drop((s, t, writer_client));
     println!("stopped cleanly; removing the clusters.");
     drop(source);

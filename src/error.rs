@@ -79,7 +79,10 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
                 return true;
             }
         }
@@ -91,7 +94,11 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Config(_) | Error::Plan(_) | Error::Metrics(_) | Error::Pid(_) | Error::Task(_) => false,
+            Error::Config(_)
+            | Error::Plan(_)
+            | Error::Metrics(_)
+            | Error::Pid(_)
+            | Error::Task(_) => false,
             Error::Connect(ConnectError::Info(_)) => false,
             Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
             Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => match e {

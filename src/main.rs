@@ -13,7 +13,11 @@ use remodel::control::{self, Control, PidFile};
 use remodel::metrics::{self, Metrics};
 
 #[derive(Parser)]
-#[command(name = "remodel", version, about = "Live PostgreSQL data-model migrations")]
+#[command(
+    name = "remodel",
+    version,
+    about = "Live PostgreSQL data-model migrations"
+)]
 struct Cli {
     /// Log format: text (default) or json. Overrides log.format.
     #[arg(long, global = true)]
@@ -70,7 +74,11 @@ fn init_tracing(level: &str, format: &str) -> anyhow::Result<Reload> {
     let registry = tracing_subscriber::registry().with(filter);
     if format == "json" {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?;
     } else {
         registry
@@ -120,7 +128,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let _pid = PidFile::create(&cfg.pidfile())?;
             let metrics = Metrics::new();
             if cfg.metrics.enabled {
-                metrics::serve(metrics.clone(), &cfg.metrics.listen, control.shutdown_token()).await?;
+                metrics::serve(
+                    metrics.clone(),
+                    &cfg.metrics.listen,
+                    control.shutdown_token(),
+                )
+                .await?;
                 tracing::info!(listen = %cfg.metrics.listen, "metrics at http://{}/metrics", cfg.metrics.listen);
             }
             match remodel::pipeline::run(cfg, control, metrics).await {
@@ -140,7 +153,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{st}");
             }
-            Ok(if st.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if st.errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Check { config } => {
             let cfg = load(&config)?;
@@ -169,7 +186,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Demo { seconds, rate } => {
-            let reload = init_tracing(&std::env::var("REMODEL_DEMO_LOG").unwrap_or_else(|_| "remodel=info,warn".into()), cli.log_format.as_deref().unwrap_or("text"))?;
+            let reload = init_tracing(
+                &std::env::var("REMODEL_DEMO_LOG").unwrap_or_else(|_| "remodel=info,warn".into()),
+                cli.log_format.as_deref().unwrap_or("text"),
+            )?;
             drop(reload);
             remodel::demo::run(remodel::demo::DemoOptions { seconds, rate }).await?;
             Ok(ExitCode::SUCCESS)

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Gauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -69,17 +69,68 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let m = Metrics {
-            applied_lsn: IntGauge::new(names::APPLIED_LSN, "End LSN of the last source commit applied on the target").expect("valid metric"),
-            source_lag_bytes: IntGauge::new(names::SOURCE_LAG_BYTES, "Source WAL bytes not yet applied on the target").expect("valid metric"),
-            lag_seconds: Gauge::new(names::LAG_SECONDS, "Age of the oldest unapplied source commit, 0 when caught up").expect("valid metric"),
-            changes_applied: IntCounterVec::new(Opts::new(names::CHANGES_APPLIED_TOTAL, "Row changes applied, by source table and operation"), &["table", "op"]).expect("valid metric"),
-            transactions_applied: IntCounter::new(names::TRANSACTIONS_APPLIED_TOTAL, "Source transactions applied").expect("valid metric"),
-            apply_batch_seconds: Histogram::with_opts(HistogramOpts::new(names::APPLY_BATCH_SECONDS, "Time to write and commit one target transaction").buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])).expect("valid metric"),
+            applied_lsn: IntGauge::new(
+                names::APPLIED_LSN,
+                "End LSN of the last source commit applied on the target",
+            )
+            .expect("valid metric"),
+            source_lag_bytes: IntGauge::new(
+                names::SOURCE_LAG_BYTES,
+                "Source WAL bytes not yet applied on the target",
+            )
+            .expect("valid metric"),
+            lag_seconds: Gauge::new(
+                names::LAG_SECONDS,
+                "Age of the oldest unapplied source commit, 0 when caught up",
+            )
+            .expect("valid metric"),
+            changes_applied: IntCounterVec::new(
+                Opts::new(
+                    names::CHANGES_APPLIED_TOTAL,
+                    "Row changes applied, by source table and operation",
+                ),
+                &["table", "op"],
+            )
+            .expect("valid metric"),
+            transactions_applied: IntCounter::new(
+                names::TRANSACTIONS_APPLIED_TOTAL,
+                "Source transactions applied",
+            )
+            .expect("valid metric"),
+            apply_batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    names::APPLY_BATCH_SECONDS,
+                    "Time to write and commit one target transaction",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .expect("valid metric"),
             paused: IntGauge::new(names::PAUSED, "1 while paused by signal").expect("valid metric"),
-            errors: IntCounterVec::new(Opts::new(names::ERRORS_TOTAL, "Errors by kind (retryable ones are retried)"), &["kind"]).expect("valid metric"),
-            slot_retained_wal_bytes: IntGauge::new(names::SLOT_RETAINED_WAL_BYTES, "WAL the source keeps for the slot (current LSN - restart_lsn)").expect("valid metric"),
-            confirmed_flush_lsn: IntGauge::new(names::CONFIRMED_FLUSH_LSN, "Flush position confirmed to the source").expect("valid metric"),
-            restarts: IntCounter::new(names::RESTARTS_TOTAL, "Pipeline restarts after retryable errors").expect("valid metric"),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    names::ERRORS_TOTAL,
+                    "Errors by kind (retryable ones are retried)",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            slot_retained_wal_bytes: IntGauge::new(
+                names::SLOT_RETAINED_WAL_BYTES,
+                "WAL the source keeps for the slot (current LSN - restart_lsn)",
+            )
+            .expect("valid metric"),
+            confirmed_flush_lsn: IntGauge::new(
+                names::CONFIRMED_FLUSH_LSN,
+                "Flush position confirmed to the source",
+            )
+            .expect("valid metric"),
+            restarts: IntCounter::new(
+                names::RESTARTS_TOTAL,
+                "Pipeline restarts after retryable errors",
+            )
+            .expect("valid metric"),
             registry,
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
@@ -127,7 +178,9 @@ impl Metrics {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("metrics endpoint: cannot listen on {addr}: {source}; set metrics.listen to a free address")]
+#[error(
+    "metrics endpoint: cannot listen on {addr}: {source}; set metrics.listen to a free address"
+)]
 pub struct ServeError {
     addr: String,
     #[source]
@@ -178,11 +231,23 @@ fn respond(m: &Metrics, req: Request<hyper::body::Incoming>) -> Response<Full<By
             if m.ready.load(Ordering::Relaxed) {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".to_string(),
+                )
             }
         }
-        "/status" => (StatusCode::OK, "application/json", m.status_json().to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        "/status" => (
+            StatusCode::OK,
+            "application/json",
+            m.status_json().to_string(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
     };
     Response::builder()
         .status(status)
@@ -201,9 +266,17 @@ mod tests {
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
         m.apply_batch_seconds.observe(0.1);
-        let families: Vec<String> = m.registry.gather().iter().map(|f| f.name().to_string()).collect();
+        let families: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
         for f in &families {
-            assert!(names::ALL.contains(&f.as_str()), "{f} missing from names::ALL");
+            assert!(
+                names::ALL.contains(&f.as_str()),
+                "{f} missing from names::ALL"
+            );
         }
         assert_eq!(families.len(), names::ALL.len());
     }

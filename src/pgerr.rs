@@ -22,7 +22,13 @@ impl PgError {
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(db) = self.0.as_db_error() {
-            write!(f, "{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code())?;
+            write!(
+                f,
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            )?;
             if let Some(d) = db.detail() {
                 write!(f, "; detail: {d}")?;
             }

@@ -71,10 +71,20 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
 }
 
 /// Compile the configured mapping against both live schemas.
-pub async fn compile_plan(config: &Config, source: &Client, target: &Client) -> Result<Plan, Error> {
+pub async fn compile_plan(
+    config: &Config,
+    source: &Client,
+    target: &Client,
+) -> Result<Plan, Error> {
     let published = setup::publication_tables(source, &config.source.publication).await?;
-    let src = catalog::load(source).await.map_err(|source| Error::Sql { what: "reading the source schema", source: source.into() })?;
-    let tgt = catalog::load(target).await.map_err(|source| Error::Sql { what: "reading the target schema", source: source.into() })?;
+    let src = catalog::load(source).await.map_err(|source| Error::Sql {
+        what: "reading the source schema",
+        source: source.into(),
+    })?;
+    let tgt = catalog::load(target).await.map_err(|source| Error::Sql {
+        what: "reading the target schema",
+        source: source.into(),
+    })?;
     plan::compile(&config.tables, &published, &src, &tgt, target)
         .await
         .map_err(Error::Plan)
@@ -86,8 +96,12 @@ async fn run_once(
     metrics: &Arc<Metrics>,
     isolate_until: Option<crate::Lsn>,
 ) -> Result<(), Error> {
-    let src_info = config.source_conn().map_err(crate::source::conninfo::ConnectError::from)?;
-    let tgt_info = config.target_conn().map_err(crate::source::conninfo::ConnectError::from)?;
+    let src_info = config
+        .source_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?;
+    let tgt_info = config
+        .target_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?;
     let source = src_info.connect().await?;
     setup::ensure_publication(&source, &config.source.publication, &config.source.tables).await?;
     let slot_lsn = setup::ensure_slot(&source, &config.source.slot).await?;

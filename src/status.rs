@@ -54,7 +54,10 @@ async fn daemon_status(listen: &str) -> Option<serde_json::Value> {
         let body = text.split_once("\r\n\r\n")?.1;
         serde_json::from_str(body).ok()
     };
-    tokio::time::timeout(Duration::from_secs(2), fetch).await.ok().flatten()
+    tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
 }
 
 pub async fn gather(config: &Config) -> Status {
@@ -124,9 +127,15 @@ async fn target_progress(config: &Config) -> Result<Option<crate::state::Progres
         .await?;
     let state = StateSchema::new(&config.target.state_schema);
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("{}.progress", state.quoted)])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{}.progress", state.quoted)],
+        )
         .await
-        .map_err(|source| Error::Sql { what: "looking for the state schema", source: source.into() })?
+        .map_err(|source| Error::Sql {
+            what: "looking for the state schema",
+            source: source.into(),
+        })?
         .get(0);
     if !exists {
         return Ok(None);
@@ -140,7 +149,10 @@ async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>
         .map_err(crate::source::conninfo::ConnectError::from)?
         .connect()
         .await?;
-    let sql = |source: tokio_postgres::Error| Error::Sql { what: "reading the source slot", source: source.into() };
+    let sql = |source: tokio_postgres::Error| Error::Sql {
+        what: "reading the source slot",
+        source: source.into(),
+    };
     let current: String = client
         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
         .await
@@ -170,15 +182,22 @@ impl std::fmt::Display for Status {
             f,
             "daemon:        {}{}",
             self.daemon.state,
-            self.daemon.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+            self.daemon
+                .pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default()
         )?;
         writeln!(f, "applied LSN:   {}", or(&self.applied_lsn))?;
         writeln!(f, "source LSN:    {}", or(&self.source_current_lsn))?;
         writeln!(
             f,
             "lag:           {} bytes, {} s",
-            self.lag_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
-            self.lag_seconds.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into())
+            self.lag_bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            self.lag_seconds
+                .map(|s| format!("{s:.1}"))
+                .unwrap_or_else(|| "-".into())
         )?;
         match &self.slot {
             Some(s) => writeln!(
@@ -187,7 +206,9 @@ impl std::fmt::Display for Status {
                 s.name,
                 if s.active { "active" } else { "inactive" },
                 or(&s.confirmed_flush_lsn),
-                s.retained_wal_bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into())
+                s.retained_wal_bytes
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into())
             )?,
             None => writeln!(f, "slot:          (does not exist yet)")?,
         }

@@ -24,17 +24,27 @@ async fn scram_source_and_md5_target_stream() {
     db.source.batch_execute(DDL).await.unwrap();
     db.target.batch_execute(DDL).await.unwrap();
     let (srole, trole) = (unique_name("scram"), unique_name("md5"));
-    p.source.create_role_with_password(&srole, "s3cr#t pw", PasswordAuth::ScramSha256).await;
-    p.target.create_role_with_password(&trole, "md5-pass", PasswordAuth::Md5).await;
+    p.source
+        .create_role_with_password(&srole, "s3cr#t pw", PasswordAuth::ScramSha256)
+        .await;
+    p.target
+        .create_role_with_password(&trole, "md5-pass", PasswordAuth::Md5)
+        .await;
     let src = p.source.url_with_password(&db.name, &srole, "s3cr#t pw");
     let tgt = p.target.url_with_password(&db.name, &trole, "md5-pass");
     let listen = free_listen();
     let mut d = Daemon::start(&config_urls(&src, &tgt, &db.name, &listen, "", ""), &listen);
     d.wait_ready().await;
-    db.source.batch_execute("INSERT INTO t VALUES (1, 'scram'), (2, 'md5')").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO t VALUES (1, 'scram'), (2, 'md5')")
+        .await
+        .unwrap();
     converge(&db, ROWS).await;
     d.stop();
-    assert!(!d.log().contains("s3cr#t") && !d.log().contains("md5-pass"), "password in the log");
+    assert!(
+        !d.log().contains("s3cr#t") && !d.log().contains("md5-pass"),
+        "password in the log"
+    );
     support::daemon::drop_slot(&db).await;
 }
 
@@ -45,12 +55,20 @@ async fn md5_on_the_replication_connection() {
     db.source.batch_execute(DDL).await.unwrap();
     db.target.batch_execute(DDL).await.unwrap();
     let role = unique_name("md5src");
-    p.source.create_role_with_password(&role, "pw-md5", PasswordAuth::Md5).await;
+    p.source
+        .create_role_with_password(&role, "pw-md5", PasswordAuth::Md5)
+        .await;
     let src = p.source.url_with_password(&db.name, &role, "pw-md5");
     let listen = free_listen();
-    let mut d = Daemon::start(&config_urls(&src, &db.target_url, &db.name, &listen, "", ""), &listen);
+    let mut d = Daemon::start(
+        &config_urls(&src, &db.target_url, &db.name, &listen, "", ""),
+        &listen,
+    );
     d.wait_ready().await;
-    db.source.batch_execute("INSERT INTO t VALUES (1, 'via md5')").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO t VALUES (1, 'via md5')")
+        .await
+        .unwrap();
     converge(&db, ROWS).await;
     d.stop();
     support::daemon::drop_slot(&db).await;
@@ -61,10 +79,15 @@ async fn wrong_password_is_fatal_and_never_printed() {
     let p = pair();
     let db = fresh_db(p).await;
     let role = unique_name("wrongpw");
-    p.source.create_role_with_password(&role, "right-one", PasswordAuth::ScramSha256).await;
+    p.source
+        .create_role_with_password(&role, "right-one", PasswordAuth::ScramSha256)
+        .await;
     let src = p.source.url_with_password(&db.name, &role, "Wr0ngPassw0rd");
     let listen = free_listen();
-    let mut d = Daemon::start(&config_urls(&src, &db.target_url, &db.name, &listen, "", ""), &listen);
+    let mut d = Daemon::start(
+        &config_urls(&src, &db.target_url, &db.name, &listen, "", ""),
+        &listen,
+    );
     let log = exits_with(&mut d, 1).await;
     assert!(log.contains("password authentication failed"), "{log}");
     assert!(!log.contains("Wr0ngPassw0rd"), "password leaked: {log}");
@@ -82,20 +105,36 @@ async fn tls_verify_full_streams_over_tls() {
     src_admin.batch_execute(DDL).await.unwrap();
     tgt_admin.batch_execute(DDL).await.unwrap();
     let role = unique_name("tlsuser");
-    tls.cluster.create_role_with_password(&role, "tls-pw", PasswordAuth::ScramTlsOnly).await;
+    tls.cluster
+        .create_role_with_password(&role, "tls-pw", PasswordAuth::ScramTlsOnly)
+        .await;
     let ca = tls.certs.ca_pem_path.display().to_string();
     let src = format!(
         "postgresql://{role}:tls-pw@localhost:{}/{name}?sslmode=verify-full&sslrootcert={ca}",
         tls.cluster.port()
     );
     let listen = free_listen();
-    let mut d = Daemon::start(&config_urls(&src, &p.target.admin_url(&name), &name, &listen, "", ""), &listen);
+    let mut d = Daemon::start(
+        &config_urls(&src, &p.target.admin_url(&name), &name, &listen, "", ""),
+        &listen,
+    );
     d.wait_ready().await;
-    src_admin.batch_execute("INSERT INTO t VALUES (1, 'encrypted')").await.unwrap();
+    src_admin
+        .batch_execute("INSERT INTO t VALUES (1, 'encrypted')")
+        .await
+        .unwrap();
     let t = &tgt_admin;
     wait_until("row over TLS", Duration::from_secs(30), || async move {
-        let n: i64 = t.query_one("SELECT count(*) FROM t", &[]).await.map_err(|e| e.to_string())?.get(0);
-        if n == 1 { Ok(()) } else { Err(format!("{n} rows")) }
+        let n: i64 = t
+            .query_one("SELECT count(*) FROM t", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} rows"))
+        }
     })
     .await;
     // Both of the daemon's source connections (SQL and walsender) use TLS.
@@ -127,13 +166,19 @@ async fn tls_with_an_untrusted_ca_or_without_server_tls_fails_clearly() {
         tls.cluster.port()
     );
     let listen = free_listen();
-    let mut d = Daemon::start(&config_urls(&src, &db.target_url, &db.name, &listen, "", ""), &listen);
+    let mut d = Daemon::start(
+        &config_urls(&src, &db.target_url, &db.name, &listen, "", ""),
+        &listen,
+    );
     let log = exits_with(&mut d, 1).await;
     assert!(log.to_lowercase().contains("certificate"), "{log}");
     // The pair's source has no TLS: sslmode=require must refuse a plain connection.
-    let src = format!("{}", db.source_url.replace("sslmode=disable", "sslmode=require"));
+    let src = db.source_url.replace("sslmode=disable", "sslmode=require");
     let listen = free_listen();
-    let mut d = Daemon::start(&config_urls(&src, &db.target_url, &db.name, &listen, "", ""), &listen);
+    let mut d = Daemon::start(
+        &config_urls(&src, &db.target_url, &db.name, &listen, "", ""),
+        &listen,
+    );
     let log = exits_with(&mut d, 1).await;
     assert!(log.contains("TLS"), "{log}");
 }

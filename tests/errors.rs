@@ -18,7 +18,14 @@ fn run_with(toml: &str) -> (Option<i32>, String) {
         .arg(&path)
         .output()
         .unwrap();
-    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -27,9 +34,13 @@ fn bad_config_names_the_key_and_exits_2() {
     let (code, out) = run_with(&format!("{base}[apply]\nbatch_rowz = 10\n"));
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("batch_rowz"), "{out}");
-    let (code, out) = run_with(&base.replace("127.0.0.1:1/y", "127.0.0.1:1/y?sslmode=verify-sometimes"));
+    let (code, out) =
+        run_with(&base.replace("127.0.0.1:1/y", "127.0.0.1:1/y?sslmode=verify-sometimes"));
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("target.url") && out.contains("verify-sometimes"), "{out}");
+    assert!(
+        out.contains("target.url") && out.contains("verify-sometimes"),
+        "{out}"
+    );
     assert!(!out.contains("pw@"), "password shown: {out}");
     let (code, out) = run_with("[source]\nurl = \"postgresql://u@h/x\"\n");
     assert_eq!(code, Some(2), "{out}");
@@ -43,15 +54,24 @@ async fn mapping_problems_are_all_listed_at_start() {
         .batch_execute("CREATE TABLE a (id int PRIMARY KEY, x text, y text); CREATE TABLE b (id int PRIMARY KEY)")
         .await
         .unwrap();
-    db.target.batch_execute("CREATE TABLE a (id int PRIMARY KEY, x int)").await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, x int)")
+        .await
+        .unwrap();
     let listen = free_listen();
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains("public.b") && log.contains("does not exist on the target"), "{log}");
+    assert!(
+        log.contains("public.b") && log.contains("does not exist on the target"),
+        "{log}"
+    );
     assert!(log.contains("public.a.y, which does not exist"), "{log}");
-    assert!(log.contains("column x is text on the source but public.a.x is integer"), "{log}");
+    assert!(
+        log.contains("column x is text on the source but public.a.x is integer"),
+        "{log}"
+    );
     assert!(log.contains("3 problem(s)"), "{log}");
     drop_slot(&db).await;
 }
@@ -59,7 +79,10 @@ async fn mapping_problems_are_all_listed_at_start() {
 #[tokio::test]
 async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int)").await.unwrap();
+    db.source
+        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int)")
+        .await
+        .unwrap();
     db.target
         .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int CHECK (amount >= 0))")
         .await
@@ -77,15 +100,32 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains("source table public.pay key (3) at LSN"), "{log}");
+    assert!(
+        log.contains("source table public.pay key (3) at LSN"),
+        "{log}"
+    );
     assert!(log.contains("pay_amount_check"), "{log}");
     // The transaction before it is there; it and everything after it is not.
-    assert_eq!(rows(&db.target, "SELECT string_agg(id::text, ',' ORDER BY id) FROM pay").await, ["1,2"]);
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM pay"
+        )
+        .await,
+        ["1,2"]
+    );
     // Nothing lost: fix the target, restart, and it all arrives.
-    db.target.batch_execute("ALTER TABLE pay DROP CONSTRAINT pay_amount_check").await.unwrap();
+    db.target
+        .batch_execute("ALTER TABLE pay DROP CONSTRAINT pay_amount_check")
+        .await
+        .unwrap();
     d.spawn();
     d.wait_ready().await;
-    converge(&db, "SELECT string_agg(id || ':' || amount, ',' ORDER BY id) FROM pay").await;
+    converge(
+        &db,
+        "SELECT string_agg(id || ':' || amount, ',' ORDER BY id) FROM pay",
+    )
+    .await;
     d.stop();
     drop_slot(&db).await;
 }
@@ -93,8 +133,14 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
 #[tokio::test]
 async fn a_table_without_mapping_appearing_in_the_stream_halts_with_its_name() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
-    db.target.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
+    db.source
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    db.target
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     let listen = free_listen();
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
@@ -105,6 +151,9 @@ async fn a_table_without_mapping_appearing_in_the_stream_halts_with_its_name() {
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains("public.late") && log.contains("has no mapping"), "{log}");
+    assert!(
+        log.contains("public.late") && log.contains("has no mapping"),
+        "{log}"
+    );
     drop_slot(&db).await;
 }

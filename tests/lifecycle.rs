@@ -21,7 +21,11 @@ async fn setup() -> TestDb {
 async fn wait_applied(d: &Daemon, at_least: f64) {
     wait_until("transactions applied", Duration::from_secs(60), || async {
         let n = d.metric("remodel_transactions_applied_total").await;
-        if n >= at_least { Ok(()) } else { Err(n) }
+        if n >= at_least {
+            Ok(())
+        } else {
+            Err(n)
+        }
     })
     .await;
 }
@@ -35,7 +39,11 @@ fn cli(d: &Daemon, args: &[&str]) -> (bool, String) {
         .expect("run remodel");
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -69,7 +77,8 @@ async fn sigterm_mid_stream_then_restart_converges_without_gaps() {
 async fn kill9_at_random_moments_then_restart_converges_exactly_once() {
     let db = setup().await;
     // An append-only table: a replayed insert would be a duplicate key error, a gap a missing row.
-    let ledger = "CREATE TABLE entries (id bigint PRIMARY KEY, account int NOT NULL, amount int NOT NULL)";
+    let ledger =
+        "CREATE TABLE entries (id bigint PRIMARY KEY, account int NOT NULL, amount int NOT NULL)";
     db.source.batch_execute(ledger).await.unwrap();
     db.target.batch_execute(ledger).await.unwrap();
     let s = seed("kill9_at_random_moments");
@@ -96,7 +105,14 @@ async fn kill9_at_random_moments_then_restart_converges_exactly_once() {
         let applied = d.metric("remodel_transactions_applied_total").await;
         wait_applied(&d, applied + r.gen_range(5.0..40.0)).await;
         d.kill9();
-        let confirmed = rows(&db.source, &format!("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'", db.name)).await;
+        let confirmed = rows(
+            &db.source,
+            &format!(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                db.name
+            ),
+        )
+        .await;
         eprintln!("round {round}: killed; slot confirmed at {confirmed:?}");
         d.spawn();
         d.wait_ready().await;
@@ -111,7 +127,10 @@ async fn kill9_at_random_moments_then_restart_converges_exactly_once() {
 
 async fn slot_pid(db: &TestDb) -> Option<i32> {
     db.source
-        .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1", &[&db.name])
+        .query_one(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+            &[&db.name],
+        )
         .await
         .unwrap()
         .get(0)
@@ -121,15 +140,24 @@ async fn slot_pid(db: &TestDb) -> Option<i32> {
 async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_catches_up() {
     let db = setup().await;
     db.source
-        .batch_execute(&format!("ALTER DATABASE {} SET wal_sender_timeout = '1s'", db.name))
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET wal_sender_timeout = '1s'",
+            db.name
+        ))
         .await
         .unwrap();
     let listen = free_listen();
     // A tiny channel so the paused apply back-pressures the reader: only the feedback task
     // can keep the walsender alive.
-    let mut d = Daemon::start(&config_with(&db, &listen, "channel_capacity = 4", ""), &listen);
+    let mut d = Daemon::start(
+        &config_with(&db, &listen, "channel_capacity = 4", ""),
+        &listen,
+    );
     d.wait_ready().await;
-    db.source.batch_execute("INSERT INTO accounts VALUES (1, 1, 'before')").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO accounts VALUES (1, 1, 'before')")
+        .await
+        .unwrap();
     converge(&db, ACCOUNTS_ROWS).await;
     let walsender = slot_pid(&db).await.expect("slot active");
 
@@ -137,7 +165,11 @@ async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_ca
     assert!(ok, "{out}");
     wait_until("paused gauge", Duration::from_secs(10), || async {
         let v = d.metric("remodel_paused").await;
-        if v == 1.0 { Ok(()) } else { Err(v) }
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
     })
     .await;
     let paused_at = Instant::now();
@@ -170,8 +202,15 @@ async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_ca
     assert!(ok, "{status}");
     assert!(status.contains("\"state\": \"paused\""), "{status}");
     let target_during = rows(&db.target, "SELECT (SELECT count(*) FROM accounts) || '/' || (SELECT count(*) FROM remodel.ledger) || '/' || (SELECT applied_lsn FROM remodel.progress)").await;
-    assert_eq!(target_before, target_during, "nothing may be written while paused");
-    assert_eq!(slot_pid(&db).await, Some(walsender), "the walsender was replaced: the connection died during the pause");
+    assert_eq!(
+        target_before, target_during,
+        "nothing may be written while paused"
+    );
+    assert_eq!(
+        slot_pid(&db).await,
+        Some(walsender),
+        "the walsender was replaced: the connection died during the pause"
+    );
 
     let (ok, out) = cli(&d, &["resume"]);
     assert!(ok, "{out}");
@@ -179,7 +218,11 @@ async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_ca
     assert_eq!(d.metric("remodel_restarts_total").await, 0.0, "{}", d.log());
     assert!(!d.log().contains("replication timeout"));
     d.signal(Signal::SIGINT);
-    assert!(d.wait_exit(Duration::from_secs(30)).success(), "{}", d.log());
+    assert!(
+        d.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        d.log()
+    );
     drop_slot(&db).await;
 }
 
@@ -190,17 +233,32 @@ async fn sighup_reloads_the_log_level() {
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
     let toml = std::fs::read_to_string(&d.config_path).unwrap();
-    std::fs::write(&d.config_path, toml.replace("level = \"remodel=debug,info\"", "level = \"warn\"")).unwrap();
+    std::fs::write(
+        &d.config_path,
+        toml.replace("level = \"remodel=debug,info\"", "level = \"warn\""),
+    )
+    .unwrap();
     d.signal(Signal::SIGHUP);
     wait_until("reload logged", Duration::from_secs(10), || async {
-        if d.log().contains("log level reloaded") { Ok(()) } else { Err(()) }
+        if d.log().contains("log level reloaded") {
+            Ok(())
+        } else {
+            Err(())
+        }
     })
     .await;
     let before = d.log().len();
-    db.source.batch_execute("INSERT INTO accounts VALUES (5, 5, 'x')").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO accounts VALUES (5, 5, 'x')")
+        .await
+        .unwrap();
     converge(&db, ACCOUNTS_ROWS).await;
     // At warn, the debug line about confirming the flush position is no longer written.
-    assert!(!d.log()[before..].contains("DEBUG"), "{}", &d.log()[before..]);
+    assert!(
+        !d.log()[before..].contains("DEBUG"),
+        "{}",
+        &d.log()[before..]
+    );
     d.stop();
     drop_slot(&db).await;
 }

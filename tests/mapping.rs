@@ -20,7 +20,11 @@ CREATE TABLE clients (id bigint PRIMARY KEY, full_name text NOT NULL, email text
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(12,2), status text);";
 
 fn example(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples").join(name).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/examples")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn remodel(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
@@ -30,7 +34,14 @@ fn remodel(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
         c.env(k, v);
     }
     let out = c.output().unwrap();
-    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -40,7 +51,8 @@ fn every_config_example_parses() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            remodel::config::Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            remodel::config::Config::load(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             n += 1;
         }
     }
@@ -68,7 +80,10 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("rename.toml");
     let mut text = std::fs::read_to_string(example("rename.toml")).unwrap();
-    text.push_str(&format!("\n[control]\npidfile = \"{}\"\n", dir.path().join("pid").display()));
+    text.push_str(&format!(
+        "\n[control]\npidfile = \"{}\"\n",
+        dir.path().join("pid").display()
+    ));
     std::fs::write(&cfg, text).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
@@ -78,7 +93,13 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let probe = Daemon { child: None, dir: tempfile::tempdir().unwrap(), config_path: cfg.clone(), log_path: dir.path().join("log"), listen: listen.clone() };
+    let probe = Daemon {
+        child: None,
+        dir: tempfile::tempdir().unwrap(),
+        config_path: cfg.clone(),
+        log_path: dir.path().join("log"),
+        listen: listen.clone(),
+    };
     probe.wait_ready().await;
     db.source
         .batch_execute(
@@ -95,17 +116,29 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         std::time::Duration::from_secs(30),
     )
     .await;
-    assert_eq!(rows(&db.target, "SELECT id || ':' || amount FROM orders").await, ["10:9.99"]);
+    assert_eq!(
+        rows(&db.target, "SELECT id || ':' || amount FROM orders").await,
+        ["10:9.99"]
+    );
     // status through the same example + environment.
     let (code, out) = remodel(&["status", "--config", &example("rename.toml")], &env);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("streaming") && out.contains("applied LSN"), "{out}");
+    assert!(
+        out.contains("streaming") && out.contains("applied LSN"),
+        "{out}"
+    );
     // A value the cast cannot convert stops the daemon naming table, key and value.
-    db.source.batch_execute("INSERT INTO customers VALUES (3, 'Cy', NULL, NULL, 'thirty', NULL)").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO customers VALUES (3, 'Cy', NULL, NULL, 'thirty', NULL)")
+        .await
+        .unwrap();
     let st = child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
     assert_eq!(st.code(), Some(1), "{log}");
-    assert!(log.contains("public.customers key (3)") && log.contains("\"thirty\""), "{log}");
+    assert!(
+        log.contains("public.customers key (3)") && log.contains("\"thirty\""),
+        "{log}"
+    );
     drop_slot(&db).await;
 }
 
@@ -119,7 +152,10 @@ async fn check_lists_every_problem_with_its_fix() {
         )
         .await
         .unwrap();
-    db.target.batch_execute("CREATE TABLE ok (id int PRIMARY KEY, must text NOT NULL)").await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE ok (id int PRIMARY KEY, must text NOT NULL)")
+        .await
+        .unwrap();
     let listen = free_listen();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -137,6 +173,23 @@ async fn check_lists_every_problem_with_its_fix() {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     // check is read-only: no slot, no publication, no state schema.
-    assert_eq!(rows(&db.source, &format!("SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '{}'", db.name)).await, ["0"]);
-    assert_eq!(rows(&db.target, "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'remodel'").await, ["0"]);
+    assert_eq!(
+        rows(
+            &db.source,
+            &format!(
+                "SELECT count(*)::text FROM pg_replication_slots WHERE slot_name = '{}'",
+                db.name
+            )
+        )
+        .await,
+        ["0"]
+    );
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM pg_namespace WHERE nspname = 'remodel'"
+        )
+        .await,
+        ["0"]
+    );
 }

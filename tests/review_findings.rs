@@ -17,7 +17,11 @@ async fn target_has(db: &TestDb, what: &str, sql: &str, want: &[&str]) {
         let want = want.clone();
         async move {
             let got = rows(t, sql).await;
-            if got == want { Ok(()) } else { Err(got) }
+            if got == want {
+                Ok(())
+            } else {
+                Err(got)
+            }
         }
     })
     .await;
@@ -43,14 +47,37 @@ async fn key_change_of_a_row_with_unchanged_toast_keeps_the_row() {
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
     db.source.batch_execute(BIG_ROW).await.unwrap();
-    target_has(&db, "row 1 streamed", "SELECT count(*)::text FROM docs", &["1"]).await;
-    db.source.batch_execute("UPDATE docs SET id = 10 WHERE id = 1").await.unwrap();
+    target_has(
+        &db,
+        "row 1 streamed",
+        "SELECT count(*)::text FROM docs",
+        &["1"],
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET id = 10 WHERE id = 1")
+        .await
+        .unwrap();
     // A later transaction: once it is on the target, the key change has been applied.
-    db.source.batch_execute("INSERT INTO docs VALUES (99, 'marker', 'x')").await.unwrap();
-    target_has(&db, "marker applied", "SELECT count(*)::text FROM docs WHERE id = 99", &["1"]).await;
+    db.source
+        .batch_execute("INSERT INTO docs VALUES (99, 'marker', 'x')")
+        .await
+        .unwrap();
+    target_has(
+        &db,
+        "marker applied",
+        "SELECT count(*)::text FROM docs WHERE id = 99",
+        &["1"],
+    )
+    .await;
     let source = rows(&db.source, DOCS).await;
     let target = rows(&db.target, DOCS).await;
-    assert_eq!(target, source, "target lost the re-keyed row; log:\n{}", d.log());
+    assert_eq!(
+        target,
+        source,
+        "target lost the re-keyed row; log:\n{}",
+        d.log()
+    );
     drop(d);
     drop_slot(&db).await;
 }
@@ -72,19 +99,29 @@ async fn partial_update_of_a_row_missing_on_the_target_is_not_swallowed() {
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
-    db.source.batch_execute("UPDATE docs SET title = 'v2' WHERE id = 1").await.unwrap();
-    db.source.batch_execute("INSERT INTO docs VALUES (99, 'marker', 'x')").await.unwrap();
+    db.source
+        .batch_execute("UPDATE docs SET title = 'v2' WHERE id = 1")
+        .await
+        .unwrap();
+    db.source
+        .batch_execute("INSERT INTO docs VALUES (99, 'marker', 'x')")
+        .await
+        .unwrap();
     let t = &db.target;
-    let status = wait_until("marker applied or daemon stopped", Duration::from_secs(30), || async {
-        let n = rows(t, "SELECT count(*)::text FROM docs WHERE id = 99").await;
-        if n == ["1"] {
-            return Ok("applied");
-        }
-        if d.get("/healthz").await.is_none() {
-            return Ok("stopped");
-        }
-        Err(n)
-    })
+    let status = wait_until(
+        "marker applied or daemon stopped",
+        Duration::from_secs(30),
+        || async {
+            let n = rows(t, "SELECT count(*)::text FROM docs WHERE id = 99").await;
+            if n == ["1"] {
+                return Ok("applied");
+            }
+            if d.get("/healthz").await.is_none() {
+                return Ok("stopped");
+            }
+            Err(n)
+        },
+    )
     .await;
     if status == "applied" {
         let on_target = rows(t, "SELECT count(*)::text FROM docs WHERE id = 1").await;
@@ -115,7 +152,10 @@ async fn configured_key_outside_the_replica_identity_is_rejected_or_followed() {
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY, code text NOT NULL UNIQUE, v int)")
         .await
         .unwrap();
-    db.target.batch_execute("CREATE TABLE items (code text PRIMARY KEY, v int)").await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE items (code text PRIMARY KEY, v int)")
+        .await
+        .unwrap();
     let listen = free_listen();
     let mapping = "[[tables]]\nsource = \"public.items\"\nkey = [\"code\"]\n[tables.columns]\nid = \"drop\"\n";
     let mut d = Daemon::start(&config(&db, &listen, mapping), &listen);
@@ -128,19 +168,43 @@ async fn configured_key_outside_the_replica_identity_is_rejected_or_followed() {
         if d.child.as_mut().unwrap().try_wait().unwrap().is_some() {
             break false;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "neither ready nor exited; log:\n{}", d.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "neither ready nor exited; log:\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if running {
-        db.source.batch_execute("INSERT INTO items VALUES (1, 'a', 1)").await.unwrap();
+        db.source
+            .batch_execute("INSERT INTO items VALUES (1, 'a', 1)")
+            .await
+            .unwrap();
         target_has(&db, "row a", "SELECT code FROM items ORDER BY code", &["a"]).await;
-        db.source.batch_execute("UPDATE items SET code = 'b' WHERE id = 1").await.unwrap();
-        target_has(&db, "row b", "SELECT count(*)::text FROM items WHERE code = 'b'", &["1"]).await;
+        db.source
+            .batch_execute("UPDATE items SET code = 'b' WHERE id = 1")
+            .await
+            .unwrap();
+        target_has(
+            &db,
+            "row b",
+            "SELECT count(*)::text FROM items WHERE code = 'b'",
+            &["1"],
+        )
+        .await;
         let target = rows(&db.target, "SELECT code FROM items ORDER BY code").await;
-        assert_eq!(target, ["b"], "stale row under the old key stays on the target; log:\n{}", d.log());
+        assert_eq!(
+            target,
+            ["b"],
+            "stale row under the old key stays on the target; log:\n{}",
+            d.log()
+        );
     } else {
         let log = d.log();
-        assert!(log.contains("public.items") && log.contains("code"), "refused without naming table and key: {log}");
+        assert!(
+            log.contains("public.items") && log.contains("code"),
+            "refused without naming table and key: {log}"
+        );
     }
     drop(d);
     drop_slot(&db).await;
@@ -157,7 +221,10 @@ async fn target_key_narrower_than_the_source_key_is_rejected() {
         .batch_execute("CREATE TABLE pairs (a int, b int, v int, PRIMARY KEY (a, b))")
         .await
         .unwrap();
-    db.target.batch_execute("CREATE TABLE pairs (a int PRIMARY KEY, v int)").await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE pairs (a int PRIMARY KEY, v int)")
+        .await
+        .unwrap();
     let listen = free_listen();
     let mapping = "[[tables]]\nsource = \"public.pairs\"\n[tables.columns]\nb = \"drop\"\n";
     let mut d = Daemon::start(&config(&db, &listen, mapping), &listen);
@@ -169,15 +236,37 @@ async fn target_key_narrower_than_the_source_key_is_rejected() {
         if d.child.as_mut().unwrap().try_wait().unwrap().is_some() {
             break false;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "neither ready nor exited; log:\n{}", d.log());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "neither ready nor exited; log:\n{}",
+            d.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if running {
-        db.source.batch_execute("INSERT INTO pairs VALUES (1, 1, 10)").await.unwrap();
-        db.source.batch_execute("INSERT INTO pairs VALUES (1, 2, 20)").await.unwrap();
-        db.source.batch_execute("DELETE FROM pairs WHERE a = 1 AND b = 1").await.unwrap();
-        db.source.batch_execute("INSERT INTO pairs VALUES (2, 1, 99)").await.unwrap();
-        target_has(&db, "marker row a=2", "SELECT count(*)::text FROM pairs WHERE a = 2", &["1"]).await;
+        db.source
+            .batch_execute("INSERT INTO pairs VALUES (1, 1, 10)")
+            .await
+            .unwrap();
+        db.source
+            .batch_execute("INSERT INTO pairs VALUES (1, 2, 20)")
+            .await
+            .unwrap();
+        db.source
+            .batch_execute("DELETE FROM pairs WHERE a = 1 AND b = 1")
+            .await
+            .unwrap();
+        db.source
+            .batch_execute("INSERT INTO pairs VALUES (2, 1, 99)")
+            .await
+            .unwrap();
+        target_has(
+            &db,
+            "marker row a=2",
+            "SELECT count(*)::text FROM pairs WHERE a = 2",
+            &["1"],
+        )
+        .await;
         let target = rows(&db.target, "SELECT a || ':' || v FROM pairs ORDER BY a").await;
         panic!(
             "the compiler accepted a target key (a) narrower than the source key (a, b): source still has (1, 2, 20) \
@@ -202,26 +291,47 @@ async fn column_added_while_running_is_not_silently_dropped() {
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
-    db.source.batch_execute("INSERT INTO a VALUES (1, 1)").await.unwrap();
+    db.source
+        .batch_execute("INSERT INTO a VALUES (1, 1)")
+        .await
+        .unwrap();
     target_has(&db, "row 1", "SELECT count(*)::text FROM a", &["1"]).await;
-    db.target.batch_execute("ALTER TABLE a ADD COLUMN c text").await.unwrap();
-    db.source.batch_execute("ALTER TABLE a ADD COLUMN c text").await.unwrap();
-    db.source.batch_execute("INSERT INTO a VALUES (2, 2, 'hello')").await.unwrap();
+    db.target
+        .batch_execute("ALTER TABLE a ADD COLUMN c text")
+        .await
+        .unwrap();
+    db.source
+        .batch_execute("ALTER TABLE a ADD COLUMN c text")
+        .await
+        .unwrap();
+    db.source
+        .batch_execute("INSERT INTO a VALUES (2, 2, 'hello')")
+        .await
+        .unwrap();
     let t = &db.target;
-    let status = wait_until("row 2 applied or daemon stopped", Duration::from_secs(30), || async {
-        let n = rows(t, "SELECT count(*)::text FROM a WHERE id = 2").await;
-        if n == ["1"] {
-            return Ok("applied");
-        }
-        if d.get("/healthz").await.is_none() {
-            return Ok("stopped");
-        }
-        Err(n)
-    })
+    let status = wait_until(
+        "row 2 applied or daemon stopped",
+        Duration::from_secs(30),
+        || async {
+            let n = rows(t, "SELECT count(*)::text FROM a WHERE id = 2").await;
+            if n == ["1"] {
+                return Ok("applied");
+            }
+            if d.get("/healthz").await.is_none() {
+                return Ok("stopped");
+            }
+            Err(n)
+        },
+    )
     .await;
     if status == "applied" {
         let c = rows(t, "SELECT coalesce(c, 'NULL') FROM a WHERE id = 2").await;
-        assert_eq!(c, ["hello"], "the new column's value was silently dropped; log:\n{}", d.log());
+        assert_eq!(
+            c,
+            ["hello"],
+            "the new column's value was silently dropped; log:\n{}",
+            d.log()
+        );
     }
     drop(d);
     drop_slot(&db).await;

@@ -37,21 +37,56 @@ async fn streams_inserts_updates_deletes_of_common_types() {
     }
     let got = converge(&db, KINDS).await;
     assert_eq!(got.len(), 3, "{got:?}");
-    assert!(got[0].contains("héllo wörld ✓ 日本") && got[0].contains("10000000000.000000"), "{got:?}");
+    assert!(
+        got[0].contains("héllo wörld ✓ 日本") && got[0].contains("10000000000.000000"),
+        "{got:?}"
+    );
     assert!(got[1].contains("FOUR"), "{got:?}");
-    assert!(got[2].starts_with("{\"id\":20,"), "the key change moved the row: {got:?}");
-    assert_eq!(rows(&db.target, "SELECT count(*)::text FROM kinds WHERE id IN (2, 3)").await, ["0"]);
+    assert!(
+        got[2].starts_with("{\"id\":20,"),
+        "the key change moved the row: {got:?}"
+    );
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM kinds WHERE id IN (2, 3)"
+        )
+        .await,
+        ["0"]
+    );
     let m = |s: &'static str| d.metric(s);
-    assert_eq!(m("remodel_changes_applied_total{op=\"insert\",table=\"public.kinds\"}").await, 4.0);
-    assert_eq!(m("remodel_changes_applied_total{op=\"delete\",table=\"public.kinds\"}").await, 1.0);
-    assert_eq!(m("remodel_changes_applied_total{op=\"update\",table=\"public.kinds\"}").await, 3.0);
-    wait_until("5 transactions counted", Duration::from_secs(10), || async {
-        let n = d.metric("remodel_transactions_applied_total").await;
-        if n == 5.0 { Ok(()) } else { Err(n) }
-    })
+    assert_eq!(
+        m("remodel_changes_applied_total{op=\"insert\",table=\"public.kinds\"}").await,
+        4.0
+    );
+    assert_eq!(
+        m("remodel_changes_applied_total{op=\"delete\",table=\"public.kinds\"}").await,
+        1.0
+    );
+    assert_eq!(
+        m("remodel_changes_applied_total{op=\"update\",table=\"public.kinds\"}").await,
+        3.0
+    );
+    wait_until(
+        "5 transactions counted",
+        Duration::from_secs(10),
+        || async {
+            let n = d.metric("remodel_transactions_applied_total").await;
+            if n == 5.0 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    )
     .await;
     assert!(m("remodel_applied_lsn").await > 0.0);
-    assert!(d.get("/metrics").await.unwrap().1.contains("remodel_apply_batch_seconds_count"));
+    assert!(d
+        .get("/metrics")
+        .await
+        .unwrap()
+        .1
+        .contains("remodel_apply_batch_seconds_count"));
     assert_eq!(d.get("/healthz").await.unwrap().0, 200);
     drop(d);
     drop_slot(&db).await;
@@ -105,13 +140,20 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
     db.target.batch_execute(ddl).await.unwrap();
     let listen = free_listen();
     let d = Daemon::start(
-        &config_with(&db, &listen, "channel_capacity = 1024", "[apply]\nbatch_rows = 5000\n"),
+        &config_with(
+            &db,
+            &listen,
+            "channel_capacity = 1024",
+            "[apply]\nbatch_rows = 5000\n",
+        ),
         &listen,
     );
     d.wait_ready().await;
     let started = Instant::now();
     db.source
-        .batch_execute("INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 100000) g")
+        .batch_execute(
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 100000) g",
+        )
         .await
         .unwrap();
     let committed = Instant::now();
@@ -119,18 +161,28 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
     let t = &db.target;
     let mut seen = Vec::new();
     loop {
-        let n: i64 = t.query_one("SELECT count(*) FROM big", &[]).await.unwrap().get(0);
+        let n: i64 = t
+            .query_one("SELECT count(*) FROM big", &[])
+            .await
+            .unwrap()
+            .get(0);
         if !seen.contains(&n) {
             seen.push(n);
         }
         if n == 100_000 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "not applied in 120 s; seen {seen:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not applied in 120 s; seen {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let applied_in = committed.elapsed();
-    assert!(seen.iter().all(|n| *n == 0 || *n == 100_000), "partial transaction visible: {seen:?}");
+    assert!(
+        seen.iter().all(|n| *n == 0 || *n == 100_000),
+        "partial transaction visible: {seen:?}"
+    );
     let peak = rss_peak_kib(d.pid().as_raw() as u32);
     eprintln!(
         "100k-row transaction: applied {:.0} changes/s after source commit ({:.2} s), daemon peak RSS {} MiB",
@@ -138,10 +190,22 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
         applied_in.as_secs_f64(),
         peak / 1024
     );
-    assert!(peak < 96 * 1024, "peak RSS {} MiB: the transaction (~100 MB) was buffered", peak / 1024);
+    assert!(
+        peak < 96 * 1024,
+        "peak RSS {} MiB: the transaction (~100 MB) was buffered",
+        peak / 1024
+    );
     assert_eq!(
-        rows(&db.target, "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM big").await,
-        rows(&db.source, "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM big").await
+        rows(
+            &db.target,
+            "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM big"
+        )
+        .await,
+        rows(
+            &db.source,
+            "SELECT md5(string_agg(payload, '' ORDER BY id)) FROM big"
+        )
+        .await
     );
     drop(d);
     drop_slot(&db).await;
@@ -171,7 +235,10 @@ async fn update_leaving_toasted_column_unchanged_keeps_its_value() {
         .await
         .unwrap();
     let got = converge(&db, sql).await;
-    assert!(got[0].starts_with("1:v4:") && got[0].ends_with(":40000"), "{got:?}");
+    assert!(
+        got[0].starts_with("1:v4:") && got[0].ends_with(":40000"),
+        "{got:?}"
+    );
     drop(d);
     drop_slot(&db).await;
 }
@@ -179,16 +246,36 @@ async fn update_leaving_toasted_column_unchanged_keeps_its_value() {
 #[tokio::test]
 async fn idle_daemon_confirms_the_slot_forward() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
-    db.target.batch_execute("CREATE TABLE a (id int PRIMARY KEY)").await.unwrap();
+    db.source
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    db.target
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
     // Keepalives come every wal_sender_timeout / 2.
-    db.source.batch_execute(&format!("ALTER DATABASE {} SET wal_sender_timeout = '2s'", db.name)).await.unwrap();
+    db.source
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET wal_sender_timeout = '2s'",
+            db.name
+        ))
+        .await
+        .unwrap();
     let listen = free_listen();
-    let d = Daemon::start(&config_with(&db, &listen, "tables = [\"public.a\"]", ""), &listen);
+    let d = Daemon::start(
+        &config_with(&db, &listen, "tables = [\"public.a\"]", ""),
+        &listen,
+    );
     d.wait_ready().await;
     // WAL that touches no published table: the slot must still move past it.
     db.source.batch_execute("CREATE TABLE unpublished_noise (x int); INSERT INTO unpublished_noise SELECT generate_series(1, 1000)").await.unwrap();
-    let target: String = db.source.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let target: String = db
+        .source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let (s, name) = (&db.source, db.name.clone());
     wait_until("slot confirmed past the noise", Duration::from_secs(30), || {
         let (name, target) = (name.clone(), target.clone());

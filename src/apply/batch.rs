@@ -12,6 +12,11 @@ use std::sync::Arc;
 use crate::lsn::Lsn;
 use crate::transform::{Guard, OutputPlan, TargetOp, Value};
 
+/// A truncated source table: name, version, and the target outputs it feeds.
+pub type TruncatedTable = (Arc<str>, Lsn, Vec<Arc<OutputPlan>>);
+/// Rows of one statement: the version guard and the values.
+pub type GuardedRows = Vec<(Guard, Vec<Value>)>;
+
 #[derive(Debug)]
 pub enum Group {
     /// Rows with every column present (INSERT .. ON CONFLICT).
@@ -30,16 +35,16 @@ pub enum Group {
         rows: Vec<(Guard, Vec<Value>)>,
     },
     Truncate {
-        tables: Vec<(Arc<str>, Lsn, Vec<Arc<OutputPlan>>)>,
+        tables: Vec<TruncatedTable>,
     },
 }
 
 impl Group {
     pub fn len(&self) -> usize {
         match self {
-            Group::Upsert { rows, .. } | Group::Update { rows, .. } | Group::Delete { rows, .. } => {
-                rows.len()
-            }
+            Group::Upsert { rows, .. }
+            | Group::Update { rows, .. }
+            | Group::Delete { rows, .. } => rows.len(),
             Group::Truncate { tables } => tables.len(),
         }
     }
@@ -49,9 +54,9 @@ impl Group {
     /// The first row's guard, to name a key in errors.
     pub fn first_guard(&self) -> Option<&Guard> {
         match self {
-            Group::Upsert { rows, .. } | Group::Update { rows, .. } | Group::Delete { rows, .. } => {
-                rows.first().map(|r| &r.0)
-            }
+            Group::Upsert { rows, .. }
+            | Group::Update { rows, .. }
+            | Group::Delete { rows, .. } => rows.first().map(|r| &r.0),
             Group::Truncate { .. } => None,
         }
     }
@@ -202,7 +207,7 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
             }
             let Some(output) = output else { return };
             // Split by which columns are present, keeping the full rows together.
-            let mut by_mask: Vec<(Vec<usize>, Vec<(Guard, Vec<Value>)>)> = Vec::new();
+            let mut by_mask: Vec<(Vec<usize>, GuardedRows)> = Vec::new();
             for (g, row) in rows {
                 let present: Vec<usize> = row
                     .iter()
@@ -284,7 +289,9 @@ mod tests {
             up(&o, "1", 20, "z", Value::Unchanged),
         ]);
         assert_eq!(gs.len(), 1);
-        let Group::Upsert { rows, .. } = &gs[0] else { panic!("{gs:?}") };
+        let Group::Upsert { rows, .. } = &gs[0] else {
+            panic!("{gs:?}")
+        };
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].0.version, Lsn(20));
         assert_eq!(rows[0].1, vec![t("1"), t("z"), t("LARGE")]);
@@ -293,7 +300,10 @@ mod tests {
     #[test]
     fn unchanged_columns_without_earlier_value_become_an_update_of_present_columns() {
         let o = output(0);
-        let gs = groups(vec![up(&o, "1", 10, "x", Value::Unchanged), up(&o, "2", 10, "y", t("B"))]);
+        let gs = groups(vec![
+            up(&o, "1", 10, "x", Value::Unchanged),
+            up(&o, "2", 10, "y", t("B")),
+        ]);
         assert_eq!(gs.len(), 2);
         assert!(matches!(&gs[0], Group::Update { present, .. } if *present == vec![0, 1]));
         assert!(matches!(&gs[1], Group::Upsert { rows, .. } if rows.len() == 1));

@@ -74,7 +74,10 @@ impl ApplyError {
 }
 
 fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ApplyError {
-    move |source| ApplyError::Db { what, source: source.into() }
+    move |source| ApplyError::Db {
+        what,
+        source: source.into(),
+    }
 }
 
 /// SQLSTATE classes that mean "this data cannot be written" rather than "try again".
@@ -197,11 +200,18 @@ impl Applier {
                 return self.stop().await;
             };
             if let Err(e) = self.handle(ev, rx.is_empty()).await {
-                let shared = self.txn.as_ref().filter(|t| t.begun > 1).map(|t| t.max_commit_lsn);
+                let shared = self
+                    .txn
+                    .as_ref()
+                    .filter(|t| t.begun > 1)
+                    .map(|t| t.max_commit_lsn);
                 self.abort().await;
                 return Err(match (e, shared) {
                     (e @ (ApplyError::Rejected { .. } | ApplyError::Transform(_)), Some(until)) => {
-                        ApplyError::Isolate { until, inner: Box::new(e) }
+                        ApplyError::Isolate {
+                            until,
+                            inner: Box::new(e),
+                        }
                     }
                     (e, _) => e,
                 });
@@ -244,7 +254,9 @@ impl Applier {
                     return Ok(());
                 }
                 if let Some(t) = self.txn.as_mut() {
-                    *t.counts.entry((Arc::from(c.rel.qualified().as_str()), c.op)).or_default() += 1;
+                    *t.counts
+                        .entry((Arc::from(c.rel.qualified().as_str()), c.op))
+                        .or_default() += 1;
                 }
                 self.transformer.transform(&c, &mut self.pending)?;
                 if self.pending.len() >= self.settings.batch_rows {
@@ -308,9 +320,23 @@ impl Applier {
             return Ok(());
         };
         if let Some((end, ts)) = t.last_commit {
-            let stmt = self.client.prepare_typed(&sql::progress(&self.state), &[Type::TEXT, Type::TEXT, Type::FLOAT8]).await.map_err(db("preparing the progress update"))?;
+            let stmt = self
+                .client
+                .prepare_typed(
+                    &sql::progress(&self.state),
+                    &[Type::TEXT, Type::TEXT, Type::FLOAT8],
+                )
+                .await
+                .map_err(db("preparing the progress update"))?;
             self.client
-                .execute(&stmt, &[&self.settings.slot, &end.to_string(), &pg_ts_to_unix_secs(ts)])
+                .execute(
+                    &stmt,
+                    &[
+                        &self.settings.slot,
+                        &end.to_string(),
+                        &pg_ts_to_unix_secs(ts),
+                    ],
+                )
                 .await
                 .map_err(db("writing progress"))?;
         }
@@ -372,7 +398,10 @@ impl Applier {
                 let _ = self.client.batch_execute("SAVEPOINT diagnose").await;
                 match self.exec(&single).await {
                     Ok(()) => {
-                        let _ = self.client.batch_execute("RELEASE SAVEPOINT diagnose").await;
+                        let _ = self
+                            .client
+                            .batch_execute("RELEASE SAVEPOINT diagnose")
+                            .await;
                     }
                     Err(e) => {
                         culprit = (single.first_guard().cloned(), e);
@@ -392,17 +421,30 @@ impl Applier {
         let db = e.as_db_error();
         ApplyError::Rejected {
             op,
-            table: guard.as_ref().map(|g| g.source_rel.to_string()).unwrap_or_default(),
-            key: guard.as_ref().map(|g| g.key.to_string()).unwrap_or_default(),
+            table: guard
+                .as_ref()
+                .map(|g| g.source_rel.to_string())
+                .unwrap_or_default(),
+            key: guard
+                .as_ref()
+                .map(|g| g.key.to_string())
+                .unwrap_or_default(),
             lsn: guard.as_ref().map(|g| g.version).unwrap_or_default(),
             target,
-            message: db.map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+            message: db
+                .map(|d| d.message().to_string())
+                .unwrap_or_else(|| e.to_string()),
             detail: db.and_then(|d| d.detail().map(str::to_string)),
             sqlstate: db.map(|d| d.code().code().to_string()).unwrap_or_default(),
         }
     }
 
-    async fn statement(&mut self, key: StmtKey, text: impl FnOnce() -> String, params: usize) -> Result<Statement, tokio_postgres::Error> {
+    async fn statement(
+        &mut self,
+        key: StmtKey,
+        text: impl FnOnce() -> String,
+        params: usize,
+    ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.stmts.get(&key) {
             return Ok(s.clone());
         }
@@ -419,7 +461,11 @@ impl Applier {
                 let o = output.clone();
                 let st = self.state.clone();
                 let stmt = self
-                    .statement(StmtKey::Upsert(o.id), || sql::upsert(&st, &o), 2 + o.columns.len())
+                    .statement(
+                        StmtKey::Upsert(o.id),
+                        || sql::upsert(&st, &o),
+                        2 + o.columns.len(),
+                    )
                     .await?;
                 let cols: Vec<usize> = (0..o.columns.len()).collect();
                 self.run_rows(&stmt, &o.source, rows, &cols).await
@@ -445,7 +491,11 @@ impl Applier {
                 let o = output.clone();
                 let st = self.state.clone();
                 let stmt = self
-                    .statement(StmtKey::Delete(o.id), || sql::delete(&st, &o), 2 + o.key.len())
+                    .statement(
+                        StmtKey::Delete(o.id),
+                        || sql::delete(&st, &o),
+                        2 + o.key.len(),
+                    )
                     .await?;
                 let cols: Vec<usize> = (0..o.key.len()).collect();
                 self.run_rows(&stmt, &o.source, rows, &cols).await
@@ -483,14 +533,17 @@ impl Applier {
 
     async fn truncate(
         &self,
-        tables: &[(Arc<str>, Lsn, Vec<Arc<crate::transform::OutputPlan>>)],
+        tables: &[batch::TruncatedTable],
     ) -> Result<(), tokio_postgres::Error> {
         let mut targets = Vec::new();
         let mut recorded = Vec::new();
         for (rel, version, outputs) in tables {
             let newer: bool = self
                 .client
-                .query_one(&sql::newer_than(&self.state), &[&rel.as_ref(), &version.to_string()])
+                .query_one(
+                    &sql::newer_than(&self.state),
+                    &[&rel.as_ref(), &version.to_string()],
+                )
                 .await?
                 .get(0);
             if newer {
@@ -512,7 +565,10 @@ impl Applier {
         }
         for (rel, version) in recorded {
             self.client
-                .execute(&sql::record_truncation(&self.state), &[&rel.as_ref(), &version.to_string()])
+                .execute(
+                    &sql::record_truncation(&self.state),
+                    &[&rel.as_ref(), &version.to_string()],
+                )
                 .await?;
         }
         Ok(())

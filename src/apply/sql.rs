@@ -58,7 +58,11 @@ pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
         .enumerate()
         .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
         .collect();
-    let keys: Vec<String> = o.key.iter().map(|&k| quote_ident(&o.columns[k].name)).collect();
+    let keys: Vec<String> = o
+        .key
+        .iter()
+        .map(|&k| quote_ident(&o.columns[k].name))
+        .collect();
     let sets: Vec<String> = o
         .columns
         .iter()

@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(c.dbname, "app");
         assert_eq!(c.sslmode, SslMode::VerifyFull);
         let shown = format!("{c} {c:?}");
-        assert!(!shown.contains("s:cret") && !shown.contains("s%3Acret"), "{shown}");
+        assert!(
+            !shown.contains("s:cret") && !shown.contains("s%3Acret"),
+            "{shown}"
+        );
         assert!(shown.contains("***"));
     }
 
@@ -413,6 +416,9 @@ mod tests {
             ConnInfo::parse("postgresql://u@h/d?sslmode=verify-ca&sslrootcert=/nonexistent.pem")
                 .unwrap();
         let e = c.tls_config().unwrap_err().to_string();
-        assert!(e.contains("sslrootcert") && e.contains("/nonexistent.pem"), "{e}");
+        assert!(
+            e.contains("sslrootcert") && e.contains("/nonexistent.pem"),
+            "{e}"
+        );
     }
 }

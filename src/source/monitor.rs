@@ -31,7 +31,7 @@ pub async fn run(
         if behind == 0 {
             metrics.lag_seconds.set(0.0);
         }
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let r = source
                 .query_opt(
                     "SELECT (pg_current_wal_lsn() - restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",

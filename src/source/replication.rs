@@ -160,10 +160,11 @@ impl ReplicationConn {
             source,
         };
         let timeout = info.connect_timeout.unwrap_or(Duration::from_secs(30));
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((info.host.as_str(), info.port)))
-            .await
-            .map_err(|_| io_err(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(io_err)?;
+        let tcp =
+            tokio::time::timeout(timeout, TcpStream::connect((info.host.as_str(), info.port)))
+                .await
+                .map_err(|_| io_err(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         let stream = Self::negotiate_tls(tcp, info, &target).await?;
         let mut conn = ReplicationConn {
@@ -240,7 +241,9 @@ impl ReplicationConn {
     async fn recv(&mut self) -> Result<(u8, Bytes), ReplicationError> {
         match self.framed.read().await {
             Ok(m) => Ok(m),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ReplicationError::Closed),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(ReplicationError::Closed)
+            }
             Err(source) => Err(ReplicationError::Io {
                 target: self.target.clone(),
                 source,
@@ -342,7 +345,12 @@ impl ReplicationConn {
                         method: "Kerberos/GSS/SSPI".into(),
                     })
                 }
-                _ => return Err(proto(format!("unexpected message '{}' during startup", tag as char))),
+                _ => {
+                    return Err(proto(format!(
+                        "unexpected message '{}' during startup",
+                        tag as char
+                    )))
+                }
             }
         }
     }
@@ -443,7 +451,10 @@ impl ReplicationConn {
         let (r, w) = tokio::io::split(framed.io);
         Ok((
             ReplicationReader {
-                framed: Framed { io: r, buf: framed.buf },
+                framed: Framed {
+                    io: r,
+                    buf: framed.buf,
+                },
                 target: target.clone(),
             },
             FeedbackWriter { io: w, target },
@@ -458,8 +469,15 @@ pub fn quote_ident(s: &str) -> String {
 /// What the server sends inside CopyBoth.
 #[derive(Debug)]
 pub enum ReplicationMessage {
-    XLogData { start: Lsn, wal_end: Lsn, data: Bytes },
-    Keepalive { wal_end: Lsn, reply_requested: bool },
+    XLogData {
+        start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
+    Keepalive {
+        wal_end: Lsn,
+        reply_requested: bool,
+    },
 }
 
 pub struct ReplicationReader {
@@ -579,10 +597,13 @@ impl FeedbackWriter {
             source,
         };
         self.io.write_all(&buf).await.map_err(io_err)?;
-        self.io.flush().await.map_err(|source| ReplicationError::Io {
-            target: self.target.clone(),
-            source,
-        })
+        self.io
+            .flush()
+            .await
+            .map_err(|source| ReplicationError::Io {
+                target: self.target.clone(),
+                source,
+            })
     }
 
     /// Leave CopyBoth politely and close.
@@ -625,7 +646,10 @@ mod tests {
         k.put_u8(1);
         assert!(matches!(
             decode_copy_data(&mut k.freeze()).unwrap(),
-            ReplicationMessage::Keepalive { wal_end: Lsn(0x30), reply_requested: true }
+            ReplicationMessage::Keepalive {
+                wal_end: Lsn(0x30),
+                reply_requested: true
+            }
         ));
         assert!(decode_copy_data(&mut Bytes::from_static(b"w123")).is_err());
         assert!(decode_copy_data(&mut Bytes::from_static(b"k")).is_err());

@@ -33,7 +33,10 @@ pub enum SetupError {
 
 fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
     let what = what.into();
-    move |source| SetupError::Sql { what, source: source.into() }
+    move |source| SetupError::Sql {
+        what,
+        source: source.into(),
+    }
 }
 
 /// Split `schema.table` (or `table` → `public.table`).
@@ -53,7 +56,10 @@ pub async fn ensure_publication(
     tables: &[String],
 ) -> Result<bool, SetupError> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await
         .map_err(sql("looking up the publication"))?
         .is_some();

@@ -295,7 +295,9 @@ impl SourceStream {
             | LogicalMessage::StreamAbort { .. } => {
                 return Err(StreamError::Protocol {
                     lsn,
-                    what: "streamed in-progress transaction received but streaming was not requested".into(),
+                    what:
+                        "streamed in-progress transaction received but streaming was not requested"
+                            .into(),
                 })
             }
         })

@@ -128,12 +128,18 @@ impl StateSchema {
             .await
             .map_err(self.err("recording the version"))?;
         }
-        tx.commit().await.map_err(self.err("committing migration"))?;
+        tx.commit()
+            .await
+            .map_err(self.err("committing migration"))?;
         Ok(MIGRATIONS.len() as i32)
     }
 
     /// The last source commit end LSN applied for `slot`, if any.
-    pub async fn progress(&self, client: &Client, slot: &str) -> Result<Option<Progress>, StateError> {
+    pub async fn progress(
+        &self,
+        client: &Client,
+        slot: &str,
+    ) -> Result<Option<Progress>, StateError> {
         let row = client
             .query_opt(
                 &format!(

@@ -123,15 +123,15 @@ impl Transformer {
         };
         if stale {
             let name = rel.qualified();
-            let table = self
-                .plan
-                .tables
-                .get(&name)
-                .cloned()
-                .ok_or_else(|| TransformError::Unmapped {
-                    table: name.clone(),
-                    lsn,
-                })?;
+            let table =
+                self.plan
+                    .tables
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| TransformError::Unmapped {
+                        table: name.clone(),
+                        lsn,
+                    })?;
             let pos = |c: &str| {
                 rel.column_position(c)
                     .ok_or_else(|| TransformError::SchemaDrift {
@@ -208,7 +208,8 @@ impl Transformer {
                     // the old row is gone (tombstone) and a new one appears.
                     if let Ok(old_key) = key_of(&b.key_pos, old, None) {
                         if old_key != new_key {
-                            push_deletes(b, &old_key, old, lsn, out).map_err(|r| row_err(&old_key, r))?;
+                            push_deletes(b, &old_key, old, lsn, out)
+                                .map_err(|r| row_err(&old_key, r))?;
                         }
                     }
                 }
@@ -276,7 +277,9 @@ fn key_of(pos: &[usize], tuple: &Tuple, fallback: Option<&Tuple>) -> Result<Sour
             Some(Datum::Text(s)) => Ok(Some(s.clone())),
             Some(Datum::Unchanged) => match fallback.and_then(|f| f.get(i)) {
                 Some(Datum::Text(s)) => Ok(Some(s.clone())),
-                _ => Err(format!("key column #{i} is an unchanged TOAST value without an old value")),
+                _ => Err(format!(
+                    "key column #{i} is an unchanged TOAST value without an old value"
+                )),
             },
             Some(Datum::Null) => Err(format!("key column #{i} is NULL")),
             Some(Datum::Binary(_)) => Err("binary-format value in the stream".into()),

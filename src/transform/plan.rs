@@ -179,7 +179,8 @@ pub async fn compile(
         if let Some(other) = targets_used.insert(tgt_name.clone(), src_name.clone()) {
             p(
                 format!("target table {tgt_name} is also fed by {other}"),
-                "map each source table to its own target table (N→1 merges are not supported yet)".into(),
+                "map each source table to its own target table (N→1 merges are not supported yet)"
+                    .into(),
             );
         }
         let source_key = match &m.key {
@@ -240,14 +241,20 @@ pub async fn compile(
             }
             if let Some(prev) = filled.insert(tname.clone(), sc.name.clone()) {
                 p(
-                    format!("target column {tname} is filled by both {prev} and {}", sc.name),
+                    format!(
+                        "target column {tname} is filled by both {prev} and {}",
+                        sc.name
+                    ),
                     "rename or drop one of them".into(),
                 );
             }
             if let Some(c) = &cast {
                 if !same_type(c, &tc.sql_type, target_client).await {
                     p(
-                        format!("column {} casts to {c} but target column {tgt_name}.{tname} is {}", sc.name, tc.sql_type),
+                        format!(
+                            "column {} casts to {c} but target column {tgt_name}.{tname} is {}",
+                            sc.name, tc.sql_type
+                        ),
                         format!("set cast = \"{}\"", tc.sql_type),
                     );
                     continue;
@@ -258,10 +265,18 @@ pub async fn compile(
             } else {
                 match conversion(&sc.sql_type, &tc.sql_type, target_client).await {
                     Ok(via) => {
-                        if cast.is_none() && !assignable(&sc.sql_type, &tc.sql_type, target_client).await {
+                        if cast.is_none()
+                            && !assignable(&sc.sql_type, &tc.sql_type, target_client).await
+                        {
                             p(
-                                format!("column {} is {} on the source but {tgt_name}.{tname} is {}", sc.name, sc.sql_type, tc.sql_type),
-                                format!("declare the conversion: {} = {{ cast = \"{}\" }}", sc.name, tc.sql_type),
+                                format!(
+                                    "column {} is {} on the source but {tgt_name}.{tname} is {}",
+                                    sc.name, sc.sql_type, tc.sql_type
+                                ),
+                                format!(
+                                    "declare the conversion: {} = {{ cast = \"{}\" }}",
+                                    sc.name, tc.sql_type
+                                ),
                             );
                             continue;
                         }
@@ -269,7 +284,10 @@ pub async fn compile(
                     }
                     Err(why) => {
                         p(
-                            format!("no cast from {} ({}) to {} ({tgt_name}.{tname}): {why}", sc.sql_type, sc.name, tc.sql_type),
+                            format!(
+                                "no cast from {} ({}) to {} ({tgt_name}.{tname}): {why}",
+                                sc.sql_type, sc.name, tc.sql_type
+                            ),
                             "change the target column type or drop the column".into(),
                         );
                         continue;
@@ -305,7 +323,11 @@ pub async fn compile(
                 .await;
             if let Err(e) = ok {
                 p(
-                    format!("constant {value:?} is not a valid {} for {tname}: {}", tc.sql_type, db_message(&e)),
+                    format!(
+                        "constant {value:?} is not a valid {} for {tname}: {}",
+                        tc.sql_type,
+                        db_message(&e)
+                    ),
                     "fix the value under [tables.constants]".into(),
                 );
                 continue;
@@ -320,7 +342,7 @@ pub async fn compile(
             if tc.not_null && !tc.has_default && !tc.generated && !filled.contains_key(&tc.name) {
                 p(
                     format!("target column {tgt_name}.{} is NOT NULL without a default and nothing fills it", tc.name),
-                    format!("map a source column to it, add a constant, or give it a default"),
+                    "map a source column to it, add a constant, or give it a default".into(),
                 );
             }
         }

@@ -17,7 +17,12 @@ pub async fn rows(c: &Client, sql: &str) -> Vec<String> {
 }
 
 /// Wait until `source_sql` on the source returns what `target_sql` returns on the target.
-pub async fn converge_with(db: &TestDb, source_sql: &str, target_sql: &str, deadline: Duration) -> Vec<String> {
+pub async fn converge_with(
+    db: &TestDb,
+    source_sql: &str,
+    target_sql: &str,
+    deadline: Duration,
+) -> Vec<String> {
     let (s, t) = (&db.source, &db.target);
     wait_until("target = transform(source)", deadline, || async move {
         let a = rows(s, source_sql).await;
@@ -55,7 +60,8 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-pub const ACCOUNTS_DDL: &str = "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)";
+pub const ACCOUNTS_DDL: &str =
+    "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text)";
 
 /// `txns` random transactions on `accounts` (ids 1..=200): inserts, updates, deletes,
 /// delete-then-reinsert, several rows each.

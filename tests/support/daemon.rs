@@ -26,10 +26,24 @@ pub fn free_listen() -> String {
 /// A config for `db` with slot and publication named after the database (slots are
 /// cluster-wide). `source_extra` goes into `[source]`; `extra` is appended (sections, [[tables]]).
 pub fn config_with(db: &TestDb, listen: &str, source_extra: &str, extra: &str) -> String {
-    config_urls(&db.source_url, &db.target_url, &db.name, listen, source_extra, extra)
+    config_urls(
+        &db.source_url,
+        &db.target_url,
+        &db.name,
+        listen,
+        source_extra,
+        extra,
+    )
 }
 
-pub fn config_urls(source_url: &str, target_url: &str, slot: &str, listen: &str, source_extra: &str, extra: &str) -> String {
+pub fn config_urls(
+    source_url: &str,
+    target_url: &str,
+    slot: &str,
+    listen: &str,
+    source_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         "[source]\nurl = \"{source_url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\
          status_interval_ms = 200\n{source_extra}\n\
