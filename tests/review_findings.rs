@@ -336,3 +336,79 @@ async fn column_added_while_running_is_not_silently_dropped() {
     drop(d);
     drop_slot(&db).await;
 }
+
+/// Invariant 7 as the apply module promises it ("isolate-and-retry so a rejection commits
+/// everything before it"): when several source transactions share one target transaction and
+/// the target rejects a row, `diagnose` rolls back and takes `self.txn` (via `abort`) BEFORE
+/// `Applier::run` looks at `self.txn` to decide whether the transaction was shared, so the
+/// rejection is never turned into `ApplyError::Isolate`: the daemon stops at once and the
+/// complete source transactions before the culprit are not committed.
+/// (The errors.rs test of the same scenario passes only because each transaction there gets
+/// its own target transaction.) Here a pause makes the three transactions queue up so they
+/// share one target transaction after the resume.
+#[tokio::test]
+async fn rejection_in_a_shared_target_transaction_commits_everything_before_it() {
+    use nix::sys::signal::Signal;
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int)")
+        .await
+        .unwrap();
+    db.target
+        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int CHECK (amount >= 0))")
+        .await
+        .unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    d.wait_ready().await;
+    d.signal(Signal::SIGUSR1);
+    wait_until("paused", Duration::from_secs(10), || async {
+        let v = d.metric("remodel_paused").await;
+        if v == 1.0 { Ok(()) } else { Err(v) }
+    })
+    .await;
+    for sql in [
+        "INSERT INTO pay VALUES (1, 10), (2, 20)",
+        "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",
+        "INSERT INTO pay VALUES (5, 50)",
+    ] {
+        db.source.batch_execute(sql).await.unwrap();
+    }
+    // All three sent by the walsender (so queued in the daemon's channel) before resuming.
+    let end: String = db
+        .source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (s, name) = (&db.source, db.name.clone());
+    wait_until("walsender sent the three transactions", Duration::from_secs(30), || {
+        let (name, end) = (name.clone(), end.clone());
+        async move {
+            let sent: bool = s
+                .query_one(
+                    "SELECT coalesce(r.sent_lsn >= $2::text::pg_lsn, false)
+                     FROM pg_replication_slots sl LEFT JOIN pg_stat_replication r ON r.pid = sl.active_pid
+                     WHERE sl.slot_name = $1",
+                    &[&name, &end],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if sent { Ok(()) } else { Err("not yet".to_string()) }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.signal(Signal::SIGUSR2);
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("key (3)"), "{log}");
+    assert_eq!(
+        rows(&db.target, "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), 'none') FROM pay").await,
+        ["1,2"],
+        "the complete transaction before the rejected one was not committed; log:\n{log}"
+    );
+    drop_slot(&db).await;
+}
