@@ -31,6 +31,7 @@ pub mod names {
     pub const SLOT_RETAINED_WAL_BYTES: &str = "remodel_slot_retained_wal_bytes";
     pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
     pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
+    pub const DEFERRED_ROWS_TOTAL: &str = "remodel_deferred_rows_total";
     pub const ALL: &[&str] = &[
         APPLIED_LSN,
         SOURCE_LAG_BYTES,
@@ -43,6 +44,7 @@ pub mod names {
         SLOT_RETAINED_WAL_BYTES,
         CONFIRMED_FLUSH_LSN,
         RESTARTS_TOTAL,
+        DEFERRED_ROWS_TOTAL,
     ];
 }
 
@@ -59,6 +61,7 @@ pub struct Metrics {
     pub slot_retained_wal_bytes: IntGauge,
     pub confirmed_flush_lsn: IntGauge,
     pub restarts: IntCounter,
+    pub deferred_rows: IntCounterVec,
     /// Streaming and applying (for /readyz).
     pub ready: AtomicBool,
     /// Server WAL end last seen, for /status.
@@ -131,6 +134,14 @@ impl Metrics {
                 "Pipeline restarts after retryable errors",
             )
             .expect("valid metric"),
+            deferred_rows: IntCounterVec::new(
+                Opts::new(
+                    names::DEFERRED_ROWS_TOTAL,
+                    "Partial updates (unchanged TOAST) of rows the target lacks, kept in the deferred table",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
             registry,
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
@@ -148,6 +159,7 @@ impl Metrics {
             Box::new(m.slot_retained_wal_bytes.clone()),
             Box::new(m.confirmed_flush_lsn.clone()),
             Box::new(m.restarts.clone()),
+            Box::new(m.deferred_rows.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }
@@ -265,6 +277,7 @@ mod tests {
         let m = Metrics::new();
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
+        m.deferred_rows.with_label_values(&["t"]).inc();
         m.apply_batch_seconds.observe(0.1);
         let families: Vec<String> = m
             .registry

@@ -90,6 +90,18 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     let listen = free_listen();
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
+    // Paused while the source commits, so the good and the bad transaction reach apply
+    // together and share one target transaction: the bad one must not take the good one down.
+    d.signal(nix::sys::signal::Signal::SIGUSR1);
+    support::wait_until("paused", Duration::from_secs(10), || async {
+        let v = d.metric("remodel_paused").await;
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
     for sql in [
         "INSERT INTO pay VALUES (1, 10), (2, 20)",
         "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",
@@ -97,9 +109,11 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     ] {
         db.source.batch_execute(sql).await.unwrap();
     }
+    d.signal(nix::sys::signal::Signal::SIGUSR2);
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
+    assert!(log.contains("isolating source transactions"), "{log}");
     assert!(
         log.contains("source table public.pay key (3) at LSN"),
         "{log}"
@@ -127,6 +141,37 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     )
     .await;
     d.stop();
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn json_logs_are_one_json_object_per_line() {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute("CREATE TABLE only_on_source (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start_with_args(
+        &config(&db, &listen, ""),
+        &listen,
+        &["--log-format", "json"],
+    );
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(st.code(), Some(1));
+    let log = d.log();
+    let json_lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        json_lines.iter().any(|v| v["level"] == "ERROR"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("only_on_source"))),
+        "{log}"
+    );
     drop_slot(&db).await;
 }
 

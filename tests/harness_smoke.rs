@@ -32,7 +32,7 @@ async fn pair_runs_two_logical_clusters() {
         assert_eq!(one_string(&client, "SHOW wal_level").await, "logical");
         assert_eq!(
             one_string(&client, "SHOW max_replication_slots").await,
-            "20"
+            "64"
         );
         assert_eq!(
             one_string(&client, "SHOW listen_addresses").await,

@@ -99,6 +99,7 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         config_path: cfg.clone(),
         log_path: dir.path().join("log"),
         listen: listen.clone(),
+        args: vec![],
     };
     probe.wait_ready().await;
     db.source

@@ -136,6 +136,19 @@ async fn partial_update_of_a_row_missing_on_the_target_is_not_swallowed() {
              which would make a backfill skip the row; log:\n{}",
             d.log()
         );
+        // Not swallowed: the update's values wait, with its version, in the deferred table.
+        let deferred = rows(
+            t,
+            "SELECT skey || ' ' || target || ' ' || (columns->>'title') || ' ' || (columns ? 'body') FROM remodel.deferred",
+        )
+        .await;
+        assert_eq!(deferred, ["[\"1\"] public.docs v2 false"], "{}", d.log());
+        assert_eq!(
+            d.metric("remodel_deferred_rows_total{table=\"public.docs\"}")
+                .await,
+            1.0
+        );
+        assert!(d.log().contains("deferred"), "{}", d.log());
     }
     drop(d);
     drop_slot(&db).await;
@@ -364,7 +377,11 @@ async fn rejection_in_a_shared_target_transaction_commits_everything_before_it()
     d.signal(Signal::SIGUSR1);
     wait_until("paused", Duration::from_secs(10), || async {
         let v = d.metric("remodel_paused").await;
-        if v == 1.0 { Ok(()) } else { Err(v) }
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(v)
+        }
     })
     .await;
     for sql in [
@@ -406,7 +423,11 @@ async fn rejection_in_a_shared_target_transaction_commits_everything_before_it()
     assert_eq!(st.code(), Some(1), "{log}");
     assert!(log.contains("key (3)"), "{log}");
     assert_eq!(
-        rows(&db.target, "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), 'none') FROM pay").await,
+        rows(
+            &db.target,
+            "SELECT coalesce(string_agg(id::text, ',' ORDER BY id), 'none') FROM pay"
+        )
+        .await,
         ["1,2"],
         "the complete transaction before the rejected one was not committed; log:\n{log}"
     );

@@ -24,11 +24,13 @@ pub enum Group {
         output: Arc<OutputPlan>,
         rows: Vec<(Guard, Vec<Value>)>,
     },
-    /// Rows with some columns unchanged: UPDATE of `present` only.
+    /// Rows with some columns unchanged: UPDATE of `present` only, found by their key or, for
+    /// a key change (`from` non-empty, one per row), by their old key.
     Update {
         output: Arc<OutputPlan>,
         present: Vec<usize>,
-        rows: Vec<(Guard, Vec<Value>)>,
+        rows: GuardedRows,
+        from: Vec<Vec<Value>>,
     },
     Delete {
         output: Arc<OutputPlan>,
@@ -74,12 +76,15 @@ impl Group {
                 output,
                 present,
                 rows,
+                from,
             } => rows
                 .iter()
-                .map(|r| Group::Update {
+                .enumerate()
+                .map(|(i, r)| Group::Update {
                     output: output.clone(),
                     present: present.clone(),
                     rows: vec![r.clone()],
+                    from: from.get(i).cloned().into_iter().collect(),
                 })
                 .collect(),
             Group::Delete { output, rows } => rows
@@ -99,12 +104,18 @@ impl Group {
 #[derive(PartialEq, Eq, Clone, Copy)]
 enum RunKind {
     Upsert(usize),
+    Move(usize),
     Delete(usize),
     Truncate,
 }
 
 fn kind(op: &TargetOp) -> RunKind {
     match op {
+        TargetOp::Upsert {
+            output,
+            from: Some(_),
+            ..
+        } => RunKind::Move(output.id),
         TargetOp::Upsert { output, .. } => RunKind::Upsert(output.id),
         TargetOp::Delete { output, .. } => RunKind::Delete(output.id),
         TargetOp::Truncate { .. } => RunKind::Truncate,
@@ -129,6 +140,14 @@ pub fn groups(ops: Vec<TargetOp>) -> Vec<Group> {
 
 fn key_of(output: &OutputPlan, row: &[Value]) -> Vec<Value> {
     output.key.iter().map(|&k| row[k].clone()).collect()
+}
+
+fn present_columns(row: &[Value]) -> Vec<usize> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, v)| **v != Value::Unchanged)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
@@ -173,6 +192,26 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
                 out.push(Group::Delete { output, rows });
             }
         }
+        RunKind::Move(_) => {
+            // Key changes keep their order and are not merged (rare; each names its old row).
+            for op in run {
+                if let TargetOp::Upsert {
+                    output,
+                    guard,
+                    row,
+                    from: Some(from),
+                } = op
+                {
+                    let present = present_columns(&row);
+                    out.push(Group::Update {
+                        output,
+                        present,
+                        rows: vec![(guard, row)],
+                        from: vec![from],
+                    });
+                }
+            }
+        }
         RunKind::Upsert(_) => {
             let mut output: Option<Arc<OutputPlan>> = None;
             let mut index: HashMap<Vec<Value>, usize> = HashMap::new();
@@ -182,6 +221,7 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
                     output: o,
                     guard,
                     row,
+                    from: None,
                 } = op
                 {
                     let key = key_of(&o, &row);
@@ -209,12 +249,7 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
             // Split by which columns are present, keeping the full rows together.
             let mut by_mask: Vec<(Vec<usize>, GuardedRows)> = Vec::new();
             for (g, row) in rows {
-                let present: Vec<usize> = row
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| **v != Value::Unchanged)
-                    .map(|(i, _)| i)
-                    .collect();
+                let present = present_columns(&row);
                 match by_mask.iter_mut().find(|(m, _)| *m == present) {
                     Some((_, rs)) => rs.push((g, row)),
                     None => by_mask.push((present, vec![(g, row)])),
@@ -231,6 +266,7 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
                         output: output.clone(),
                         present,
                         rows,
+                        from: vec![],
                     });
                 }
             }
@@ -277,6 +313,7 @@ mod tests {
             output: o.clone(),
             guard: g(k, v),
             row: vec![t(k), t(a), big],
+            from: None,
         }
     }
 

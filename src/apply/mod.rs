@@ -100,7 +100,7 @@ pub struct ApplySettings {
 #[derive(Hash, PartialEq, Eq)]
 enum StmtKey {
     Upsert(usize),
-    Update(usize, Vec<usize>),
+    Update(usize, Vec<usize>, bool),
     Delete(usize),
 }
 
@@ -166,57 +166,85 @@ impl Applier {
         let shutdown = self.control.shutdown_token();
         let mut paused_rx = self.control.watch_paused();
         loop {
-            if self.source_txn.is_none() && self.control.is_paused() {
-                self.commit().await?;
-                self.metrics.paused.set(1);
-                tracing::info!(applied = %self.applied, "paused: nothing is written to the target until resumed");
-                while self.control.is_paused() {
-                    tokio::select! {
-                        _ = paused_rx.changed() => {}
-                        _ = shutdown.cancelled() => {
-                            self.metrics.paused.set(0);
-                            return Ok(());
-                        }
-                    }
-                }
-                self.metrics.paused.set(0);
-                tracing::info!("resumed");
-            }
-            let deadline = match (&self.txn, self.source_txn) {
-                (Some(t), None) => Some(t.started + self.settings.max_delay),
-                _ => None,
-            };
-            let ev = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return self.stop().await,
-                _ = paused_rx.changed(), if self.source_txn.is_none() => continue,
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    self.commit().await?;
-                    continue;
-                }
-                ev = rx.recv() => ev,
-            };
-            let Some(ev) = ev else {
-                return self.stop().await;
-            };
-            if let Err(e) = self.handle(ev, rx.is_empty()).await {
-                let shared = self
-                    .txn
-                    .as_ref()
-                    .filter(|t| t.begun > 1)
-                    .map(|t| t.max_commit_lsn);
-                self.abort().await;
-                return Err(match (e, shared) {
-                    (e @ (ApplyError::Rejected { .. } | ApplyError::Transform(_)), Some(until)) => {
-                        ApplyError::Isolate {
+            // Taken before any step that may fail and roll the target transaction back.
+            let shared = self.shared_txn();
+            let step = self.step(&mut rx, &mut paused_rx, &shutdown).await;
+            match step {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    self.abort().await;
+                    return Err(match (e, shared) {
+                        (
+                            e @ (ApplyError::Rejected { .. } | ApplyError::Transform(_)),
+                            Some(until),
+                        ) => ApplyError::Isolate {
                             until,
                             inner: Box::new(e),
-                        }
-                    }
-                    (e, _) => e,
-                });
+                        },
+                        (e, _) => e,
+                    });
+                }
             }
         }
+    }
+
+    /// When the open target transaction holds more than one source transaction: the last one's
+    /// commit LSN (see [`ApplyError::Isolate`]).
+    fn shared_txn(&self) -> Option<Lsn> {
+        self.txn
+            .as_ref()
+            .filter(|t| t.begun > 1)
+            .map(|t| t.max_commit_lsn)
+    }
+
+    /// One step of the loop; `Ok(false)` when done.
+    async fn step(
+        &mut self,
+        rx: &mut mpsc::Receiver<Event>,
+        paused_rx: &mut tokio::sync::watch::Receiver<bool>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<bool, ApplyError> {
+        if self.source_txn.is_none() && self.control.is_paused() {
+            self.commit().await?;
+            self.metrics.paused.set(1);
+            tracing::info!(applied = %self.applied, "paused: nothing is written to the target until resumed");
+            while self.control.is_paused() {
+                tokio::select! {
+                    _ = paused_rx.changed() => {}
+                    _ = shutdown.cancelled() => {
+                        self.metrics.paused.set(0);
+                        return Ok(false);
+                    }
+                }
+            }
+            self.metrics.paused.set(0);
+            tracing::info!("resumed");
+        }
+        let deadline = match (&self.txn, self.source_txn) {
+            (Some(t), None) => Some(t.started + self.settings.max_delay),
+            _ => None,
+        };
+        let ev = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                self.stop().await?;
+                return Ok(false);
+            }
+            _ = paused_rx.changed(), if self.source_txn.is_none() => return Ok(true),
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                self.commit().await?;
+                return Ok(true);
+            }
+            ev = rx.recv() => ev,
+        };
+        let Some(ev) = ev else {
+            self.stop().await?;
+            return Ok(false);
+        };
+        let idle = rx.is_empty();
+        self.handle(ev, idle).await?;
+        Ok(true)
     }
 
     async fn handle(&mut self, ev: Event, idle: bool) -> Result<(), ApplyError> {
@@ -293,7 +321,9 @@ impl Applier {
         Ok(())
     }
 
-    /// Graceful stop: commit complete source transactions, roll back a partial one.
+    /// Graceful stop: commit when between source transactions; inside one, roll the open target
+    /// transaction back (with any complete source transactions sharing it: none is confirmed,
+    /// so all are re-streamed on restart).
     async fn stop(&mut self) -> Result<(), ApplyError> {
         if self.source_txn.is_some() {
             tracing::info!("stopping inside a source transaction: rolling back its partial target transaction (it is re-streamed on restart)");
@@ -468,24 +498,45 @@ impl Applier {
                     )
                     .await?;
                 let cols: Vec<usize> = (0..o.columns.len()).collect();
-                self.run_rows(&stmt, &o.source, rows, &cols).await
+                self.run_rows(&stmt, &o.source, rows, &cols, &[])
+                    .await
+                    .map(|_| ())
             }
             Group::Update {
                 output,
                 present,
                 rows,
+                from,
             } => {
                 let o = output.clone();
                 let st = self.state.clone();
                 let p = present.clone();
+                let moved = !from.is_empty();
+                let extra = if moved { o.key.len() } else { 0 };
                 let stmt = self
                     .statement(
-                        StmtKey::Update(o.id, p.clone()),
-                        || sql::update_present(&st, &o, &p),
-                        2 + p.len(),
+                        StmtKey::Update(o.id, p.clone(), moved),
+                        || sql::update_present(&st, &o, &p, moved),
+                        2 + p.len() + extra,
                     )
                     .await?;
-                self.run_rows(&stmt, &o.source, rows, &p).await
+                let deferred = self.run_rows(&stmt, &o.source, rows, &p, from).await?;
+                if !deferred.is_empty() {
+                    self.metrics
+                        .deferred_rows
+                        .with_label_values(&[&o.source])
+                        .inc_by(deferred.len() as u64);
+                    tracing::warn!(
+                        table = %o.source,
+                        keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
+                        count = deferred.len(),
+                        lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
+                        "update with unchanged TOASTed columns for rows the target does not have: \
+                         kept in {}.deferred until backfill brings the rows",
+                        self.state.schema
+                    );
+                }
+                Ok(())
             }
             Group::Delete { output, rows } => {
                 let o = output.clone();
@@ -498,7 +549,9 @@ impl Applier {
                     )
                     .await?;
                 let cols: Vec<usize> = (0..o.key.len()).collect();
-                self.run_rows(&stmt, &o.source, rows, &cols).await
+                self.run_rows(&stmt, &o.source, rows, &cols, &[])
+                    .await
+                    .map(|_| ())
             }
             Group::Truncate { tables } => self.truncate(tables).await,
         }
@@ -510,7 +563,8 @@ impl Applier {
         rel: &str,
         rows: &[(Guard, Vec<Value>)],
         cols: &[usize],
-    ) -> Result<(), tokio_postgres::Error> {
+        from: &[Vec<Value>],
+    ) -> Result<Vec<String>, tokio_postgres::Error> {
         let skeys: Vec<String> = rows.iter().map(|(g, _)| g.key.encode()).collect();
         let vers: Vec<String> = rows.iter().map(|(g, _)| g.version.to_string()).collect();
         let columns: Vec<Vec<Option<&str>>> = cols
@@ -524,11 +578,28 @@ impl Applier {
                     .collect()
             })
             .collect();
+        let text = |v: &Value| match v {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        };
+        let from_cols: Vec<Vec<Option<String>>> = match from.first() {
+            Some(first) => (0..first.len())
+                .map(|j| from.iter().map(|k| k.get(j).and_then(text)).collect())
+                .collect(),
+            None => vec![],
+        };
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&rel, &skeys, &vers];
         for c in &columns {
             params.push(c);
         }
-        self.client.execute(stmt, &params).await.map(|_| ())
+        for c in &from_cols {
+            params.push(c);
+        }
+        let out = self.client.query(stmt, &params).await?;
+        Ok(out
+            .iter()
+            .filter_map(|r| r.try_get::<_, String>(0).ok())
+            .collect())
     }
 
     async fn truncate(

@@ -89,13 +89,25 @@ pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
     )
 }
 
-/// Update of the `present` columns only (others are unchanged TOAST values on the source).
-/// The key columns must be among `present`.
-pub fn update_present(state: &StateSchema, o: &OutputPlan, present: &[usize]) -> String {
-    let cols: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
+/// Update of the `present` columns only (others are unchanged TOAST values on the source),
+/// finding each row by its key, or by its old key (`moved`: params after the present columns).
+///
+/// The ledger moves only for rows the UPDATE found. A row the target does not have cannot be
+/// built (the unchanged values were never sent): its present values go to `<state>.deferred`
+/// with their version, and the statement returns its key, so nothing is dropped silently.
+pub fn update_present(
+    state: &StateSchema,
+    o: &OutputPlan,
+    present: &[usize],
+    moved: bool,
+) -> String {
+    let mut cols: Vec<String> = present.iter().map(|i| format!("c{i}")).collect();
+    if moved {
+        cols.extend((0..o.key.len()).map(|j| format!("k{j}")));
+    }
     let sets: Vec<String> = present
         .iter()
-        .filter(|i| !o.key.contains(i))
+        .filter(|i| moved || !o.key.contains(i))
         .map(|&i| {
             format!(
                 "{} = {}",
@@ -107,31 +119,68 @@ pub fn update_present(state: &StateSchema, o: &OutputPlan, present: &[usize]) ->
     let wheres: Vec<String> = o
         .key
         .iter()
-        .map(|&k| {
+        .enumerate()
+        .map(|(j, &k)| {
+            let input = if moved {
+                format!("i.k{j}")
+            } else {
+                format!("i.c{k}")
+            };
             format!(
                 "t.{} = {}",
                 quote_ident(&o.columns[k].name),
-                o.columns[k].sql_value(&format!("i.c{k}"))
+                o.columns[k].sql_value(&input)
             )
         })
         .collect();
-    if sets.is_empty() {
-        return format!(
-            "WITH {input}, {guard} SELECT count(*) FROM guard",
-            input = input_cte(&cols),
-            guard = guard_cte(state, false)
-        );
-    }
+    let found = if sets.is_empty() {
+        format!(
+            "SELECT i.skey FROM allowed i JOIN {target} AS t ON {wheres}",
+            target = o.quoted_target(),
+            wheres = wheres.join(" AND ")
+        )
+    } else {
+        format!(
+            "UPDATE {target} AS t SET {sets} FROM allowed i WHERE {wheres} RETURNING i.skey",
+            target = o.quoted_target(),
+            sets = sets.join(", "),
+            wheres = wheres.join(" AND ")
+        )
+    };
+    let json: Vec<String> = present
+        .iter()
+        .map(|&i| format!("'{}', a.c{i}", o.columns[i].name.replace('\'', "''")))
+        .collect();
     format!(
-        "WITH {input}, {guard}
-         UPDATE {target} AS t SET {sets}
-         FROM input i JOIN guard g ON g.skey = i.skey
-         WHERE {wheres}",
+        "WITH {input},
+         allowed AS (
+           SELECT DISTINCT ON (i.skey) i.* FROM input i
+           WHERE i.ver::pg_lsn >= COALESCE(
+               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
+             AND NOT EXISTS (SELECT 1 FROM {ledger} l
+                             WHERE l.rel = $1 AND l.skey = i.skey AND l.version > i.ver::pg_lsn)
+           ORDER BY i.skey, i.ver::pg_lsn DESC),
+         found AS ({found}),
+         led AS (
+           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
+           SELECT $1, a.skey, a.ver::pg_lsn, false FROM allowed a WHERE a.skey IN (SELECT skey FROM found)
+           ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
+             WHERE l.version <= EXCLUDED.version),
+         def AS (
+           INSERT INTO {deferred} AS d (rel, skey, version, target, columns)
+           SELECT $1, a.skey, a.ver::pg_lsn, {target_lit}, jsonb_build_object({json})
+           FROM allowed a WHERE a.skey NOT IN (SELECT skey FROM found)
+           ON CONFLICT (rel, skey) DO UPDATE
+             SET version = EXCLUDED.version, target = EXCLUDED.target, columns = d.columns || EXCLUDED.columns
+             WHERE d.version <= EXCLUDED.version
+           RETURNING d.skey)
+         SELECT skey FROM def",
         input = input_cte(&cols),
-        guard = guard_cte(state, false),
-        target = o.quoted_target(),
-        sets = sets.join(", "),
-        wheres = wheres.join(" AND "),
+        trunc = state.table("truncations"),
+        ledger = state.table("ledger"),
+        deferred = state.table("deferred"),
+        target_lit = format!("'{}'", o.target().replace('\'', "''")),
+        json = json.join(", "),
     )
 }
 

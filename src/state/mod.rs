@@ -6,6 +6,8 @@
 //!   <schema>.progress   (slot, applied_lsn, commit_ts)     last source commit end LSN applied
 //!   <schema>.ledger     (rel, skey, version, deleted)      version ledger: source key → LSN, tombstones
 //!   <schema>.truncations(rel, version)                     table-wide tombstones
+//!   <schema>.deferred   (rel, skey, version, target, columns)  partial updates of rows the
+//!                                                          target lacks (for backfill to merge)
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -33,6 +35,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE {s}.truncations (
          rel text PRIMARY KEY,
          version pg_lsn NOT NULL);",
+    // 2: partial updates (unchanged TOAST) of rows the target does not have yet.
+    "CREATE TABLE {s}.deferred (
+         rel text NOT NULL,
+         skey text NOT NULL,
+         version pg_lsn NOT NULL,
+         target text NOT NULL,
+         columns jsonb NOT NULL,
+         created_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (rel, skey));",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,9 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     /// 'd' default, 'n' nothing, 'f' full, 'i' index.
     pub replica_identity: char,
+    /// Columns the source puts in the old tuple of updates and deletes: the primary key
+    /// (DEFAULT), the replica identity index (INDEX), every column (FULL), none (NOTHING).
+    pub identity_columns: Vec<String>,
 }
 
 impl TableInfo {
@@ -43,11 +46,13 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
                     format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atthasdef,
                     a.attgenerated <> '', a.attidentity = 'a',
                     COALESCE(a.attnum = ANY (i.indkey::int2[]), false),
-                    array_position(i.indkey::int2[], a.attnum)
+                    array_position(i.indkey::int2[], a.attnum),
+                    COALESCE(a.attnum = ANY (ri.indkey::int2[]), false)
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+             LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
              WHERE c.relkind IN ('r', 'p')
                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
                AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
@@ -68,6 +73,7 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
             columns: vec![],
             primary_key: vec![],
             replica_identity: ident.chars().next().unwrap_or('d'),
+            identity_columns: vec![],
         });
         let col: String = r.get(3);
         t.columns.push(ColumnInfo {
@@ -78,6 +84,15 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
             generated: r.get(7),
             identity_always: r.get(8),
         });
+        let in_identity = match t.replica_identity {
+            'f' => true,
+            'i' => r.get::<_, bool>(11),
+            'd' => r.get::<_, bool>(9),
+            _ => false,
+        };
+        if in_identity {
+            t.identity_columns.push(col.clone());
+        }
         if r.get::<_, bool>(9) {
             let pos: Option<i32> = r.get(10);
             pk_pos

@@ -40,11 +40,14 @@ pub struct Guard {
 
 #[derive(Debug, Clone)]
 pub enum TargetOp {
-    /// Insert or update `row` (aligned with `output.columns`).
+    /// Insert or update `row` (aligned with `output.columns`). With `from`, the row is the one
+    /// currently stored under that (old) target key, updated in place to the new key: a key
+    /// change whose unchanged TOAST values only the target still holds.
     Upsert {
         output: Arc<OutputPlan>,
         guard: Guard,
         row: Vec<Value>,
+        from: Option<Vec<Value>>,
     },
     /// Delete the target row with these key values (aligned with `output.key`).
     Delete {
@@ -75,6 +78,12 @@ pub enum TransformError {
     Unmapped { table: String, lsn: Lsn },
     #[error("source table {table} no longer has column {column} (stream at {lsn}); the mapping needs it: update the mapping and restart")]
     SchemaDrift {
+        table: String,
+        column: String,
+        lsn: Lsn,
+    },
+    #[error("source table {table} gained column {column} (stream at {lsn}), which the mapping neither maps nor drops; add it to the target table (or map it: {column} = \"drop\") and restart")]
+    NewColumn {
         table: String,
         column: String,
         lsn: Lsn,
@@ -140,6 +149,17 @@ impl Transformer {
                         lsn,
                     })
             };
+            if let Some(new) = rel
+                .columns
+                .iter()
+                .find(|c| !table.known_columns.contains(&c.name))
+            {
+                return Err(TransformError::NewColumn {
+                    table: name.clone(),
+                    column: new.name.clone(),
+                    lsn,
+                });
+            }
             let key_pos = table
                 .source_key
                 .iter()
@@ -203,31 +223,75 @@ impl Transformer {
                     .ok_or_else(|| row_err(&change.key, "no new tuple".into()))?;
                 let new_key = key_of(&b.key_pos, new, change.old.as_ref())
                     .map_err(|r| row_err(&change.key, r))?;
-                if let Some(old) = &change.old {
-                    // The old tuple identifies the row before the update; a changed key means
-                    // the old row is gone (tombstone) and a new one appears.
-                    if let Ok(old_key) = key_of(&b.key_pos, old, None) {
-                        if old_key != new_key {
-                            push_deletes(b, &old_key, old, lsn, out)
-                                .map_err(|r| row_err(&old_key, r))?;
-                        }
-                    }
-                }
+                // The old tuple (a key change, or REPLICA IDENTITY FULL) names the row before.
+                let old_key = match &change.old {
+                    Some(old) => Some(
+                        key_of(&b.key_pos, old, None)
+                            .map_err(|r| row_err(&change.key, format!("old tuple: {r}")))?,
+                    ),
+                    None => None,
+                };
+                let moved = old_key.filter(|k| *k != new_key);
                 for (o, cols) in b.table.outputs.iter().zip(&b.outputs) {
-                    let row = cols
+                    let mut row = cols
                         .iter()
                         .zip(&o.columns)
                         .map(|(p, c)| value(*p, c, new))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|r| row_err(&new_key, r))?;
+                    // A full old tuple (REPLICA IDENTITY FULL) carries the unchanged values; a
+                    // key-only one holds NULL placeholders outside the key.
+                    if let Some(old) = change
+                        .old
+                        .as_ref()
+                        .filter(|_| change.rel.replica_identity == b'f')
+                    {
+                        for (v, p) in row.iter_mut().zip(cols) {
+                            if *v == Value::Unchanged {
+                                match p.and_then(|p| old.get(p)) {
+                                    Some(Datum::Text(s)) => *v = Value::Text(s.clone()),
+                                    Some(Datum::Null) => *v = Value::Null,
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    let guard = Guard {
+                        source_rel: b.name.clone(),
+                        key: new_key.clone(),
+                        version: lsn,
+                    };
+                    let Some(old_key) = &moved else {
+                        out.push(TargetOp::Upsert {
+                            output: o.clone(),
+                            guard,
+                            row,
+                            from: None,
+                        });
+                        continue;
+                    };
+                    // The key changed: the old row is gone (tombstone under the old key) and the
+                    // row lives on under the new key.
+                    let old = change
+                        .old
+                        .as_ref()
+                        .ok_or_else(|| row_err(&new_key, "no old tuple".into()))?;
+                    let from = old_target_key(o, cols, old).map_err(|r| row_err(old_key, r))?;
+                    let partial = row.contains(&Value::Unchanged);
                     out.push(TargetOp::Upsert {
+                        output: o.clone(),
+                        guard,
+                        row,
+                        from: partial.then(|| from.clone()),
+                    });
+                    out.push(TargetOp::Delete {
                         output: o.clone(),
                         guard: Guard {
                             source_rel: b.name.clone(),
-                            key: new_key.clone(),
+                            key: old_key.clone(),
                             version: lsn,
                         },
-                        row,
+                        key: from,
                     });
                 }
             }
@@ -244,6 +308,17 @@ impl Transformer {
     }
 }
 
+fn old_target_key(
+    o: &OutputPlan,
+    cols: &[Option<usize>],
+    old: &Tuple,
+) -> Result<Vec<Value>, String> {
+    o.key
+        .iter()
+        .map(|&i| value(cols[i], &o.columns[i], old))
+        .collect()
+}
+
 fn push_deletes(
     b: &Bound,
     key: &SourceKey,
@@ -252,11 +327,7 @@ fn push_deletes(
     out: &mut Vec<TargetOp>,
 ) -> Result<(), String> {
     for (o, cols) in b.table.outputs.iter().zip(&b.outputs) {
-        let key_values = o
-            .key
-            .iter()
-            .map(|&i| value(cols[i], &o.columns[i], old))
-            .collect::<Result<Vec<_>, _>>()?;
+        let key_values = old_target_key(o, cols, old)?;
         out.push(TargetOp::Delete {
             output: o.clone(),
             guard: Guard {

@@ -77,6 +77,9 @@ pub struct TablePlan {
     pub source: String,
     /// Columns identifying a source row in the version ledger (primary key or configured key).
     pub source_key: Vec<String>,
+    /// Every source column the mapping knows (kept, renamed, cast or dropped). A column outside
+    /// this set appearing in the stream is schema drift.
+    pub known_columns: Vec<String>,
     pub outputs: Vec<Arc<OutputPlan>>,
 }
 
@@ -202,6 +205,20 @@ pub async fn compile(
                 continue;
             }
         };
+        let outside: Vec<&String> = source_key
+            .iter()
+            .filter(|k| !s.identity_columns.contains(k))
+            .collect();
+        if s.replica_identity != 'n' && !outside.is_empty() {
+            p(
+                format!(
+                    "key column(s) {} are not in the replica identity ({}), so updates and deletes cannot name the row",
+                    outside.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+                    if s.identity_columns.is_empty() { "none".to_string() } else { s.identity_columns.join(", ") }
+                ),
+                format!("ALTER TABLE {src_name} REPLICA IDENTITY FULL, or REPLICA IDENTITY USING INDEX on a unique index over the key"),
+            );
+        }
         if s.replica_identity == 'n' {
             p(
                 "has REPLICA IDENTITY NOTHING: updates and deletes cannot be identified".into(),
@@ -366,6 +383,27 @@ pub async fn compile(
         if key.len() != t.primary_key.len() {
             continue;
         }
+        let fed: Vec<&str> = key
+            .iter()
+            .filter_map(|&i| match &columns[i].expr {
+                Expr::Column { name, .. } => Some(name.as_str()),
+                Expr::Constant(_) => None,
+            })
+            .collect();
+        let uncovered: Vec<&String> = source_key
+            .iter()
+            .filter(|k| !fed.contains(&k.as_str()))
+            .collect();
+        if !uncovered.is_empty() {
+            p(
+                format!(
+                    "source key column(s) {} do not feed the primary key of {tgt_name}: several source rows would share one target row",
+                    uncovered.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+                format!("make the primary key of {tgt_name} cover the whole source key ({})", source_key.join(", ")),
+            );
+            continue;
+        }
         let output = Arc::new(OutputPlan {
             id: plan.outputs.len(),
             source: src_name.clone(),
@@ -380,6 +418,7 @@ pub async fn compile(
             Arc::new(TablePlan {
                 source: src_name,
                 source_key,
+                known_columns: s.columns.iter().map(|c| c.name.clone()).collect(),
                 outputs: vec![output],
             }),
         );

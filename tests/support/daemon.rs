@@ -16,6 +16,8 @@ pub struct Daemon {
     pub config_path: PathBuf,
     pub log_path: PathBuf,
     pub listen: String,
+    /// Extra global arguments before `run` (e.g. `--log-format json`).
+    pub args: Vec<String>,
 }
 
 pub fn free_listen() -> String {
@@ -77,6 +79,10 @@ pub async fn drop_slot(db: &TestDb) {
 impl Daemon {
     /// Write `config_toml` (its `[metrics] listen` must be `listen`) and start `remodel run`.
     pub fn start(config_toml: &str, listen: &str) -> Daemon {
+        Self::start_with_args(config_toml, listen, &[])
+    }
+
+    pub fn start_with_args(config_toml: &str, listen: &str, args: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("remodel.toml");
         let pid = dir.path().join("remodel.pid");
@@ -92,6 +98,7 @@ impl Daemon {
             config_path,
             log_path,
             listen: listen.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d
@@ -104,6 +111,7 @@ impl Daemon {
             .open(&self.log_path)
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+            .args(&self.args)
             .args(["run", "--config"])
             .arg(&self.config_path)
             .stdout(log.try_clone().expect("dup"))
