@@ -168,7 +168,7 @@ pub fn update_present(
              WHERE l.version <= EXCLUDED.version),
          def AS (
            INSERT INTO {deferred} AS d (rel, skey, version, target, columns)
-           SELECT $1, a.skey, a.ver::pg_lsn, {target_lit}, jsonb_build_object({json})
+           SELECT $1, a.skey, a.ver::pg_lsn, '{target_lit}', jsonb_build_object({json})
            FROM allowed a WHERE a.skey NOT IN (SELECT skey FROM found)
            ON CONFLICT (rel, skey) DO UPDATE
              SET version = EXCLUDED.version, target = EXCLUDED.target, columns = d.columns || EXCLUDED.columns
@@ -179,7 +179,7 @@ pub fn update_present(
         trunc = state.table("truncations"),
         ledger = state.table("ledger"),
         deferred = state.table("deferred"),
-        target_lit = format!("'{}'", o.target().replace('\'', "''")),
+        target_lit = o.target().replace('\'', "''"),
         json = json.join(", "),
     )
 }
