@@ -110,7 +110,7 @@ async fn ready(listen: &str) {
             let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await;
             let mut b = Vec::new();
             let _ = s.read_to_end(&mut b).await;
-            if b.starts_with(b"HTTP/1.1 200") {
+            if b.starts_with(b"HTTP/1.1 200") || b.starts_with(b"HTTP/1.0 200") {
                 return;
             }
         }

@@ -2,30 +2,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::compare::{converge, rows};
-use support::daemon::{config, drop_slot, free_listen, Daemon};
+use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
 use support::{fresh_db, pair};
 
 fn run_with(toml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    remodel_cmd(&["run", "--config", path.to_str().unwrap()], &[])
 }
 
 #[test]
@@ -93,15 +80,7 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     // Paused while the source commits, so the good and the bad transaction reach apply
     // together and share one target transaction: the bad one must not take the good one down.
     d.signal(nix::sys::signal::Signal::SIGUSR1);
-    support::wait_until("paused", Duration::from_secs(10), || async {
-        let v = d.metric("remodel_paused").await;
-        if v == 1.0 {
-            Ok(())
-        } else {
-            Err(v)
-        }
-    })
-    .await;
+    d.wait_paused(true).await;
     for sql in [
         "INSERT INTO pay VALUES (1, 10), (2, 20)",
         "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",

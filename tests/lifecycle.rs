@@ -2,13 +2,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use rand::Rng;
 use support::compare::{converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
-use support::daemon::{config, config_with, drop_slot, free_listen, Daemon};
+use support::daemon::{config, config_with, drop_slot, free_listen, remodel_cmd, Daemon};
 use support::{fresh_db, pair, wait_until, TestDb};
 
 async fn setup() -> TestDb {
@@ -19,32 +18,16 @@ async fn setup() -> TestDb {
 }
 
 async fn wait_applied(d: &Daemon, at_least: f64) {
-    wait_until("transactions applied", Duration::from_secs(60), || async {
-        let n = d.metric("remodel_transactions_applied_total").await;
-        if n >= at_least {
-            Ok(())
-        } else {
-            Err(n)
-        }
-    })
-    .await;
+    d.wait_metric("remodel_transactions_applied_total", |n| n >= at_least)
+        .await;
 }
 
 fn cli(d: &Daemon, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
-        .args(args)
-        .arg("--config")
-        .arg(&d.config_path)
-        .output()
-        .expect("run remodel");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut all = args.to_vec();
+    let cfg = d.config_path.display().to_string();
+    all.extend(["--config", cfg.as_str()]);
+    let (code, out) = remodel_cmd(&all, &[]);
+    (code == Some(0), out)
 }
 
 #[tokio::test]
@@ -163,15 +146,7 @@ async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_ca
 
     let (ok, out) = cli(&d, &["pause"]);
     assert!(ok, "{out}");
-    wait_until("paused gauge", Duration::from_secs(10), || async {
-        let v = d.metric("remodel_paused").await;
-        if v == 1.0 {
-            Ok(())
-        } else {
-            Err(v)
-        }
-    })
-    .await;
+    d.wait_paused(true).await;
     let paused_at = Instant::now();
     let target_before = rows(&db.target, "SELECT (SELECT count(*) FROM accounts) || '/' || (SELECT count(*) FROM remodel.ledger) || '/' || (SELECT applied_lsn FROM remodel.progress)").await;
     let mut r = rng(seed("pause_longer_than_wal_sender_timeout"));

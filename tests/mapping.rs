@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::compare::{converge_with, rows};
-use support::daemon::{drop_slot, free_listen, Daemon};
+use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
 use support::{fresh_db, pair};
 
 const SOURCE: &str = "
@@ -25,23 +25,6 @@ fn example(name: &str) -> String {
         .join(name)
         .display()
         .to_string()
-}
-
-fn remodel(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_remodel"));
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 #[test]
@@ -74,7 +57,7 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
         ("REMODEL__METRICS__LISTEN", listen.clone()),
     ];
-    let (code, out) = remodel(&["check", "--config", &example("rename.toml")], &env);
+    let (code, out) = remodel_cmd(&["check", "--config", &example("rename.toml")], &env);
     assert_eq!(code, Some(0), "check: {out}");
     // Start the binary with the example file and the environment.
     let dir = tempfile::tempdir().unwrap();
@@ -122,7 +105,7 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         ["10:9.99"]
     );
     // status through the same example + environment.
-    let (code, out) = remodel(&["status", "--config", &example("rename.toml")], &env);
+    let (code, out) = remodel_cmd(&["status", "--config", &example("rename.toml")], &env);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("streaming") && out.contains("applied LSN"),
@@ -161,7 +144,7 @@ async fn check_lists_every_problem_with_its_fix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, support::daemon::config(&db, &listen, "")).unwrap();
-    let (code, out) = remodel(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
     assert_eq!(code, Some(1), "{out}");
     for needle in [
         "public.nopk",

@@ -67,19 +67,8 @@ async fn streams_inserts_updates_deletes_of_common_types() {
         m("remodel_changes_applied_total{op=\"update\",table=\"public.kinds\"}").await,
         3.0
     );
-    wait_until(
-        "5 transactions counted",
-        Duration::from_secs(10),
-        || async {
-            let n = d.metric("remodel_transactions_applied_total").await;
-            if n == 5.0 {
-                Ok(())
-            } else {
-                Err(n)
-            }
-        },
-    )
-    .await;
+    d.wait_metric("remodel_transactions_applied_total", |n| n == 5.0)
+        .await;
     assert!(m("remodel_applied_lsn").await > 0.0);
     assert!(d
         .get("/metrics")

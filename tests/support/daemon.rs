@@ -57,6 +57,23 @@ pub fn config(db: &TestDb, listen: &str, extra: &str) -> String {
     config_with(db, listen, "", extra)
 }
 
+/// Run the `remodel` binary with `args` and extra environment; (exit code, stdout + stderr).
+pub fn remodel_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run remodel");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// Drop the test's slot (the shared source has a limited number).
 pub async fn drop_slot(db: &TestDb) {
     let c = &db.source;
@@ -201,6 +218,25 @@ impl Daemon {
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0.0)
+    }
+
+    /// Wait until the metric `series` satisfies `ok` (deadline 60 s); returns its value.
+    pub async fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let what = format!("metric {series}");
+        super::wait_until(&what, Duration::from_secs(60), || async {
+            let v = self.metric(series).await;
+            if ok(v) {
+                Ok(v)
+            } else {
+                Err(v)
+            }
+        })
+        .await
+    }
+
+    pub async fn wait_paused(&self, paused: bool) {
+        let want = if paused { 1.0 } else { 0.0 };
+        self.wait_metric("remodel_paused", |v| v == want).await;
     }
 
     pub async fn wait_ready(&self) {
