@@ -215,6 +215,9 @@ pub async fn run(opts: DemoOptions) -> Result<(), DemoError> {
             }
         }
     }
+    if paused_at.is_some() {
+        control.resume();
+    }
     if !control.shutdown_token().is_cancelled() {
         println!("writer stopped; waiting for the daemon to catch up…");
         let catch_up = Instant::now() + Duration::from_secs(60);

@@ -177,3 +177,119 @@ async fn check_lists_every_problem_with_its_fix() {
         ["0"]
     );
 }
+
+/// `config/examples/identity.toml` as shipped (connection settings from the environment):
+/// every published table streams unchanged.
+#[tokio::test]
+async fn identity_example_streams_every_published_table() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(SOURCE).await.unwrap();
+    let listen = free_listen();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("REMODEL__SOURCE__URL", db.source_url.clone()),
+        ("REMODEL__TARGET__URL", db.target_url.clone()),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
+        ("REMODEL__METRICS__LISTEN", listen.clone()),
+        (
+            "REMODEL__CONTROL__PIDFILE",
+            dir.path().join("pid").display().to_string(),
+        ),
+    ];
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(["run", "--config", &example("identity.toml")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let probe = Daemon {
+        child: None,
+        dir: tempfile::tempdir().unwrap(),
+        config_path: dir.path().join("unused"),
+        log_path: dir.path().join("log"),
+        listen,
+        args: vec![],
+    };
+    probe.wait_ready().await;
+    db.source
+        .batch_execute(
+            "INSERT INTO customers VALUES (1, 'Ada', 'a@x', 'L', '36', now());
+             INSERT INTO orders VALUES (1, 1, 2.50, 'new'), (2, 1, 3.00, 'paid');
+             DELETE FROM orders WHERE id = 1;",
+        )
+        .await
+        .unwrap();
+    support::compare::converge(
+        &db,
+        "SELECT (SELECT string_agg(row_to_json(c)::text, ',') FROM customers c) || (SELECT string_agg(row_to_json(o)::text, ',') FROM orders o)",
+    )
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn a_cast_postgresql_cannot_do_is_rejected_at_start() {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, u uuid)")
+        .await
+        .unwrap();
+    db.target
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, u integer)")
+        .await
+        .unwrap();
+    let listen = free_listen();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        support::daemon::config(
+            &db,
+            &listen,
+            "[[tables]]\nsource = \"public.t\"\n[tables.columns]\nu = { cast = \"integer\" }\n",
+        ),
+    )
+    .unwrap();
+    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("no cast from uuid (u) to integer"), "{out}");
+}
+
+/// `remodel demo`: clusters, schema, writer, daemon, pause/resume, summary, clean-up.
+#[test]
+fn demo_runs_and_cleans_up() {
+    let (code, out) = remodel_cmd(&["demo", "--seconds", "3", "--rate", "200"], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    for needle in [
+        "caught up",
+        "paused for",
+        "0 source transactions applied meanwhile",
+        "full_name=",
+        "stopped cleanly",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    // Its clusters are gone.
+    let port = out
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("source: postgresql://postgres@127.0.0.1:")
+        })
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("source port in the output");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "demo cluster still listening"
+    );
+}
