@@ -7,6 +7,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY rust-toolchain.toml Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN cargo build --release --locked --bin remodel \
  && strip target/release/remodel
 
