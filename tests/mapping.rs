@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 
 use support::compare::{converge_with, rows};
 use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
@@ -18,6 +17,20 @@ const TARGET: &str = "
 CREATE TABLE clients (id bigint PRIMARY KEY, full_name text NOT NULL, email text, age integer,
                       signed_up timestamptz, origin text NOT NULL);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(12,2), status text);";
+
+/// Connection settings for running a shipped example against `db`.
+fn example_env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
+    [
+        ("REMODEL__SOURCE__URL", db.source_url.clone()),
+        ("REMODEL__TARGET__URL", db.target_url.clone()),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
+        ("REMODEL__METRICS__LISTEN", listen.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
 
 fn example(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -50,41 +63,11 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
     db.source.batch_execute(SOURCE).await.unwrap();
     db.target.batch_execute(TARGET).await.unwrap();
     let listen = free_listen();
-    let env = [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.clone()),
-    ];
+    let env = example_env(&db, &listen);
     let (code, out) = remodel_cmd(&["check", "--config", &example("rename.toml")], &env);
     assert_eq!(code, Some(0), "check: {out}");
-    // Start the binary with the example file and the environment.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("rename.toml");
-    let mut text = std::fs::read_to_string(example("rename.toml")).unwrap();
-    text.push_str(&format!(
-        "\n[control]\npidfile = \"{}\"\n",
-        dir.path().join("pid").display()
-    ));
-    std::fs::write(&cfg, text).unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let probe = Daemon {
-        child: None,
-        dir: tempfile::tempdir().unwrap(),
-        config_path: cfg.clone(),
-        log_path: dir.path().join("log"),
-        listen: listen.clone(),
-        args: vec![],
-    };
-    probe.wait_ready().await;
+    let mut d = Daemon::start_file(Path::new(&example("rename.toml")), &listen, env.clone());
+    d.wait_ready().await;
     db.source
         .batch_execute(
             "INSERT INTO customers VALUES (1, 'Ada', 'ada@x', 'L1', '36', '2020-01-01 00:00+00'), (2, 'Bob', NULL, NULL, NULL, NULL);
@@ -116,8 +99,8 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
         .batch_execute("INSERT INTO customers VALUES (3, 'Cy', NULL, NULL, 'thirty', NULL)")
         .await
         .unwrap();
-    let st = child.wait().unwrap();
-    let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+    let st = d.wait_exit(std::time::Duration::from_secs(60));
+    let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
     assert!(
         log.contains("public.customers key (3)") && log.contains("\"thirty\""),
@@ -186,34 +169,12 @@ async fn identity_example_streams_every_published_table() {
     db.source.batch_execute(SOURCE).await.unwrap();
     db.target.batch_execute(SOURCE).await.unwrap();
     let listen = free_listen();
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.clone()),
-        (
-            "REMODEL__CONTROL__PIDFILE",
-            dir.path().join("pid").display().to_string(),
-        ),
-    ];
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
-        .args(["run", "--config", &example("identity.toml")])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let probe = Daemon {
-        child: None,
-        dir: tempfile::tempdir().unwrap(),
-        config_path: dir.path().join("unused"),
-        log_path: dir.path().join("log"),
-        listen,
-        args: vec![],
-    };
-    probe.wait_ready().await;
+    let mut d = Daemon::start_file(
+        Path::new(&example("identity.toml")),
+        &listen,
+        example_env(&db, &listen),
+    );
+    d.wait_ready().await;
     db.source
         .batch_execute(
             "INSERT INTO customers VALUES (1, 'Ada', 'a@x', 'L', '36', now());
@@ -227,12 +188,7 @@ async fn identity_example_streams_every_published_table() {
         "SELECT (SELECT string_agg(row_to_json(c)::text, ',') FROM customers c) || (SELECT string_agg(row_to_json(o)::text, ',') FROM orders o)",
     )
     .await;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(child.wait().unwrap().success());
+    d.stop();
     drop_slot(&db).await;
 }
 

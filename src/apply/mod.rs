@@ -469,92 +469,74 @@ impl Applier {
         }
     }
 
-    async fn statement(
-        &mut self,
-        key: StmtKey,
-        text: impl FnOnce() -> String,
-        params: usize,
-    ) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.stmts.get(&key) {
-            return Ok(s.clone());
-        }
-        let mut types = vec![Type::TEXT];
-        types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, params));
-        let s = self.client.prepare_typed(&text(), &types).await?;
-        self.stmts.insert(key, s.clone());
-        Ok(s)
-    }
-
     async fn exec(&mut self, group: &Group) -> Result<(), tokio_postgres::Error> {
-        match group {
-            Group::Upsert { output, rows } => {
-                let o = output.clone();
-                let st = self.state.clone();
-                let stmt = self
-                    .statement(
-                        StmtKey::Upsert(o.id),
-                        || sql::upsert(&st, &o),
-                        2 + o.columns.len(),
-                    )
-                    .await?;
-                let cols: Vec<usize> = (0..o.columns.len()).collect();
-                self.run_rows(&stmt, &o.source, rows, &cols, &[])
-                    .await
-                    .map(|_| ())
-            }
+        let (output, key, cols, from, rows) = match group {
+            Group::Upsert { output, rows } => (
+                output,
+                StmtKey::Upsert(output.id),
+                (0..output.columns.len()).collect::<Vec<_>>(),
+                &[][..],
+                rows,
+            ),
             Group::Update {
                 output,
                 present,
                 rows,
                 from,
-            } => {
-                let o = output.clone();
-                let st = self.state.clone();
-                let p = present.clone();
-                let moved = !from.is_empty();
-                let extra = if moved { o.key.len() } else { 0 };
-                let stmt = self
-                    .statement(
-                        StmtKey::Update(o.id, p.clone(), moved),
-                        || sql::update_present(&st, &o, &p, moved),
-                        2 + p.len() + extra,
-                    )
-                    .await?;
-                let deferred = self.run_rows(&stmt, &o.source, rows, &p, from).await?;
-                if !deferred.is_empty() {
-                    self.metrics
-                        .deferred_rows
-                        .with_label_values(&[&o.source])
-                        .inc_by(deferred.len() as u64);
-                    tracing::warn!(
-                        table = %o.source,
-                        keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
-                        count = deferred.len(),
-                        lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
-                        "update with unchanged TOASTed columns for rows the target does not have: \
-                         kept in {}.deferred until backfill brings the rows",
-                        self.state.schema
-                    );
-                }
-                Ok(())
+            } => (
+                output,
+                StmtKey::Update(output.id, present.clone(), !from.is_empty()),
+                present.clone(),
+                &from[..],
+                rows,
+            ),
+            Group::Delete { output, rows } => (
+                output,
+                StmtKey::Delete(output.id),
+                (0..output.key.len()).collect(),
+                &[][..],
+                rows,
+            ),
+            Group::Truncate { tables } => return self.truncate(tables).await,
+        };
+        let stmt = match self.stmts.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let text = match &key {
+                    StmtKey::Upsert(_) => sql::upsert(&self.state, output),
+                    StmtKey::Update(_, present, moved) => {
+                        sql::update_present(&self.state, output, present, *moved)
+                    }
+                    StmtKey::Delete(_) => sql::delete(&self.state, output),
+                };
+                let arrays = 2 + cols.len() + from.first().map_or(0, Vec::len);
+                let mut types = vec![Type::TEXT];
+                types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, arrays));
+                let s = self.client.prepare_typed(&text, &types).await?;
+                self.stmts.insert(key, s.clone());
+                s
             }
-            Group::Delete { output, rows } => {
-                let o = output.clone();
-                let st = self.state.clone();
-                let stmt = self
-                    .statement(
-                        StmtKey::Delete(o.id),
-                        || sql::delete(&st, &o),
-                        2 + o.key.len(),
-                    )
-                    .await?;
-                let cols: Vec<usize> = (0..o.key.len()).collect();
-                self.run_rows(&stmt, &o.source, rows, &cols, &[])
-                    .await
-                    .map(|_| ())
-            }
-            Group::Truncate { tables } => self.truncate(tables).await,
+        };
+        // Only partial updates return rows: the keys they had to defer.
+        let deferred = self
+            .run_rows(&stmt, &output.source, rows, &cols, from)
+            .await?;
+        if !deferred.is_empty() {
+            self.metrics
+                .deferred_rows
+                .with_label_values(&[&output.source])
+                .inc_by(deferred.len() as u64);
+            tracing::warn!(
+                table = %output.source,
+                keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
+                count = deferred.len(),
+                lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
+                "update with unchanged TOASTed columns for rows the target does not have: \
+                 kept in {}.deferred until backfill brings the rows",
+                self.state.schema
+            );
         }
+        Ok(())
     }
 
     async fn run_rows(

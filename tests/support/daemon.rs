@@ -18,6 +18,8 @@ pub struct Daemon {
     pub listen: String,
     /// Extra global arguments before `run` (e.g. `--log-format json`).
     pub args: Vec<String>,
+    /// Environment for the daemon (`REMODEL__*` overrides).
+    pub env: Vec<(String, String)>,
 }
 
 pub fn free_listen() -> String {
@@ -58,10 +60,10 @@ pub fn config(db: &TestDb, listen: &str, extra: &str) -> String {
 }
 
 /// Run the `remodel` binary with `args` and extra environment; (exit code, stdout + stderr).
-pub fn remodel_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String) {
+pub fn remodel_cmd(args: &[&str], env: &[(String, String)]) -> (Option<i32>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run remodel");
     (
@@ -116,6 +118,32 @@ impl Daemon {
             log_path,
             listen: listen.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Run a config file as it is (e.g. a shipped example) with `env` overrides; the pidfile
+    /// goes to the daemon's temp dir.
+    pub fn start_file(
+        config_path: &std::path::Path,
+        listen: &str,
+        mut env: Vec<(String, String)>,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        env.push((
+            "REMODEL__CONTROL__PIDFILE".into(),
+            dir.path().join("remodel.pid").display().to_string(),
+        ));
+        let mut d = Daemon {
+            child: None,
+            config_path: config_path.to_path_buf(),
+            log_path: dir.path().join("remodel.log"),
+            dir,
+            listen: listen.to_string(),
+            args: Vec::new(),
+            env,
         };
         d.spawn();
         d
@@ -129,6 +157,7 @@ impl Daemon {
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_remodel"))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["run", "--config"])
             .arg(&self.config_path)
             .stdout(log.try_clone().expect("dup"))
