@@ -21,8 +21,7 @@ async fn exits_with(d: &mut Daemon, code: i32) -> String {
 async fn scram_source_and_md5_target_stream() {
     let p = pair();
     let db = fresh_db(p).await;
-    db.source.batch_execute(DDL).await.unwrap();
-    db.target.batch_execute(DDL).await.unwrap();
+    db.on_both(DDL).await;
     let (srole, trole) = (unique_name("scram"), unique_name("md5"));
     p.source
         .create_role_with_password(&srole, "s3cr#t pw", PasswordAuth::ScramSha256)
@@ -52,8 +51,7 @@ async fn scram_source_and_md5_target_stream() {
 async fn md5_on_the_replication_connection() {
     let p = pair();
     let db = fresh_db(p).await;
-    db.source.batch_execute(DDL).await.unwrap();
-    db.target.batch_execute(DDL).await.unwrap();
+    db.on_both(DDL).await;
     let role = unique_name("md5src");
     p.source
         .create_role_with_password(&role, "pw-md5", PasswordAuth::Md5)

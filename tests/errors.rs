@@ -157,14 +157,7 @@ async fn json_logs_are_one_json_object_per_line() {
 #[tokio::test]
 async fn a_table_without_mapping_appearing_in_the_stream_halts_with_its_name() {
     let db = fresh_db(pair()).await;
-    db.source
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    db.target
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    db.on_both("CREATE TABLE a (id int PRIMARY KEY)").await;
     let listen = free_listen();
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;

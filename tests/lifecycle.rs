@@ -12,8 +12,7 @@ use support::{fresh_db, pair, wait_until, TestDb};
 
 async fn setup() -> TestDb {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute(ACCOUNTS_DDL).await.unwrap();
-    db.target.batch_execute(ACCOUNTS_DDL).await.unwrap();
+    db.on_both(ACCOUNTS_DDL).await;
     db
 }
 
@@ -62,8 +61,7 @@ async fn kill9_at_random_moments_then_restart_converges_exactly_once() {
     // An append-only table: a replayed insert would be a duplicate key error, a gap a missing row.
     let ledger =
         "CREATE TABLE entries (id bigint PRIMARY KEY, account int NOT NULL, amount int NOT NULL)";
-    db.source.batch_execute(ledger).await.unwrap();
-    db.target.batch_execute(ledger).await.unwrap();
+    db.on_both(ledger).await;
     let s = seed("kill9_at_random_moments");
     let mut r = rng(s);
     let listen = free_listen();

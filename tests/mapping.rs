@@ -166,8 +166,7 @@ async fn check_lists_every_problem_with_its_fix() {
 #[tokio::test]
 async fn identity_example_streams_every_published_table() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute(SOURCE).await.unwrap();
-    db.target.batch_execute(SOURCE).await.unwrap();
+    db.on_both(SOURCE).await;
     let listen = free_listen();
     let mut d = Daemon::start_file(
         Path::new(&example("identity.toml")),

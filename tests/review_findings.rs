@@ -41,8 +41,7 @@ const BIG_ROW: &str = "INSERT INTO docs SELECT 1, 'v1', string_agg(md5(random():
 #[tokio::test]
 async fn key_change_of_a_row_with_unchanged_toast_keeps_the_row() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute(DOCS_DDL).await.unwrap();
-    db.target.batch_execute(DOCS_DDL).await.unwrap();
+    db.on_both(DOCS_DDL).await;
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
@@ -92,8 +91,7 @@ async fn key_change_of_a_row_with_unchanged_toast_keeps_the_row() {
 #[tokio::test]
 async fn partial_update_of_a_row_missing_on_the_target_is_not_swallowed() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute(DOCS_DDL).await.unwrap();
-    db.target.batch_execute(DOCS_DDL).await.unwrap();
+    db.on_both(DOCS_DDL).await;
     // Exists before the daemon starts: never streamed.
     db.source.batch_execute(BIG_ROW).await.unwrap();
     let listen = free_listen();
@@ -299,8 +297,7 @@ async fn target_key_narrower_than_the_source_key_is_rejected() {
 async fn column_added_while_running_is_not_silently_dropped() {
     let db = fresh_db(pair()).await;
     let ddl = "CREATE TABLE a (id int PRIMARY KEY, x int)";
-    db.source.batch_execute(ddl).await.unwrap();
-    db.target.batch_execute(ddl).await.unwrap();
+    db.on_both(ddl).await;
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;

@@ -16,8 +16,7 @@ const KINDS: &str = "SELECT row_to_json(k)::text FROM kinds k ORDER BY id";
 #[tokio::test]
 async fn streams_inserts_updates_deletes_of_common_types() {
     let db = fresh_db(pair()).await;
-    db.source.batch_execute(TYPES_DDL).await.unwrap();
-    db.target.batch_execute(TYPES_DDL).await.unwrap();
+    db.on_both(TYPES_DDL).await;
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
@@ -125,8 +124,7 @@ fn rss_peak_kib(pid: u32) -> u64 {
 async fn large_transaction_lands_atomically_with_bounded_memory() {
     let db = fresh_db(pair()).await;
     let ddl = "CREATE TABLE big (id int PRIMARY KEY, payload text NOT NULL)";
-    db.source.batch_execute(ddl).await.unwrap();
-    db.target.batch_execute(ddl).await.unwrap();
+    db.on_both(ddl).await;
     let listen = free_listen();
     let d = Daemon::start(
         &config_with(
@@ -204,8 +202,7 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
 async fn update_leaving_toasted_column_unchanged_keeps_its_value() {
     let db = fresh_db(pair()).await;
     let ddl = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)";
-    db.source.batch_execute(ddl).await.unwrap();
-    db.target.batch_execute(ddl).await.unwrap();
+    db.on_both(ddl).await;
     let listen = free_listen();
     let d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
@@ -235,14 +232,7 @@ async fn update_leaving_toasted_column_unchanged_keeps_its_value() {
 #[tokio::test]
 async fn idle_daemon_confirms_the_slot_forward() {
     let db = fresh_db(pair()).await;
-    db.source
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
-    db.target
-        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    db.on_both("CREATE TABLE a (id int PRIMARY KEY)").await;
     // Keepalives come every wal_sender_timeout / 2.
     db.source
         .batch_execute(&format!(

@@ -84,6 +84,17 @@ pub struct TestDb {
     pub target: Client,
 }
 
+impl TestDb {
+    /// Run `sql` (e.g. the same DDL) on the source and then on the target.
+    pub async fn on_both(&self, sql: &str) {
+        for (side, c) in [("source", &self.source), ("target", &self.target)] {
+            c.batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{side}: {sql}: {e}"));
+        }
+    }
+}
+
 /// Creates a fresh database named `t_<counter>_<pid>` on both clusters of `pair`.
 pub async fn fresh_db(pair: &Pair) -> TestDb {
     let name = unique_name("t");
