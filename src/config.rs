@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub control: ControlConfig,
+    #[serde(default)]
+    pub backfill: BackfillConfig,
     /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
     #[serde(default)]
     pub tables: Vec<TableMapping>,
@@ -137,6 +139,88 @@ impl Default for LogConfig {
             format: default_format(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillConfig {
+    /// Copy the rows that existed before the slot, inside `remodel run`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Connections importing each pass's snapshot; each copies one table at a time.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Rows per chunk (one COPY and one guarded merge, committed with the cursor).
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: u64,
+    /// A pass ends after this long and the next continues with a new snapshot ("10m", "30s").
+    #[serde(default = "default_snapshot_age")]
+    pub max_snapshot_age: String,
+    /// Rows per second over all workers; 0 = unlimited. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub max_rows_per_second: u64,
+    /// Back off while the stream is further behind than this ("64MB"). Reloaded on SIGHUP.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: String,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            enabled: true,
+            workers: default_workers(),
+            chunk_rows: default_chunk_rows(),
+            max_snapshot_age: default_snapshot_age(),
+            max_rows_per_second: 0,
+            max_lag: default_max_lag(),
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    2
+}
+fn default_chunk_rows() -> u64 {
+    20_000
+}
+fn default_snapshot_age() -> String {
+    "10m".into()
+}
+fn default_max_lag() -> String {
+    "64MB".into()
+}
+
+/// "500ms", "30s", "10m", "1h", or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// "64MB", "512kB", "1GB", or plain bytes (powers of 1024, as PostgreSQL's units).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -281,6 +365,27 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if parse_duration(&self.backfill.max_snapshot_age).is_none_or(|d| d.is_zero()) {
+            return Err(invalid(
+                "backfill.max_snapshot_age",
+                &self.backfill.max_snapshot_age,
+                "a duration such as 10m, 30s or 500ms",
+            ));
+        }
+        if parse_bytes(&self.backfill.max_lag).is_none() {
+            return Err(invalid(
+                "backfill.max_lag",
+                &self.backfill.max_lag,
+                "a size such as 64MB, 512kB or 1GB",
+            ));
+        }
+        if self.backfill.workers == 0 || self.backfill.chunk_rows == 0 {
+            return Err(invalid(
+                "backfill.workers / backfill.chunk_rows",
+                "0",
+                "must be at least 1",
+            ));
+        }
         if self.source.status_interval_ms == 0 {
             return Err(invalid(
                 "source.status_interval_ms",
@@ -301,6 +406,18 @@ impl Config {
 
     pub fn status_interval(&self) -> Duration {
         Duration::from_millis(self.source.status_interval_ms)
+    }
+
+    pub fn max_snapshot_age(&self) -> Duration {
+        parse_duration(&self.backfill.max_snapshot_age).unwrap_or(Duration::from_secs(600))
+    }
+
+    /// The settings SIGHUP reloads.
+    pub fn throttle(&self) -> crate::control::Throttle {
+        crate::control::Throttle {
+            backfill_rows_per_second: self.backfill.max_rows_per_second,
+            backfill_max_lag_bytes: parse_bytes(&self.backfill.max_lag).unwrap_or(64 << 20),
+        }
     }
 
     pub fn pidfile(&self) -> PathBuf {
@@ -328,6 +445,23 @@ mod tests {
         assert_eq!(c.target.state_schema, "remodel");
         assert_eq!(c.metrics.listen, "127.0.0.1:9898");
         assert!(c.tables.is_empty());
+    }
+
+    #[test]
+    fn parses_durations_and_sizes() {
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5 parsecs"), None);
+        assert_eq!(parse_bytes("64MB"), Some(64 << 20));
+        assert_eq!(parse_bytes("512kB"), Some(512 << 10));
+        assert_eq!(parse_bytes("12"), Some(12));
+        assert_eq!(parse_bytes("1TB"), None);
+        let e = Config::from_toml(&format!("{MIN}\n[backfill]\nmax_snapshot_age = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("backfill.max_snapshot_age"), "{e}");
     }
 
     #[test]

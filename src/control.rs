@@ -11,10 +11,29 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// Settings that SIGHUP reloads while running (besides the log level, which main owns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttle {
+    /// Backfill rows per second over all workers; 0 = unlimited.
+    pub backfill_rows_per_second: u64,
+    /// Backfill backs off while the stream is more than this many bytes behind.
+    pub backfill_max_lag_bytes: u64,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            backfill_rows_per_second: 0,
+            backfill_max_lag_bytes: 64 << 20,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Control {
     paused: Arc<watch::Sender<bool>>,
     shutdown: CancellationToken,
+    throttle: Arc<watch::Sender<Throttle>>,
 }
 
 impl Default for Control {
@@ -28,7 +47,14 @@ impl Control {
         Control {
             paused: Arc::new(watch::channel(false).0),
             shutdown: CancellationToken::new(),
+            throttle: Arc::new(watch::channel(Throttle::default()).0),
         }
+    }
+    pub fn set_throttle(&self, t: Throttle) {
+        self.throttle.send_replace(t);
+    }
+    pub fn throttle(&self) -> Throttle {
+        *self.throttle.borrow()
     }
     pub fn pause(&self) {
         self.paused.send_replace(true);

@@ -6,6 +6,7 @@
 //! Those stop the daemon with a message naming what to fix.
 
 use crate::apply::ApplyError;
+use crate::backfill::BackfillError;
 use crate::config::ConfigError;
 use crate::control::PidError;
 use crate::metrics::ServeError;
@@ -44,8 +45,18 @@ pub enum Error {
         #[source]
         source: crate::pgerr::PgError,
     },
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
     #[error("a pipeline task ended unexpectedly: {0}")]
     Task(String),
+}
+
+fn replication_retryable(e: &ReplicationError) -> bool {
+    match e {
+        ReplicationError::Io { .. } | ReplicationError::Closed => true,
+        ReplicationError::Server { code, .. } => retryable_sqlstate(code),
+        _ => false,
+    }
 }
 
 /// SQLSTATEs worth retrying.
@@ -101,11 +112,9 @@ impl Error {
             | Error::Task(_) => false,
             Error::Connect(ConnectError::Info(_)) => false,
             Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
-            Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => match e {
-                ReplicationError::Io { .. } | ReplicationError::Closed => true,
-                ReplicationError::Server { code, .. } => retryable_sqlstate(code),
-                _ => false,
-            },
+            Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => {
+                replication_retryable(e)
+            }
             Error::Stream(_) => false,
             Error::Setup(SetupError::Sql { source, .. }) => pg_retryable(&source.0),
             Error::Setup(_) => false,
@@ -114,6 +123,18 @@ impl Error {
             Error::Apply(ApplyError::Db { source, .. }) => pg_retryable(&source.0),
             Error::Apply(_) => false,
             Error::Sql { source, .. } => pg_retryable(&source.0),
+            Error::Backfill(b) => match b {
+                BackfillError::Sql { source, .. } => pg_retryable(&source.0),
+                BackfillError::Copy { source, .. } => match source {
+                    crate::backfill::copy::CopyError::Source(e)
+                    | crate::backfill::copy::CopyError::Target(e) => pg_retryable(&e.0),
+                    crate::backfill::copy::CopyError::Format(_) => false,
+                },
+                BackfillError::Replication(e) => replication_retryable(e),
+                BackfillError::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
+                BackfillError::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
+                _ => false,
+            },
         }
     }
 
@@ -134,6 +155,7 @@ impl Error {
             Error::Pid(_) => "pidfile",
             Error::Sql { .. } => "sql",
             Error::Task(_) => "task",
+            Error::Backfill(_) => "backfill",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! `pipeline` wires the stages; `main.rs` is config → tracing → metrics → `pipeline::run`.
 
 pub mod apply;
+pub mod backfill;
 pub mod change;
 pub mod check;
 pub mod cluster;

@@ -33,6 +33,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Copy the rows that existed before the stream's slot, to completion (needs the stream
+    /// running: `remodel run`, possibly with backfill.enabled = false).
+    Backfill {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Show applied LSN, lag and whether the daemon runs or is paused.
     Status {
         #[arg(long, short)]
@@ -115,10 +121,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let reload = init_tracing(&cfg.log.level, &format)?;
             let control = Control::new();
             let path = config.clone();
+            let reloaded = control.clone();
             control::install_signals(control.clone(), move || match Config::load(&path) {
                 Ok(c) => {
                     // Said before switching: at the new level this line may be filtered out.
-                    tracing::info!(level = %c.log.level, "log level reloaded");
+                    tracing::info!(level = %c.log.level, throttle = ?c.throttle(), "log level and throttle reloaded");
+                    reloaded.set_throttle(c.throttle());
                     if let Err(e) = reload(&c.log.level) {
                         tracing::error!(error = %e, "log level not reloaded");
                     }
@@ -138,6 +146,35 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             match remodel::pipeline::run(cfg, control, metrics).await {
                 Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    tracing::error!(kind = e.kind(), "{e}");
+                    eprintln!("remodel: fatal: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Backfill { config } => {
+            let cfg = load(&config)?;
+            let format = cli.log_format.unwrap_or_else(|| cfg.log.format.clone());
+            let _reload = init_tracing(&cfg.log.level, &format)?;
+            let control = Control::new();
+            let reloaded = control.clone();
+            let path = config.clone();
+            control::install_signals(control.clone(), move || {
+                if let Ok(c) = Config::load(&path) {
+                    tracing::info!(throttle = ?c.throttle(), "throttle reloaded");
+                    reloaded.set_throttle(c.throttle());
+                }
+            })?;
+            match remodel::pipeline::backfill_only(cfg, control.clone(), Metrics::new()).await {
+                Ok(()) if control.shutdown_token().is_cancelled() => {
+                    eprintln!("remodel: backfill stopped; it resumes from its cursors");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(()) => {
+                    eprintln!("remodel: backfill complete");
+                    Ok(ExitCode::SUCCESS)
+                }
                 Err(e) => {
                     tracing::error!(kind = e.kind(), "{e}");
                     eprintln!("remodel: fatal: {e}");

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +32,10 @@ pub mod names {
     pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
     pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
     pub const DEFERRED_ROWS_TOTAL: &str = "remodel_deferred_rows_total";
+    pub const BACKFILL_ROWS_TOTAL: &str = "remodel_backfill_rows_total";
+    pub const BACKFILL_PROGRESS_RATIO: &str = "remodel_backfill_progress_ratio";
+    pub const BACKFILL_CHUNK_SECONDS: &str = "remodel_backfill_chunk_seconds";
+    pub const BACKFILL_PASSES_TOTAL: &str = "remodel_backfill_passes_total";
     pub const ALL: &[&str] = &[
         APPLIED_LSN,
         SOURCE_LAG_BYTES,
@@ -45,6 +49,10 @@ pub mod names {
         CONFIRMED_FLUSH_LSN,
         RESTARTS_TOTAL,
         DEFERRED_ROWS_TOTAL,
+        BACKFILL_ROWS_TOTAL,
+        BACKFILL_PROGRESS_RATIO,
+        BACKFILL_CHUNK_SECONDS,
+        BACKFILL_PASSES_TOTAL,
     ];
 }
 
@@ -62,6 +70,10 @@ pub struct Metrics {
     pub confirmed_flush_lsn: IntGauge,
     pub restarts: IntCounter,
     pub deferred_rows: IntCounterVec,
+    pub backfill_rows: IntCounterVec,
+    pub backfill_progress: GaugeVec,
+    pub backfill_chunk_seconds: Histogram,
+    pub backfill_passes: IntCounter,
     /// Streaming and applying (for /readyz).
     pub ready: AtomicBool,
     /// Server WAL end last seen, for /status.
@@ -142,6 +154,26 @@ impl Metrics {
                 &["table"],
             )
             .expect("valid metric"),
+            backfill_rows: IntCounterVec::new(
+                Opts::new(names::BACKFILL_ROWS_TOTAL, "Rows copied by backfill, by source table"),
+                &["table"],
+            )
+            .expect("valid metric"),
+            backfill_progress: GaugeVec::new(
+                Opts::new(
+                    names::BACKFILL_PROGRESS_RATIO,
+                    "Backfill progress by source table: rows copied / estimated rows (1 when done)",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
+            backfill_chunk_seconds: Histogram::with_opts(
+                HistogramOpts::new(names::BACKFILL_CHUNK_SECONDS, "Time to copy, merge and commit one backfill chunk")
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            )
+            .expect("valid metric"),
+            backfill_passes: IntCounter::new(names::BACKFILL_PASSES_TOTAL, "Backfill snapshot passes started")
+                .expect("valid metric"),
             registry,
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
@@ -160,6 +192,10 @@ impl Metrics {
             Box::new(m.confirmed_flush_lsn.clone()),
             Box::new(m.restarts.clone()),
             Box::new(m.deferred_rows.clone()),
+            Box::new(m.backfill_rows.clone()),
+            Box::new(m.backfill_progress.clone()),
+            Box::new(m.backfill_chunk_seconds.clone()),
+            Box::new(m.backfill_passes.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }
@@ -278,6 +314,9 @@ mod tests {
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
         m.deferred_rows.with_label_values(&["t"]).inc();
+        m.backfill_rows.with_label_values(&["t"]).inc();
+        m.backfill_progress.with_label_values(&["t"]).set(0.5);
+        m.backfill_chunk_seconds.observe(0.1);
         m.apply_batch_seconds.observe(0.1);
         let families: Vec<String> = m
             .registry

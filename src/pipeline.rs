@@ -30,14 +30,102 @@ use crate::source::{monitor, setup};
 use crate::state::StateSchema;
 use crate::transform::{catalog, plan, Plan, Transformer};
 
-/// Run until `control` shuts down (Ok) or a fatal error. Retryable errors restart the stages.
+/// Run the stream (and, with `backfill.enabled`, the backfill beside it) until `control` shuts
+/// down (Ok) or a fatal error stops either.
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+    control.set_throttle(config.throttle());
+    if !config.backfill.enabled {
+        return stream(&config, &control, &metrics).await;
+    }
+    let streaming = stream(&config, &control, &metrics);
+    let backfilling = backfill(&config, &control, &metrics);
+    tokio::pin!(streaming, backfilling);
+    let mut backfill_finished = false;
+    loop {
+        tokio::select! {
+            r = &mut streaming => {
+                if !backfill_finished {
+                    control.shutdown();
+                    if let Err(e) = (&mut backfilling).await {
+                        tracing::warn!(error = %e, "backfill stopped with an error while the stream stopped");
+                    }
+                }
+                return r;
+            }
+            r = &mut backfilling, if !backfill_finished => {
+                backfill_finished = true;
+                if let Err(e) = r {
+                    control.shutdown();
+                    let _ = (&mut streaming).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// `remodel backfill`: copy until every table is done (needs a stream running elsewhere).
+pub async fn backfill_only(
+    config: Config,
+    control: Control,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
+    control.set_throttle(config.throttle());
+    backfill(&config, &control, &metrics).await
+}
+
+/// Backfill with the same retry rule as the stream.
+async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
+    let shutdown = control.shutdown_token();
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            let src = config
+                .source_conn()
+                .map_err(crate::source::conninfo::ConnectError::from)?
+                .connect()
+                .await?;
+            let tgt = config
+                .target_conn()
+                .map_err(crate::source::conninfo::ConnectError::from)?
+                .connect()
+                .await?;
+            let plan = compile_plan(config, &src, &tgt).await?;
+            drop((src, tgt));
+            crate::backfill::run(config, control, metrics, &plan).await?;
+            Ok::<(), Error>(())
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if shutdown.is_cancelled() => {
+                tracing::warn!(error = %e, "backfill error while stopping");
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() => {
+                metrics.errors.with_label_values(&[e.kind()]).inc();
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "backfill: retryable error; resuming from the last committed chunk");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => {
+                metrics.errors.with_label_values(&[e.kind()]).inc();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The stream: restart on retryable errors, resuming from the committed progress.
+async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let mut backoff = Duration::from_millis(250);
     let mut isolate_until = None;
     loop {
         let started = Instant::now();
-        let result = run_once(&config, &control, &metrics, isolate_until.take()).await;
+        let result = run_once(config, control, metrics, isolate_until.take()).await;
         metrics.ready.store(false, Ordering::Relaxed);
         match result {
             Ok(()) => return Ok(()),
@@ -123,7 +211,12 @@ async fn run_once(
         .start_replication(
             &config.source.slot,
             start,
-            &[("proto_version", "1"), ("publication_names", &publications)],
+            // Messages: a backfill pass's marker must reach apply even on an idle source.
+            &[
+                ("proto_version", "1"),
+                ("publication_names", &publications),
+                ("messages", "true"),
+            ],
         )
         .await?;
     let fb = FeedbackState::new(start);

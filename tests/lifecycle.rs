@@ -213,7 +213,7 @@ async fn sighup_reloads_the_log_level() {
     .unwrap();
     d.signal(Signal::SIGHUP);
     wait_until("reload logged", Duration::from_secs(10), || async {
-        if d.log().contains("log level reloaded") {
+        if d.log().contains("log level and throttle reloaded") {
             Ok(())
         } else {
             Err(())

@@ -95,7 +95,11 @@ async fn partial_update_of_a_row_missing_on_the_target_is_not_swallowed() {
     // Exists before the daemon starts: never streamed.
     db.source.batch_execute(BIG_ROW).await.unwrap();
     let listen = free_listen();
-    let d = Daemon::start(&config(&db, &listen, ""), &listen);
+    // Backfill off: this pins what the stream alone does with such an update.
+    let d = Daemon::start(
+        &config(&db, &listen, "[backfill]\nenabled = false\n"),
+        &listen,
+    );
     d.wait_ready().await;
     db.source
         .batch_execute("UPDATE docs SET title = 'v2' WHERE id = 1")

@@ -130,6 +130,7 @@ pub struct Applier {
     source_txn: Option<Lsn>,
     skipping: bool,
     applied: Lsn,
+    test_barrier: Option<i64>,
 }
 
 impl Applier {
@@ -158,6 +159,9 @@ impl Applier {
             source_txn: None,
             skipping: false,
             applied,
+            test_barrier: std::env::var("REMODEL_TEST_APPLY_BARRIER")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -258,6 +262,13 @@ impl Applier {
                 self.skipping = false;
                 self.source_txn = Some(commit_lsn);
                 if self.txn.is_none() {
+                    if let Some(k) = self.test_barrier {
+                        // Test hook (tests/backfill_races.rs): hold new target transactions.
+                        self.client
+                            .batch_execute(&format!("SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"))
+                            .await
+                            .map_err(db("test barrier"))?;
+                    }
                     self.client
                         .batch_execute("BEGIN")
                         .await
@@ -599,6 +610,15 @@ impl Applier {
                 )
                 .await?
                 .get(0);
+            self.client
+                .execute(
+                    &format!(
+                        "SELECT pg_advisory_xact_lock_shared({})",
+                        sql::table_lock_key("$1")
+                    ),
+                    &[&rel.as_ref()],
+                )
+                .await?;
             if newer {
                 tracing::warn!(table = %rel, %version, "skipping a TRUNCATE older than rows already applied (replay)");
                 continue;

@@ -17,6 +17,13 @@ use crate::source::replication::quote_ident;
 use crate::state::StateSchema;
 use crate::transform::OutputPlan;
 
+/// The advisory-lock key of a source table (`param` holds its name). The stream takes it
+/// shared in every statement, a backfill chunk merge takes it exclusive: a chunk never
+/// interleaves with an uncommitted stream write of the same table.
+pub fn table_lock_key(param: &str) -> String {
+    format!("hashtextextended('remodel-table:' || {param}, 0)")
+}
+
 fn input_cte(value_cols: &[String]) -> String {
     let mut params = vec!["$2::text[]".to_string(), "$3::text[]".to_string()];
     let mut names = vec!["skey".to_string(), "ver".to_string()];
@@ -24,10 +31,13 @@ fn input_cte(value_cols: &[String]) -> String {
         params.push(format!("${}::text[]", i + 4));
         names.push(c.clone());
     }
+    // The scalar sub-select runs once (an InitPlan); EXISTS would skip the function.
     format!(
-        "input AS (SELECT * FROM unnest({}) AS i({}))",
+        "input AS (SELECT * FROM unnest({}) AS i({})
+                   WHERE (SELECT pg_advisory_xact_lock_shared({})::text) IS NOT NULL)",
         params.join(", "),
-        names.join(", ")
+        names.join(", "),
+        table_lock_key("$1")
     )
 }
 

@@ -8,6 +8,8 @@
 //!   <schema>.truncations(rel, version)                     table-wide tombstones
 //!   <schema>.deferred   (rel, skey, version, target, columns)  partial updates of rows the
 //!                                                          target lacks (for backfill to merge)
+//!   <schema>.backfill_tables (rel, state, cursor, rows_copied, chunks, ...)  per-table progress
+//!   <schema>.backfill_passes (id, owner, version, started_at, finished_at)    snapshot passes
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -44,6 +46,23 @@ const MIGRATIONS: &[&str] = &[
          columns jsonb NOT NULL,
          created_at timestamptz NOT NULL DEFAULT now(),
          PRIMARY KEY (rel, skey));",
+    // 3: backfill: per-table cursor and state, and passes (for tombstone pruning and status).
+    "CREATE TABLE {s}.backfill_tables (
+         rel text PRIMARY KEY,
+         state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'copying', 'done')),
+         cursor text,
+         rows_copied bigint NOT NULL DEFAULT 0,
+         chunks bigint NOT NULL DEFAULT 0,
+         rows_estimate bigint,
+         passes int NOT NULL DEFAULT 0,
+         started_at timestamptz,
+         updated_at timestamptz NOT NULL DEFAULT now());
+     CREATE TABLE {s}.backfill_passes (
+         id bigserial PRIMARY KEY,
+         owner text NOT NULL,
+         version pg_lsn NOT NULL,
+         started_at timestamptz NOT NULL DEFAULT now(),
+         finished_at timestamptz);",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,680 @@
+//! Backfill: copies the rows that existed before the stream's slot, while the stream applies,
+//! never overwriting a newer streamed row and never resurrecting a deleted one.
+//!
+//! ```text
+//!  pass:  CREATE_REPLICATION_SLOT .. TEMPORARY .. EXPORT_SNAPSHOT ──▶ P, snapshot
+//!           │ workers (backfill.workers): BEGIN REPEATABLE READ; SET TRANSACTION SNAPSHOT
+//!           │ emit a logical message; wait until the main slot is confirmed past it
+//!           │   (the stream has applied every commit < P: from now on it only writes C ≥ P)
+//!           ▼
+//!  chunk: COPY (key > cursor ORDER BY key LIMIT n) TO STDOUT ══pipe══▶ COPY stage FROM STDIN
+//!         lock table (exclusive; the stream takes it shared) → guarded merge at version P−1:
+//!         skip keys whose ledger version ≥ P (newer stream write or tombstone) → fold in deferred
+//!         partial updates → cursor + counts → COMMIT (resumable after kill -9)
+//!  a pass ends after backfill.max_snapshot_age; the next continues from the cursor, new snapshot
+//! ```
+//!
+//! Exactness needs no per-key ledger rows for copied rows: once the stream is past P, every
+//! later stream write carries a version ≥ P > P−1 and wins; earlier ones are in the snapshot.
+//! Owns the copy of existing rows and the backfill state tables. Must never write a row whose
+//! ledger version is ≥ its pass's P, and never hold one snapshot past the configured age.
+
+pub mod copy;
+pub mod progress;
+pub mod sql;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+use crate::change::SourceKey;
+use crate::config::Config;
+use crate::control::Control;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::pgerr::PgError;
+use crate::source::conninfo::{ConnInfo, ConnectError};
+use crate::source::replication::{quote_ident, ReplicationConn, ReplicationError};
+use crate::state::{StateError, StateSchema};
+use crate::transform::catalog;
+use crate::transform::plan::{OutputPlan, Plan};
+use progress::Progress;
+use sql::TableSql;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("backfill: {what}: {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: PgError,
+    },
+    #[error("backfill of {table}: {source}")]
+    Copy {
+        table: String,
+        #[source]
+        source: copy::CopyError,
+    },
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("backfill: the stream's slot {slot:?} does not exist on the source; start `remodel run` first (backfill copies what the stream cannot, and writes a pass only once the stream has applied everything before it)")]
+    NoSlot { slot: String },
+    #[error("backfill: source table {table} column {column}: its type is unknown; backfill reads tables the mapping compiled against")]
+    Table { table: String, column: String },
+    #[error("backfill: unexpected reply to CREATE_REPLICATION_SLOT: {0}")]
+    SlotReply(String),
+}
+
+fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
+    move |source| BackfillError::Sql {
+        what,
+        source: source.into(),
+    }
+}
+
+/// Test hooks (see tests/backfill_races.rs): a worker waits on this advisory lock between
+/// staging a chunk and merging it.
+fn test_barrier() -> Option<i64> {
+    std::env::var("REMODEL_TEST_BACKFILL_BARRIER")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// One table to copy: its SQL and outputs.
+struct Job {
+    rel: String,
+    sql: TableSql,
+    outputs: Vec<Arc<OutputPlan>>,
+}
+
+/// Shared by the workers of a run.
+struct Shared {
+    config: Config,
+    control: Control,
+    metrics: Arc<Metrics>,
+    state: StateSchema,
+    jobs: HashMap<String, Arc<Job>>,
+    progress: Progress,
+    /// Token bucket for backfill.max_rows_per_second: when the next rows may start.
+    next_slot: std::sync::Mutex<Instant>,
+}
+
+/// Run backfill until every mapped table is copied (Ok), or shutdown (Ok, resumable).
+pub async fn run(
+    config: &Config,
+    control: &Control,
+    metrics: &Arc<Metrics>,
+    plan: &Plan,
+) -> Result<(), BackfillError> {
+    let src_info = config.source_conn().map_err(ConnectError::from)?;
+    let tgt_info = config.target_conn().map_err(ConnectError::from)?;
+    let source = src_info.connect().await?;
+    let mut target = tgt_info.connect().await?;
+    let state = StateSchema::new(&config.target.state_schema);
+    state.migrate(&mut target).await?;
+    let slot_exists = source
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&config.source.slot],
+        )
+        .await
+        .map_err(sql("looking up the stream's slot"))?
+        .is_some();
+    if !slot_exists {
+        return Err(BackfillError::NoSlot {
+            slot: config.source.slot.clone(),
+        });
+    }
+    let tables = catalog::load(&source)
+        .await
+        .map_err(sql("reading the source schema"))?;
+    let mut jobs = HashMap::new();
+    for (i, (rel, tp)) in plan.tables.iter().enumerate() {
+        let info = tables.get(rel);
+        let types = |c: &str| info.and_then(|t| t.column(c)).map(|c| c.sql_type.clone());
+        let ts = TableSql::new(tp, &types, i).ok_or_else(|| BackfillError::Table {
+            table: rel.clone(),
+            column: tp.source_key.join(", "),
+        })?;
+        let estimate: i64 = source
+            .query_one(
+                "SELECT GREATEST(c.reltuples, 0)::int8 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&ts.source_quoted],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        target
+            .execute(
+                &format!(
+                    "INSERT INTO {} (rel, rows_estimate) VALUES ($1, $2)
+                     ON CONFLICT (rel) DO UPDATE SET rows_estimate = EXCLUDED.rows_estimate",
+                    state.table("backfill_tables")
+                ),
+                &[rel, &estimate],
+            )
+            .await
+            .map_err(sql("registering tables"))?;
+        jobs.insert(
+            rel.clone(),
+            Arc::new(Job {
+                rel: rel.clone(),
+                sql: ts,
+                outputs: tp.outputs.clone(),
+            }),
+        );
+    }
+    let progress = Progress::load(&target, &state, metrics.clone()).await?;
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        control: control.clone(),
+        metrics: metrics.clone(),
+        state,
+        jobs,
+        progress,
+        next_slot: std::sync::Mutex::new(Instant::now()),
+    });
+    let reporter = tokio::spawn(progress::report(
+        shared.progress.clone(),
+        control.shutdown_token(),
+    ));
+    let result = passes(&shared, &source, &target, &src_info, &tgt_info).await;
+    reporter.abort();
+    result
+}
+
+async fn pending(shared: &Shared, target: &Client) -> Result<Vec<String>, BackfillError> {
+    let rows = target
+        .query(
+            &format!(
+                "SELECT rel FROM {} WHERE state <> 'done' ORDER BY rel",
+                shared.state.table("backfill_tables")
+            ),
+            &[],
+        )
+        .await
+        .map_err(sql("reading backfill state"))?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .filter(|r| shared.jobs.contains_key(r))
+        .collect())
+}
+
+async fn passes(
+    shared: &Arc<Shared>,
+    source: &Client,
+    target: &Client,
+    src_info: &ConnInfo,
+    tgt_info: &ConnInfo,
+) -> Result<(), BackfillError> {
+    let owner = format!("{}:{}", std::process::id(), rand::random::<u32>());
+    let shutdown = shared.control.shutdown_token();
+    loop {
+        let todo = pending(shared, target).await?;
+        if todo.is_empty() {
+            tracing::info!("backfill complete: every mapped table is copied");
+            shared.progress.finish();
+            return Ok(());
+        }
+        if !wait_unpaused(shared).await {
+            return Ok(());
+        }
+        if !pass(shared, source, target, src_info, tgt_info, &owner, todo).await? {
+            // Another process is copying what is left: let it, and look again later.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+/// Wait while paused; false on shutdown.
+async fn wait_unpaused(shared: &Shared) -> bool {
+    let shutdown = shared.control.shutdown_token();
+    let mut rx = shared.control.watch_paused();
+    while shared.control.is_paused() {
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = shutdown.cancelled() => return false,
+        }
+    }
+    !shutdown.is_cancelled()
+}
+
+/// One snapshot pass over the tables in `todo`.
+async fn pass(
+    shared: &Arc<Shared>,
+    source: &Client,
+    target: &Client,
+    src_info: &ConnInfo,
+    tgt_info: &ConnInfo,
+    owner: &str,
+    todo: Vec<String>,
+) -> Result<bool, BackfillError> {
+    let started = Instant::now();
+    let deadline = started + shared.config.max_snapshot_age();
+    let mut repl = ReplicationConn::connect(src_info).await?;
+    let name = format!("remodel_bf_{}", rand::random::<u32>());
+    let reply = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(&name)
+        ))
+        .await?;
+    let (p, snapshot) = match reply
+        .first()
+        .map(|r| (r.get(1).cloned().flatten(), r.get(2).cloned().flatten()))
+    {
+        Some((Some(p), Some(s))) => (
+            p.parse::<Lsn>()
+                .map_err(|e| BackfillError::SlotReply(e.to_string()))?,
+            s,
+        ),
+        _ => return Err(BackfillError::SlotReply(format!("{reply:?}"))),
+    };
+    let workers = shared.config.backfill.workers.min(todo.len()).max(1);
+    let mut conns = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let s = src_info.connect().await?;
+        s.batch_execute(&format!(
+            "SET application_name = 'remodel-backfill'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            sql::quote_literal(&snapshot)
+        ))
+        .await
+        .map_err(sql("importing the pass snapshot"))?;
+        let t = tgt_info.connect().await?;
+        conns.push((s, t));
+    }
+    // Every worker holds the snapshot now; the exporting connection (and its slot) can go.
+    drop(repl);
+    let pass_id: i64 = target
+        .query_one(
+            &format!(
+                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
+                shared.state.table("backfill_passes")
+            ),
+            &[&owner, &p.to_string()],
+        )
+        .await
+        .map_err(sql("recording the pass"))?
+        .get(0);
+    shared.metrics.backfill_passes.inc();
+    tracing::info!(%p, tables = todo.len(), workers, "backfill pass started");
+
+    wait_for_stream(shared, source, p).await?;
+
+    let queue = Arc::new(Mutex::new(todo.into_iter().collect::<VecDeque<_>>()));
+    let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (s, t) in conns {
+        let (shared, queue, claimed) = (shared.clone(), queue.clone(), claimed.clone());
+        tasks.push(tokio::spawn(async move {
+            worker(&shared, &s, &t, &queue, &claimed, p, deadline).await
+        }));
+    }
+    let mut first_err = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(BackfillError::SlotReply(format!("worker task: {e}")));
+            }
+        }
+    }
+    target
+        .execute(
+            &format!(
+                "UPDATE {} SET finished_at = now() WHERE id = $1",
+                shared.state.table("backfill_passes")
+            ),
+            &[&pass_id],
+        )
+        .await
+        .map_err(sql("closing the pass"))?;
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    prune_tombstones(shared, target).await?;
+    tracing::info!(%p, seconds = started.elapsed().as_secs_f64(), "backfill pass ended");
+    Ok(claimed.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Make the stream confirm past `p`: a transactional logical message after `p` reaches the
+/// stream even when the source is idle, and the slot is confirmed only after apply committed
+/// it, so confirmed ≥ marker means every commit before `p` is on the target.
+async fn wait_for_stream(shared: &Shared, source: &Client, p: Lsn) -> Result<(), BackfillError> {
+    let marker: String = source
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'remodel-backfill', $1)::text",
+            &[&format!("pass at {p}")],
+        )
+        .await
+        .map_err(sql("emitting the pass marker"))?
+        .get(0);
+    let slot = &shared.config.source.slot;
+    let shutdown = shared.control.shutdown_token();
+    let started = Instant::now();
+    let mut told = Instant::now();
+    loop {
+        let row = source
+            .query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn, active FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot, &marker],
+            )
+            .await
+            .map_err(sql("watching the stream's slot"))?;
+        match row {
+            Some(r) if r.get::<_, Option<bool>>(0) == Some(true) => return Ok(()),
+            Some(r) => {
+                if told.elapsed() > Duration::from_secs(10) {
+                    let active: bool = r.get(1);
+                    tracing::warn!(%p, slot, active, waited_s = started.elapsed().as_secs(), "backfill waits for the stream to apply everything before the pass snapshot{}", if active { "" } else { ": the slot is inactive — is `remodel run` streaming?" });
+                    told = Instant::now();
+                }
+            }
+            None => return Err(BackfillError::NoSlot { slot: slot.clone() }),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), BackfillError> {
+    // A tombstone only stops a pass whose P is ≤ its version. Passes started later have a
+    // larger P; keep those that a pass still possibly running (any owner) may need.
+    let age = shared.config.max_snapshot_age() + Duration::from_secs(300);
+    let n = target
+        .execute(
+            &format!(
+                "DELETE FROM {ledger} WHERE deleted AND version < COALESCE(
+                     (SELECT min(version) FROM {passes}
+                      WHERE finished_at IS NULL AND started_at > now() - make_interval(secs => $1)),
+                     (SELECT max(version) FROM {passes}))",
+                ledger = shared.state.table("ledger"),
+                passes = shared.state.table("backfill_passes"),
+            ),
+            &[&age.as_secs_f64()],
+        )
+        .await
+        .map_err(sql("pruning tombstones"))?;
+    if n > 0 {
+        tracing::debug!(pruned = n, "pruned tombstones no pass can need");
+    }
+    Ok(())
+}
+
+async fn worker(
+    shared: &Shared,
+    source: &Client,
+    target: &Client,
+    queue: &Mutex<VecDeque<String>>,
+    claimed: &std::sync::atomic::AtomicBool,
+    p: Lsn,
+    deadline: Instant,
+) -> Result<(), BackfillError> {
+    loop {
+        if Instant::now() >= deadline || shared.control.shutdown_token().is_cancelled() {
+            return Ok(());
+        }
+        let Some(rel) = claim(queue, target).await? else {
+            return Ok(());
+        };
+        claimed.store(true, std::sync::atomic::Ordering::Relaxed);
+        let job = shared.jobs.get(&rel).cloned();
+        let result = match job {
+            Some(job) => copy_table(shared, source, target, &job, p, deadline).await,
+            None => Ok(()),
+        };
+        let _ = target
+            .execute(
+                "SELECT pg_advisory_unlock(hashtextextended('remodel-backfill:' || $1, 0))",
+                &[&rel],
+            )
+            .await;
+        result?;
+    }
+}
+
+/// Take the next table no other worker (of any process) is copying; None when none is left.
+async fn claim(
+    queue: &Mutex<VecDeque<String>>,
+    target: &Client,
+) -> Result<Option<String>, BackfillError> {
+    let candidates: Vec<String> = queue.lock().await.iter().cloned().collect();
+    for rel in candidates {
+        let got: bool = target
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('remodel-backfill:' || $1, 0))",
+                &[&rel],
+            )
+            .await
+            .map_err(sql("claiming a table"))?
+            .get(0);
+        if got {
+            let mut q = queue.lock().await;
+            if q.contains(&rel) {
+                q.retain(|r| *r != rel);
+                return Ok(Some(rel));
+            }
+            // Another worker of ours took it meanwhile (the lock is per session).
+            drop(q);
+            let _ = target
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended('remodel-backfill:' || $1, 0))",
+                    &[&rel],
+                )
+                .await;
+        }
+    }
+    // Whatever is left is being copied by another process (or none is left).
+    Ok(None)
+}
+
+/// Wait for throttle, lag and pause; false when the pass must end (deadline, shutdown).
+async fn may_copy(
+    shared: &Shared,
+    source: &Client,
+    rows: u64,
+    deadline: Instant,
+) -> Result<bool, BackfillError> {
+    let shutdown = shared.control.shutdown_token();
+    loop {
+        if Instant::now() >= deadline || shutdown.is_cancelled() {
+            return Ok(false);
+        }
+        if shared.control.is_paused() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let t = shared.control.throttle();
+        let lag: Option<i64> = source
+            .query_one(
+                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&shared.config.source.slot],
+            )
+            .await
+            .map_err(sql("measuring stream lag"))?
+            .get(0);
+        if lag.is_some_and(|l| l as u64 > t.backfill_max_lag_bytes) {
+            tracing::debug!(
+                ?lag,
+                max = t.backfill_max_lag_bytes,
+                "backfill backs off: the stream is catching up"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if t.backfill_rows_per_second > 0 {
+            let start = {
+                let mut next = shared.next_slot.lock().unwrap_or_else(|e| e.into_inner());
+                let start = (*next).max(Instant::now());
+                *next = start
+                    + Duration::from_secs_f64(rows as f64 / t.backfill_rows_per_second as f64);
+                start
+            };
+            if start > Instant::now() {
+                tokio::time::sleep_until(start.into()).await;
+            }
+        }
+        return Ok(true);
+    }
+}
+
+async fn copy_table(
+    shared: &Shared,
+    source: &Client,
+    target: &Client,
+    job: &Job,
+    p: Lsn,
+    deadline: Instant,
+) -> Result<(), BackfillError> {
+    let st = &shared.state;
+    let row = target
+        .query_one(
+            &format!(
+                "SELECT cursor, state FROM {} WHERE rel = $1",
+                st.table("backfill_tables")
+            ),
+            &[&job.rel],
+        )
+        .await
+        .map_err(sql("reading the cursor"))?;
+    if row.get::<_, String>(1) == "done" {
+        return Ok(());
+    }
+    let mut cursor: Option<Vec<Option<String>>> = row
+        .get::<_, Option<String>>(0)
+        .and_then(|c| serde_json::from_str(&c).ok());
+    target
+        .batch_execute(&job.sql.create_stage())
+        .await
+        .map_err(sql("creating the staging table"))?;
+    let version = p.to_string();
+    let barrier = test_barrier();
+    loop {
+        let t = shared.control.throttle();
+        let limit = match t.backfill_rows_per_second {
+            0 => shared.config.backfill.chunk_rows,
+            r => shared.config.backfill.chunk_rows.min(r.max(1)),
+        };
+        if !may_copy(shared, source, limit, deadline).await? {
+            return Ok(());
+        }
+        let truncated: bool = target
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)", st.table("truncations")),
+                &[&job.rel, &version],
+            )
+            .await
+            .map_err(sql("checking table tombstones"))?
+            .get(0);
+        if truncated {
+            // Truncated after the snapshot: nothing of it may land; the stream has the rest.
+            target
+                .execute(
+                    &sql::advance(st),
+                    &[
+                        &job.rel,
+                        &cursor.as_ref().map(|c| SourceKey(c.clone()).encode()),
+                        &0i64,
+                        &true,
+                    ],
+                )
+                .await
+                .map_err(sql("recording the cursor"))?;
+            shared.progress.done(&job.rel);
+            return Ok(());
+        }
+        let started = Instant::now();
+        target
+            .batch_execute("BEGIN")
+            .await
+            .map_err(sql("beginning a chunk"))?;
+        let chunk = async {
+            let piped = copy::pipe(
+                source,
+                &job.sql.copy_out(cursor.as_deref(), limit),
+                target,
+                &job.sql.copy_in(),
+                job.sql.key_len,
+            )
+            .await
+            .map_err(|source| BackfillError::Copy {
+                table: job.rel.clone(),
+                source,
+            })?;
+            if let Some(k) = barrier {
+                target
+                    .batch_execute(&format!("SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"))
+                    .await
+                    .map_err(sql("test barrier"))?;
+            }
+            target
+                .execute(&job.sql.lock(), &[&job.rel])
+                .await
+                .map_err(sql("locking the table against the stream"))?;
+            for o in &job.outputs {
+                target
+                    .execute(&job.sql.merge(st, o), &[&job.rel, &version])
+                    .await
+                    .map_err(sql("merging a chunk"))?;
+                target
+                    .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
+                    .await
+                    .map_err(sql("folding in deferred updates"))?;
+            }
+            let done = piped.rows < limit;
+            let next = piped.last_key.clone().or_else(|| cursor.clone());
+            target
+                .execute(
+                    &sql::advance(st),
+                    &[
+                        &job.rel,
+                        &next.as_ref().map(|c| SourceKey(c.clone()).encode()),
+                        &(piped.rows as i64),
+                        &done,
+                    ],
+                )
+                .await
+                .map_err(sql("recording the cursor"))?;
+            target
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql("committing a chunk"))?;
+            Ok::<_, BackfillError>((piped, done, next))
+        };
+        let (piped, done, next) = match chunk.await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = target.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        shared
+            .metrics
+            .backfill_chunk_seconds
+            .observe(started.elapsed().as_secs_f64());
+        shared.progress.add(&job.rel, piped.rows, piped.bytes);
+        cursor = next;
+        if done {
+            shared.progress.done(&job.rel);
+            tracing::info!(table = %job.rel, "backfill of table done");
+            return Ok(());
+        }
+    }
+}

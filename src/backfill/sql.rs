@@ -1,0 +1,263 @@
+//! SQL text for backfill: the chunk query on the source, the staging table and the guarded
+//! merge on the target. Pure string building; no I/O.
+//!
+//! A chunk merge writes a staged row only when the ledger holds nothing for its source key at a
+//! version ≥ P (a stream write or tombstone newer than the pass snapshot), and when no TRUNCATE
+//! at ≥ P happened (checked before the merge). Deferred partial updates of the staged keys are
+//! folded in afterwards, in the same transaction.
+
+use crate::apply::sql::table_lock_key;
+use crate::source::replication::quote_ident;
+use crate::state::StateSchema;
+use crate::transform::plan::{Expr, OutputPlan, TablePlan};
+
+/// What one table's backfill reads and stages.
+#[derive(Debug, Clone)]
+pub struct TableSql {
+    /// Source columns read, key columns first.
+    pub columns: Vec<String>,
+    /// Source SQL types of `columns` (for typed cursor comparison).
+    pub types: Vec<String>,
+    /// How many of `columns` form the key.
+    pub key_len: usize,
+    pub source_quoted: String,
+    pub stage: String,
+}
+
+impl TableSql {
+    pub fn new(
+        plan: &TablePlan,
+        source_types: &dyn Fn(&str) -> Option<String>,
+        oid_hint: usize,
+    ) -> Option<TableSql> {
+        let mut columns: Vec<String> = plan.source_key.clone();
+        for o in &plan.outputs {
+            for c in &o.columns {
+                if let Expr::Column { name, .. } = &c.expr {
+                    if !columns.contains(name) {
+                        columns.push(name.clone());
+                    }
+                }
+            }
+        }
+        let types = columns
+            .iter()
+            .map(|c| source_types(c))
+            .collect::<Option<Vec<_>>>()?;
+        let (schema, name) = plan.source.split_once('.')?;
+        Some(TableSql {
+            key_len: plan.source_key.len(),
+            source_quoted: format!("{}.{}", quote_ident(schema), quote_ident(name)),
+            stage: format!("remodel_stage_{oid_hint}"),
+            columns,
+            types,
+        })
+    }
+
+    fn key_list(&self) -> String {
+        self.columns[..self.key_len]
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `COPY (SELECT .. WHERE key > cursor ORDER BY key LIMIT n) TO STDOUT` (text format).
+    pub fn copy_out(&self, cursor: Option<&[Option<String>]>, limit: u64) -> String {
+        let cols = self
+            .columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = match cursor {
+            None => String::new(),
+            Some(values) => {
+                let lits = values
+                    .iter()
+                    .zip(&self.types)
+                    .map(|(v, t)| match v {
+                        Some(v) => format!("{}::{t}", quote_literal(v)),
+                        None => format!("NULL::{t}"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(" WHERE ({}) > ({lits})", self.key_list())
+            }
+        };
+        format!(
+            "COPY (SELECT {cols} FROM {src}{filter} ORDER BY {keys} LIMIT {limit}) TO STDOUT",
+            src = self.source_quoted,
+            keys = self.key_list(),
+        )
+    }
+
+    pub fn create_stage(&self) -> String {
+        let cols = (0..self.columns.len())
+            .map(|i| format!("s{i} text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ({cols}) ON COMMIT DELETE ROWS",
+            self.stage
+        )
+    }
+
+    pub fn copy_in(&self) -> String {
+        let cols = (0..self.columns.len())
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("COPY {} ({cols}) FROM STDIN", self.stage)
+    }
+
+    /// The ledger key of a staged row: must equal `SourceKey::encode` (a JSON array of text).
+    fn skey(&self, alias: &str) -> String {
+        let parts = (0..self.key_len)
+            .map(|i| format!("{alias}.s{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("array_to_json(ARRAY[{parts}]::text[])::text")
+    }
+
+    fn staged(&self, name: &str) -> String {
+        format!(
+            "{alias}.s{i}",
+            alias = "s",
+            i = self.columns.iter().position(|c| c == name).unwrap_or(0)
+        )
+    }
+
+    /// Take the table's lock exclusively (the stream takes it shared): `$1` = source table.
+    pub fn lock(&self) -> String {
+        format!("SELECT pg_advisory_xact_lock({})", table_lock_key("$1"))
+    }
+
+    /// Guarded merge of the staged chunk into one output. `$1` source table, `$2` P.
+    pub fn merge(&self, state: &StateSchema, o: &OutputPlan) -> String {
+        let targets: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let values: Vec<String> = o
+            .columns
+            .iter()
+            .map(|c| match &c.expr {
+                Expr::Column { name, .. } => c.sql_value(&self.staged(name)),
+                Expr::Constant(v) => format!("{}::{}", quote_literal(v), c.sql_type),
+            })
+            .collect();
+        let keys: Vec<String> = o
+            .key
+            .iter()
+            .map(|&k| quote_ident(&o.columns[k].name))
+            .collect();
+        let sets: Vec<String> = o
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !o.key.contains(i))
+            .map(|(_, c)| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
+            .collect();
+        let on_conflict = if sets.is_empty() {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", sets.join(", "))
+        };
+        format!(
+            "INSERT INTO {target} AS t ({targets})
+             SELECT {values} FROM {stage} s
+             WHERE NOT EXISTS (SELECT 1 FROM {ledger} l
+                               WHERE l.rel = $1 AND l.skey = {skey} AND l.version >= $2::text::pg_lsn)
+             ON CONFLICT ({keys}) {on_conflict}",
+            target = o.quoted_target(),
+            targets = targets.join(", "),
+            values = values.join(", "),
+            stage = self.stage,
+            ledger = state.table("ledger"),
+            skey = self.skey("s"),
+            keys = keys.join(", "),
+        )
+    }
+
+    /// Fold deferred partial updates of the staged keys into the rows just written: those at a
+    /// version ≥ P (newer than the snapshot) are applied unless the ledger holds something newer;
+    /// older ones are already in the snapshot. All staged keys' entries are removed.
+    /// `$1` source table, `$2` P. Returns one row: how many entries were folded in or dropped.
+    pub fn merge_deferred(&self, state: &StateSchema, o: &OutputPlan) -> String {
+        let from_json = |name: &str| format!("(live.columns->>{})", quote_literal(name));
+        let sets: Vec<String> = o
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !o.key.contains(i))
+            .map(|(_, c)| {
+                format!(
+                    "{q} = CASE WHEN live.columns ? {lit} THEN {v} ELSE t.{q} END",
+                    q = quote_ident(&c.name),
+                    lit = quote_literal(&c.name),
+                    v = c.sql_value(&from_json(&c.name))
+                )
+            })
+            .collect();
+        let wheres: Vec<String> = o
+            .key
+            .iter()
+            .map(|&k| {
+                format!(
+                    "t.{} = {}",
+                    quote_ident(&o.columns[k].name),
+                    o.columns[k].sql_value(&from_json(&o.columns[k].name))
+                )
+            })
+            .collect();
+        let update = if sets.is_empty() {
+            format!(
+                "SELECT live.skey FROM live JOIN {} t ON {}",
+                o.quoted_target(),
+                wheres.join(" AND ")
+            )
+        } else {
+            format!(
+                "UPDATE {} AS t SET {} FROM live WHERE {} RETURNING live.skey",
+                o.quoted_target(),
+                sets.join(", "),
+                wheres.join(" AND ")
+            )
+        };
+        format!(
+            "WITH staged AS (SELECT {skey} AS skey FROM {stage} s),
+             d AS (DELETE FROM {deferred} d USING staged
+                   WHERE d.rel = $1 AND d.skey = staged.skey
+                   RETURNING d.skey, d.version, d.columns),
+             live AS (SELECT d.* FROM d
+                      WHERE d.version >= $2::text::pg_lsn
+                        AND NOT EXISTS (SELECT 1 FROM {ledger} l
+                                        WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)),
+             upd AS ({update}),
+             led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
+                     SELECT $1, live.skey, live.version, false FROM live
+                     WHERE live.skey IN (SELECT skey FROM upd)
+                     ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
+                       WHERE l.version <= EXCLUDED.version)
+             SELECT count(*) FROM d",
+            skey = self.skey("s"),
+            stage = self.stage,
+            deferred = state.table("deferred"),
+            ledger = state.table("ledger"),
+        )
+    }
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Record the chunk: cursor (JSON text of the last key), counts. `$1` rel, `$2` cursor,
+/// `$3` rows, `$4` done.
+pub fn advance(state: &StateSchema) -> String {
+    format!(
+        "UPDATE {} SET cursor = $2, rows_copied = rows_copied + $3, chunks = chunks + 1,
+                state = CASE WHEN $4 THEN 'done' ELSE 'copying' END,
+                started_at = COALESCE(started_at, now()), updated_at = now()
+         WHERE rel = $1",
+        state.table("backfill_tables")
+    )
+}
