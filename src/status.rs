@@ -23,7 +23,19 @@ pub struct Status {
     pub lag_bytes: Option<u64>,
     /// Seconds since the last applied source commit was made, when behind.
     pub lag_seconds: Option<f64>,
+    /// Backfill per source table.
+    pub backfill: Vec<BackfillStatus>,
     pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackfillStatus {
+    pub table: String,
+    /// `pending`, `copying` or `done`.
+    pub state: String,
+    pub rows_copied: i64,
+    pub rows_estimate: Option<i64>,
+    pub chunks: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,8 +95,13 @@ pub async fn gather(config: &Config) -> Status {
         slot: None,
         lag_bytes: None,
         lag_seconds: None,
+        backfill: vec![],
         errors: vec![],
     };
+    match backfill_tables(config).await {
+        Ok(b) => st.backfill = b,
+        Err(e) => errors.push(e.to_string()),
+    }
     match target_progress(config).await {
         Ok(Some(p)) => {
             st.applied_lsn = Some(p.applied_lsn.to_string());
@@ -141,6 +158,50 @@ async fn target_progress(config: &Config) -> Result<Option<crate::state::Progres
         return Ok(None);
     }
     Ok(state.progress(&client, &config.source.slot).await?)
+}
+
+async fn backfill_tables(config: &Config) -> Result<Vec<BackfillStatus>, Error> {
+    let client = config
+        .target_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?
+        .connect()
+        .await?;
+    let state = StateSchema::new(&config.target.state_schema);
+    let sql = |source: tokio_postgres::Error| Error::Sql {
+        what: "reading backfill state",
+        source: source.into(),
+    };
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&state.table("backfill_tables")],
+        )
+        .await
+        .map_err(sql)?
+        .get(0);
+    if !exists {
+        return Ok(vec![]);
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT rel, state, rows_copied, rows_estimate, chunks FROM {} ORDER BY rel",
+                state.table("backfill_tables")
+            ),
+            &[],
+        )
+        .await
+        .map_err(sql)?;
+    Ok(rows
+        .iter()
+        .map(|r| BackfillStatus {
+            table: r.get(0),
+            state: r.get(1),
+            rows_copied: r.get(2),
+            rows_estimate: r.get(3),
+            chunks: r.get(4),
+        })
+        .collect())
 }
 
 async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>), Error> {
@@ -211,6 +272,24 @@ impl std::fmt::Display for Status {
                     .unwrap_or_else(|| "-".into())
             )?,
             None => writeln!(f, "slot:          (does not exist yet)")?,
+        }
+        for b in &self.backfill {
+            let pct = match (b.state.as_str(), b.rows_estimate) {
+                ("done", _) => 100.0,
+                (_, Some(e)) if e > 0 => (b.rows_copied as f64 / e as f64 * 100.0).min(99.0),
+                _ => 0.0,
+            };
+            writeln!(
+                f,
+                "backfill:      {:<32} {:<8} {} / ~{} rows ({pct:.0}%), {} chunks",
+                b.table,
+                b.state,
+                b.rows_copied,
+                b.rows_estimate
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                b.chunks
+            )?;
         }
         for e in &self.errors {
             writeln!(f, "error:         {e}")?;
