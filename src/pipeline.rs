@@ -38,7 +38,18 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
         return stream(&config, &control, &metrics).await;
     }
     let streaming = stream(&config, &control, &metrics);
-    let backfilling = backfill(&config, &control, &metrics);
+    // Backfill starts once the stream streams: its publication and slot exist, and a pass can
+    // count on the stream to apply everything before its snapshot.
+    let backfilling = async {
+        let shutdown = control.shutdown_token();
+        while !metrics.ready.load(Ordering::Relaxed) {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        backfill(&config, &control, &metrics).await
+    };
     tokio::pin!(streaming, backfilling);
     let mut backfill_finished = false;
     loop {

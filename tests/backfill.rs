@@ -50,10 +50,17 @@ async fn backfill_copies_existing_rows_while_the_stream_applies() {
         |v| v == 1.0,
     )
     .await;
-    assert_eq!(
-        rows(&db.target, "SELECT string_agg(rel || ':' || state || ':' || rows_copied, ',' ORDER BY rel) FROM remodel.backfill_tables").await,
-        ["public.docs:done:40,public.items:done:5000,public.pairs:done:3000"]
-    );
+    // The writes above land before or after the pass snapshot: both counts are right.
+    let state = rows(
+        &db.target,
+        "SELECT string_agg(rel || ':' || state || ':' || rows_copied, ',' ORDER BY rel) FROM remodel.backfill_tables",
+    )
+    .await;
+    let ok = [
+        "public.docs:done:40,public.items:done:5000,public.pairs:done:3000",
+        "public.docs:done:40,public.items:done:5001,public.pairs:done:2940",
+    ];
+    assert!(ok.contains(&state[0].as_str()), "{state:?}");
     assert!(
         d.metric("remodel_backfill_rows_total{table=\"public.items\"}")
             .await

@@ -112,6 +112,8 @@ struct OpenTxn {
     /// Source transactions begun in this target transaction, and the last one's commit LSN.
     begun: u64,
     max_commit_lsn: Lsn,
+    /// Source tables whose lock this target transaction holds (shared; see sql::lock_shared).
+    locked: std::collections::HashSet<String>,
     counts: HashMap<(Arc<str>, Op), u64>,
 }
 
@@ -280,6 +282,7 @@ impl Applier {
                         source_txns: 0,
                         begun: 0,
                         max_commit_lsn: commit_lsn,
+                        locked: Default::default(),
                         counts: HashMap::new(),
                     });
                 }
@@ -480,7 +483,28 @@ impl Applier {
         }
     }
 
+    /// Hold the source table's lock (shared) for the rest of the target transaction.
+    async fn lock_table(&mut self, rel: &str) -> Result<(), tokio_postgres::Error> {
+        if self.txn.as_ref().is_some_and(|t| t.locked.contains(rel)) {
+            return Ok(());
+        }
+        self.client.execute(&sql::lock_shared(), &[&rel]).await?;
+        if let Some(t) = self.txn.as_mut() {
+            t.locked.insert(rel.to_string());
+        }
+        Ok(())
+    }
+
     async fn exec(&mut self, group: &Group) -> Result<(), tokio_postgres::Error> {
+        let rels: Vec<String> = match group {
+            Group::Upsert { output, .. }
+            | Group::Update { output, .. }
+            | Group::Delete { output, .. } => vec![output.source.clone()],
+            Group::Truncate { tables } => tables.iter().map(|t| t.0.to_string()).collect(),
+        };
+        for rel in &rels {
+            self.lock_table(rel).await?;
+        }
         let (output, key, cols, from, rows) = match group {
             Group::Upsert { output, rows } => (
                 output,
@@ -610,15 +634,6 @@ impl Applier {
                 )
                 .await?
                 .get(0);
-            self.client
-                .execute(
-                    &format!(
-                        "SELECT pg_advisory_xact_lock_shared({})",
-                        sql::table_lock_key("$1")
-                    ),
-                    &[&rel.as_ref()],
-                )
-                .await?;
             if newer {
                 tracing::warn!(table = %rel, %version, "skipping a TRUNCATE older than rows already applied (replay)");
                 continue;

@@ -18,8 +18,10 @@ use crate::state::StateSchema;
 use crate::transform::OutputPlan;
 
 /// The advisory-lock key of a source table (`param` holds its name). The stream takes it
-/// shared in every statement, a backfill chunk merge takes it exclusive: a chunk never
-/// interleaves with an uncommitted stream write of the same table.
+/// shared before its first statement on the table in a target transaction, a backfill chunk
+/// merge takes it exclusive: a chunk never interleaves with an uncommitted stream write of the
+/// same table. It must be its own statement: a statement that waited for the lock inside itself
+/// would run on a snapshot taken before the chunk it waited for committed.
 pub fn table_lock_key(param: &str) -> String {
     format!("hashtextextended('remodel-table:' || {param}, 0)")
 }
@@ -31,13 +33,10 @@ fn input_cte(value_cols: &[String]) -> String {
         params.push(format!("${}::text[]", i + 4));
         names.push(c.clone());
     }
-    // The scalar sub-select runs once (an InitPlan); EXISTS would skip the function.
     format!(
-        "input AS (SELECT * FROM unnest({}) AS i({})
-                   WHERE (SELECT pg_advisory_xact_lock_shared({})::text) IS NOT NULL)",
+        "input AS (SELECT * FROM unnest({}) AS i({}))",
         params.join(", "),
-        names.join(", "),
-        table_lock_key("$1")
+        names.join(", ")
     )
 }
 
@@ -217,6 +216,14 @@ pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
         guard = guard_cte(state, true),
         target = o.quoted_target(),
         wheres = wheres.join(" AND "),
+    )
+}
+
+/// Take a table's lock shared (`$1` = source table), in its own statement.
+pub fn lock_shared() -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock_shared({})",
+        table_lock_key("$1")
     )
 }
 

@@ -263,6 +263,24 @@ async fn pass(
 ) -> Result<bool, BackfillError> {
     let started = Instant::now();
     let deadline = started + shared.config.max_snapshot_age();
+    // Registered before the snapshot exists, at a lower bound of its P, so that no concurrent
+    // pruning removes a tombstone this pass will need.
+    let floor: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(sql("reading the WAL position"))?
+        .get(0);
+    let pass_id: i64 = target
+        .query_one(
+            &format!(
+                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
+                shared.state.table("backfill_passes")
+            ),
+            &[&owner, &floor],
+        )
+        .await
+        .map_err(sql("recording the pass"))?
+        .get(0);
     let mut repl = ReplicationConn::connect(src_info).await?;
     let name = format!("remodel_bf_{}", rand::random::<u32>());
     let reply = repl
@@ -297,17 +315,16 @@ async fn pass(
     }
     // Every worker holds the snapshot now; the exporting connection (and its slot) can go.
     drop(repl);
-    let pass_id: i64 = target
-        .query_one(
+    target
+        .execute(
             &format!(
-                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
+                "UPDATE {} SET version = $2::text::pg_lsn WHERE id = $1",
                 shared.state.table("backfill_passes")
             ),
-            &[&owner, &p.to_string()],
+            &[&pass_id, &p.to_string()],
         )
         .await
-        .map_err(sql("recording the pass"))?
-        .get(0);
+        .map_err(sql("recording the pass"))?;
     shared.metrics.backfill_passes.inc();
     tracing::info!(%p, tables = todo.len(), workers, "backfill pass started");
 
