@@ -1,8 +1,10 @@
 //! `cargo bench --bench backfill`: copy one large table (REMODEL_BENCH_ROWS, default 5 000 000
 //! rows of mixed types, ~150–200 bytes each) three ways between the same two clusters, in one run:
-//!   1. raw pipe: `COPY t TO STDOUT` streamed into `COPY t FROM STDIN` (the floor),
-//!   2. PostgreSQL's own initial table sync (CREATE SUBSCRIPTION ... copy_data = true),
-//!   3. remodel's backfill (identity mapping, default settings, stream running beside it),
+//!
+//! 1. raw pipe: `COPY t TO STDOUT` streamed into `COPY t FROM STDIN` (the floor),
+//! 2. PostgreSQL's own initial table sync (CREATE SUBSCRIPTION ... copy_data = true),
+//! 3. remodel's backfill (identity mapping, default settings, stream running beside it),
+//!
 //! and prints rows/s, MB/s, ratios and remodel's peak RSS.
 
 use std::process::{Command, Stdio};

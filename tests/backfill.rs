@@ -101,3 +101,96 @@ async fn remodel_backfill_runs_to_completion_beside_a_streaming_daemon() {
     drop_slot(&db).await;
     let _ = Duration::ZERO;
 }
+
+/// Throttled to need several passes: it stays correct, no backfill transaction (snapshot) on
+/// the source lives much past `max_snapshot_age`, SIGHUP lifts the throttle, and tombstones
+/// of rows deleted early are pruned once no pass can need them.
+#[tokio::test]
+async fn a_slow_throttled_backfill_takes_several_passes_within_the_snapshot_bound() {
+    let db = fresh_db(pair()).await;
+    seed(&db).await;
+    let listen = free_listen();
+    let toml = config(
+        &db,
+        &listen,
+        "[backfill]\nworkers = 1\nchunk_rows = 100\nmax_snapshot_age = \"700ms\"\nmax_rows_per_second = 400\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let d = Daemon::start_file(&path, &listen, vec![]);
+    d.wait_ready().await;
+    // Deleted while the first passes run: their tombstones must go once no pass needs them.
+    db.source
+        .batch_execute("DELETE FROM items WHERE id > 4900")
+        .await
+        .unwrap();
+    let (s, name) = (&db.source, db.name.clone());
+    let mut oldest = 0.0f64;
+    let started = std::time::Instant::now();
+    // Watch the source: every backfill transaction's age, until three passes happened.
+    while d.metric("remodel_backfill_passes_total").await < 3.0 {
+        let age: Option<f64> = s
+            .query_one(
+                "SELECT max(extract(epoch FROM now() - xact_start))::float8 FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'remodel-backfill'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        oldest = oldest.max(age.unwrap_or(0.0));
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fewer than 3 passes in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // 700 ms of snapshot age, plus at most one chunk of 100 rows finishing.
+    assert!(
+        oldest < 1.7,
+        "a backfill snapshot lived {oldest:.2} s (bound 0.7 s + one chunk)"
+    );
+    let ratio = d
+        .metric("remodel_backfill_progress_ratio{table=\"public.items\"}")
+        .await;
+    assert!(
+        ratio < 1.0,
+        "throttled to 400 rows/s, items cannot be done yet"
+    );
+    // Lift the throttle: at 400 rows/s the rest would take ~15 s more.
+    std::fs::write(
+        &path,
+        toml.replace("max_rows_per_second = 400", "max_rows_per_second = 0"),
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let t0 = std::time::Instant::now();
+    converge(&db, ALL).await;
+    d.wait_metric(
+        "remodel_backfill_progress_ratio{table=\"public.pairs\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    d.wait_metric(
+        "remodel_backfill_progress_ratio{table=\"public.items\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "SIGHUP did not lift the throttle"
+    );
+    let tombstones = rows(
+        &db.target,
+        "SELECT count(*)::text FROM remodel.ledger WHERE deleted AND version < (SELECT max(version) FROM remodel.backfill_passes)",
+    )
+    .await;
+    assert_eq!(
+        tombstones,
+        ["0"],
+        "tombstones older than every pass were not pruned"
+    );
+    drop(d);
+    drop_slot(&db).await;
+}

@@ -540,6 +540,10 @@ async fn may_copy(
             let start = {
                 let mut next = shared.next_slot.lock().unwrap_or_else(|e| e.into_inner());
                 let start = (*next).max(Instant::now());
+                if start >= deadline {
+                    // Not within this pass's snapshot age: the next pass takes these rows.
+                    return Ok(false);
+                }
                 *next = start
                     + Duration::from_secs_f64(rows as f64 / t.backfill_rows_per_second as f64);
                 start
