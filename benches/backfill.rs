@@ -100,7 +100,7 @@ async fn main() {
     while let Some(chunk) = out.next().await {
         let chunk = chunk.unwrap();
         piped += chunk.len() as u64;
-        sink.as_mut().send(chunk).await.unwrap();
+        sink.as_mut().feed(chunk).await.unwrap();
     }
     sink.as_mut().finish().await.unwrap();
     let raw = started.elapsed();

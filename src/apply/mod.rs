@@ -272,7 +272,7 @@ impl Applier {
                             .map_err(db("test barrier"))?;
                     }
                     self.client
-                        .batch_execute("BEGIN")
+                        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                         .await
                         .map_err(db("beginning a transaction"))?;
                     self.txn = Some(OpenTxn {

@@ -154,7 +154,9 @@ pub async fn pipe(
         let chunk = chunk.map_err(src)?;
         bytes += chunk.len() as u64;
         last.feed(&chunk);
-        sink.as_mut().send(chunk).await.map_err(tgt)?;
+        // `feed`, not `send`: the source yields one message per row, and `send` would flush
+        // (a write syscall) for each; the sink buffers and flushes as its buffer fills.
+        sink.as_mut().feed(chunk).await.map_err(tgt)?;
     }
     let rows = sink.as_mut().finish().await.map_err(tgt)?;
     let last_key = if rows == 0 {

@@ -68,6 +68,12 @@ pub enum BackfillError {
     NoSlot { slot: String },
     #[error("backfill: source table {table} column {column}: its type is unknown; backfill reads tables the mapping compiled against")]
     Table { table: String, column: String },
+    #[error("backfill of {table}: the stored cursor {cursor:?} is unreadable ({reason}); reset it with UPDATE <state_schema>.backfill_tables SET cursor = NULL, state = 'pending' WHERE rel = '{table}' (re-copying is safe)")]
+    Cursor {
+        table: String,
+        cursor: String,
+        reason: String,
+    },
     #[error("backfill: unexpected reply to CREATE_REPLICATION_SLOT: {0}")]
     SlotReply(String),
 }
@@ -228,6 +234,14 @@ async fn passes(
         if !wait_unpaused(shared).await {
             return Ok(());
         }
+        if !any_claimable(target, &todo).await? {
+            // Another process is copying everything left: no snapshot, no slot, just wait.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         if !pass(shared, source, target, src_info, tgt_info, &owner, todo).await? {
             // Another process is copying what is left: let it, and look again later.
             tokio::select! {
@@ -263,6 +277,17 @@ async fn pass(
 ) -> Result<bool, BackfillError> {
     let started = Instant::now();
     let deadline = started + shared.config.max_snapshot_age();
+    // Held while the pass runs (released with the connection if this process dies), taken
+    // before the pass is registered: pruning treats a pass as running exactly while its lock
+    // is held.
+    let owner = format!("{owner}:{}", rand::random::<u32>());
+    target
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
+            &[&owner],
+        )
+        .await
+        .map_err(sql("marking the pass as running"))?;
     // Registered before the snapshot exists, at a lower bound of its P, so that no concurrent
     // pruning removes a tombstone this pass will need.
     let floor: String = source
@@ -328,8 +353,10 @@ async fn pass(
     shared.metrics.backfill_passes.inc();
     tracing::info!(%p, tables = todo.len(), workers, "backfill pass started");
 
-    wait_for_stream(shared, source, p).await?;
+    let streamed = wait_for_stream(shared, source, p, deadline).await?;
 
+    // If the stream did not get past P within the pass's age, copy nothing in this pass.
+    let todo = if streamed { todo } else { Vec::new() };
     let queue = Arc::new(Mutex::new(todo.into_iter().collect::<VecDeque<_>>()));
     let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -361,6 +388,13 @@ async fn pass(
         )
         .await
         .map_err(sql("closing the pass"))?;
+    target
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('remodel-pass:' || $1, 0))",
+            &[&owner],
+        )
+        .await
+        .map_err(sql("closing the pass"))?;
     if let Some(e) = first_err {
         return Err(e);
     }
@@ -372,7 +406,12 @@ async fn pass(
 /// Make the stream confirm past `p`: a transactional logical message after `p` reaches the
 /// stream even when the source is idle, and the slot is confirmed only after apply committed
 /// it, so confirmed ≥ marker means every commit before `p` is on the target.
-async fn wait_for_stream(shared: &Shared, source: &Client, p: Lsn) -> Result<(), BackfillError> {
+async fn wait_for_stream(
+    shared: &Shared,
+    source: &Client,
+    p: Lsn,
+    deadline: Instant,
+) -> Result<bool, BackfillError> {
     let marker: String = source
         .query_one(
             "SELECT pg_logical_emit_message(true, 'remodel-backfill', $1)::text",
@@ -394,7 +433,7 @@ async fn wait_for_stream(shared: &Shared, source: &Client, p: Lsn) -> Result<(),
             .await
             .map_err(sql("watching the stream's slot"))?;
         match row {
-            Some(r) if r.get::<_, Option<bool>>(0) == Some(true) => return Ok(()),
+            Some(r) if r.get::<_, Option<bool>>(0) == Some(true) => return Ok(true),
             Some(r) => {
                 if told.elapsed() > Duration::from_secs(10) {
                     let active: bool = r.get(1);
@@ -404,28 +443,36 @@ async fn wait_for_stream(shared: &Shared, source: &Client, p: Lsn) -> Result<(),
             }
             None => return Err(BackfillError::NoSlot { slot: slot.clone() }),
         }
+        if Instant::now() >= deadline {
+            // The snapshot must not outlive its age: end this pass, try again with a new one.
+            return Ok(false);
+        }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => return Ok(false),
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 }
 
 async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), BackfillError> {
-    // A tombstone only stops a pass whose P is ≤ its version. Passes started later have a
-    // larger P; keep those that a pass still possibly running (any owner) may need.
-    let age = shared.config.max_snapshot_age() + Duration::from_secs(300);
+    // A tombstone only stops a pass whose P is ≤ its version; later passes have a larger P.
+    // Keep what a pass still running (in any process: its lock is held) may need.
     let n = target
         .execute(
             &format!(
                 "DELETE FROM {ledger} WHERE deleted AND version < COALESCE(
-                     (SELECT min(version) FROM {passes}
-                      WHERE finished_at IS NULL AND started_at > now() - make_interval(secs => $1)),
+                     (SELECT min(p.version) FROM {passes} p
+                      WHERE p.finished_at IS NULL AND EXISTS (
+                          SELECT 1 FROM pg_locks l
+                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                            AND ((l.classid::int8 << 32) | l.objid::int8)
+                                = hashtextextended('remodel-pass:' || p.owner, 0))),
                      (SELECT max(version) FROM {passes}))",
                 ledger = shared.state.table("ledger"),
                 passes = shared.state.table("backfill_passes"),
             ),
-            &[&age.as_secs_f64()],
+            &[],
         )
         .await
         .map_err(sql("pruning tombstones"))?;
@@ -465,6 +512,31 @@ async fn worker(
             .await;
         result?;
     }
+}
+
+/// Whether some table in `todo` is not being copied by another session right now.
+async fn any_claimable(target: &Client, todo: &[String]) -> Result<bool, BackfillError> {
+    for rel in todo {
+        let got: bool = target
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('remodel-backfill:' || $1, 0))",
+                &[rel],
+            )
+            .await
+            .map_err(sql("claiming a table"))?
+            .get(0);
+        if got {
+            target
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended('remodel-backfill:' || $1, 0))",
+                    &[rel],
+                )
+                .await
+                .map_err(sql("claiming a table"))?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Take the next table no other worker (of any process) is copying; None when none is left.
@@ -578,9 +650,14 @@ async fn copy_table(
     if row.get::<_, String>(1) == "done" {
         return Ok(());
     }
-    let mut cursor: Option<Vec<Option<String>>> = row
-        .get::<_, Option<String>>(0)
-        .and_then(|c| serde_json::from_str(&c).ok());
+    let mut cursor: Option<Vec<Option<String>>> = match row.get::<_, Option<String>>(0) {
+        None => None,
+        Some(c) => Some(serde_json::from_str(&c).map_err(|e| BackfillError::Cursor {
+            table: job.rel.clone(),
+            cursor: c.clone(),
+            reason: e.to_string(),
+        })?),
+    };
     target
         .batch_execute(&job.sql.create_stage())
         .await
@@ -622,8 +699,10 @@ async fn copy_table(
             return Ok(());
         }
         let started = Instant::now();
+        // READ COMMITTED explicitly: the merge must see everything committed before it took
+        // the table lock, whatever the target's default isolation.
         target
-            .batch_execute("BEGIN")
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(sql("beginning a chunk"))?;
         let chunk = async {
@@ -649,6 +728,10 @@ async fn copy_table(
                 .execute(&job.sql.lock(), &[&job.rel])
                 .await
                 .map_err(sql("locking the table against the stream"))?;
+            if shared.control.is_paused() {
+                // Paused while this chunk was staged: write nothing; it is read again later.
+                return Ok::<_, BackfillError>(None);
+            }
             for o in &job.outputs {
                 target
                     .execute(&job.sql.merge(st, o), &[&job.rel, &version])
@@ -677,10 +760,14 @@ async fn copy_table(
                 .batch_execute("COMMIT")
                 .await
                 .map_err(sql("committing a chunk"))?;
-            Ok::<_, BackfillError>((piped, done, next))
+            Ok::<_, BackfillError>(Some((piped, done, next)))
         };
         let (piped, done, next) = match chunk.await {
-            Ok(v) => v,
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                let _ = target.batch_execute("ROLLBACK").await;
+                continue;
+            }
             Err(e) => {
                 let _ = target.batch_execute("ROLLBACK").await;
                 return Err(e);

@@ -166,12 +166,14 @@ impl TableSql {
              SELECT {values} FROM {stage} s
              WHERE NOT EXISTS (SELECT 1 FROM {ledger} l
                                WHERE l.rel = $1 AND l.skey = {skey} AND l.version >= $2::text::pg_lsn)
+               AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)
              ON CONFLICT ({keys}) {on_conflict}",
             target = o.quoted_target(),
             targets = targets.join(", "),
             values = values.join(", "),
             stage = self.stage,
             ledger = state.table("ledger"),
+            trunc = state.table("truncations"),
             skey = self.skey("s"),
             keys = keys.join(", "),
         )
@@ -230,7 +232,8 @@ impl TableSql {
              live AS (SELECT d.* FROM d
                       WHERE d.version >= $2::text::pg_lsn
                         AND NOT EXISTS (SELECT 1 FROM {ledger} l
-                                        WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)),
+                                        WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)
+                        AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)),
              upd AS ({update}),
              led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
                      SELECT $1, live.skey, live.version, false FROM live
@@ -242,6 +245,7 @@ impl TableSql {
             stage = self.stage,
             deferred = state.table("deferred"),
             ledger = state.table("ledger"),
+            trunc = state.table("truncations"),
         )
     }
 }
