@@ -194,3 +194,86 @@ async fn a_slow_throttled_backfill_takes_several_passes_within_the_snapshot_boun
     drop(d);
     drop_slot(&db).await;
 }
+
+/// Catch-up comes first: while the stream is further behind than `backfill.max_lag`, backfill
+/// copies nothing; once the stream catches up, backfill finishes.
+#[tokio::test]
+async fn backfill_backs_off_while_the_stream_lags() {
+    const APPLY_BARRIER: i64 = 5151;
+    let db = fresh_db(pair()).await;
+    seed(&db).await;
+    let listen = free_listen();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        config(&db, &listen, "[backfill]\nworkers = 1\nchunk_rows = 200\nmax_lag = \"256kB\"\nmax_rows_per_second = 2000\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_file(
+        &path,
+        &listen,
+        vec![(
+            "REMODEL_TEST_APPLY_BARRIER".into(),
+            APPLY_BARRIER.to_string(),
+        )],
+    );
+    d.wait_ready().await;
+    d.wait_metric("remodel_backfill_rows_total{table=\"public.docs\"}", |v| {
+        v > 0.0
+    })
+    .await;
+    // Hold the stream (it cannot open a target transaction) and make it fall behind.
+    db.target
+        .execute("SELECT pg_advisory_lock($1)", &[&APPLY_BARRIER])
+        .await
+        .unwrap();
+    db.source
+        .batch_execute("UPDATE items SET label = label || repeat('x', 200)")
+        .await
+        .unwrap();
+    let t = &db.target;
+    support::wait_until("backfill backing off", Duration::from_secs(30), || async {
+        if d.log().contains("backfill backs off") {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+    let copied = |rel: &'static str| async move {
+        rows(
+            t,
+            &format!("SELECT rows_copied::text FROM remodel.backfill_tables WHERE rel = '{rel}'"),
+        )
+        .await
+    };
+    let before = (copied("public.items").await, copied("public.pairs").await);
+    // Still held: several more back-off rounds pass without a chunk.
+    let n = d.log().matches("backfill backs off").count();
+    support::wait_until("more back-off rounds", Duration::from_secs(30), || async {
+        if d.log().matches("backfill backs off").count() >= n + 5 {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .await;
+    assert_eq!(
+        before,
+        (copied("public.items").await, copied("public.pairs").await),
+        "backfill copied while the stream lagged"
+    );
+    db.target
+        .execute("SELECT pg_advisory_unlock($1)", &[&APPLY_BARRIER])
+        .await
+        .unwrap();
+    converge(&db, ALL).await;
+    d.wait_metric(
+        "remodel_backfill_progress_ratio{table=\"public.items\"}",
+        |v| v == 1.0,
+    )
+    .await;
+    drop(d);
+    drop_slot(&db).await;
+}
