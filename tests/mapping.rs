@@ -248,3 +248,26 @@ fn demo_runs_and_cleans_up() {
         "demo cluster still listening"
     );
 }
+
+#[tokio::test]
+async fn a_configured_key_must_be_not_null_and_in_the_replica_identity() {
+    let db = fresh_db(pair()).await;
+    db.on_both("CREATE TABLE k (id int PRIMARY KEY, code text UNIQUE, v int)")
+        .await;
+    let listen = free_listen();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        support::daemon::config(
+            &db,
+            &listen,
+            "[[tables]]\nsource = \"public.k\"\nkey = [\"code\"]\n",
+        ),
+    )
+    .unwrap();
+    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("key column code is nullable"), "{out}");
+    assert!(out.contains("not in the replica identity"), "{out}");
+}

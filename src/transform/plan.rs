@@ -188,11 +188,18 @@ pub async fn compile(
         }
         let source_key = match &m.key {
             Some(k) => {
-                for c in k.iter().filter(|c| s.column(c).is_none()) {
-                    p(
-                        format!("key column {c} does not exist on the source"),
-                        "fix [[tables]].key".into(),
-                    );
+                for c in k {
+                    match s.column(c) {
+                        None => p(
+                            format!("key column {c} does not exist on the source"),
+                            "fix [[tables]].key".into(),
+                        ),
+                        Some(col) if !col.not_null => p(
+                            format!("key column {c} is nullable: rows with a NULL key cannot be identified or paged by backfill"),
+                            format!("ALTER TABLE {src_name} ALTER COLUMN {c} SET NOT NULL, or choose a NOT NULL unique key"),
+                        ),
+                        Some(_) => {}
+                    }
                 }
                 k.clone()
             }
