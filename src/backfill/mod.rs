@@ -732,15 +732,35 @@ async fn copy_table(
                 // Paused while this chunk was staged: write nothing; it is read again later.
                 return Ok::<_, BackfillError>(None);
             }
+            // Under the lock nothing else writes this table: if nothing of it is newer than P
+            // now, no staged key is, and the per-row ledger probe can go.
+            let probe: bool = target
+                .query_one(&job.sql.any_newer(st), &[&job.rel, &version])
+                .await
+                .map_err(sql("checking the ledger"))?
+                .get(0);
+            let deferred: bool = target
+                .query_one(
+                    &format!(
+                        "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1)",
+                        st.table("deferred")
+                    ),
+                    &[&job.rel],
+                )
+                .await
+                .map_err(sql("checking deferred updates"))?
+                .get(0);
             for o in &job.outputs {
                 target
-                    .execute(&job.sql.merge(st, o), &[&job.rel, &version])
+                    .execute(&job.sql.merge(st, o, probe), &[&job.rel, &version])
                     .await
                     .map_err(sql("merging a chunk"))?;
-                target
-                    .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
-                    .await
-                    .map_err(sql("folding in deferred updates"))?;
+                if deferred {
+                    target
+                        .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
+                        .await
+                        .map_err(sql("folding in deferred updates"))?;
+                }
             }
             let done = piped.rows < limit;
             let next = piped.last_key.clone().or_else(|| cursor.clone());

@@ -133,8 +133,18 @@ impl TableSql {
         format!("SELECT pg_advisory_xact_lock({})", table_lock_key("$1"))
     }
 
-    /// Guarded merge of the staged chunk into one output. `$1` source table, `$2` P.
-    pub fn merge(&self, state: &StateSchema, o: &OutputPlan) -> String {
+    /// Whether the ledger holds anything of the table at a version ≥ P (`$1`, `$2`): when not,
+    /// under the table lock, no staged key can be newer and the per-row probe can be skipped.
+    pub fn any_newer(&self, state: &StateSchema) -> String {
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
+            state.table("ledger")
+        )
+    }
+
+    /// Guarded merge of the staged chunk into one output. `$1` source table, `$2` P. With
+    /// `probe` false the per-key ledger check is left out (see [`TableSql::any_newer`]).
+    pub fn merge(&self, state: &StateSchema, o: &OutputPlan, probe: bool) -> String {
         let targets: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let values: Vec<String> = o
             .columns
@@ -164,17 +174,23 @@ impl TableSql {
         format!(
             "INSERT INTO {target} AS t ({targets})
              SELECT {values} FROM {stage} s
-             WHERE NOT EXISTS (SELECT 1 FROM {ledger} l
-                               WHERE l.rel = $1 AND l.skey = {skey} AND l.version >= $2::text::pg_lsn)
-               AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)
+             WHERE {probe}
+               NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)
              ON CONFLICT ({keys}) {on_conflict}",
             target = o.quoted_target(),
             targets = targets.join(", "),
             values = values.join(", "),
             stage = self.stage,
-            ledger = state.table("ledger"),
             trunc = state.table("truncations"),
-            skey = self.skey("s"),
+            probe = if probe {
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM {} l WHERE l.rel = $1 AND l.skey = {} AND l.version >= $2::text::pg_lsn) AND",
+                    state.table("ledger"),
+                    self.skey("s")
+                )
+            } else {
+                String::new()
+            },
             keys = keys.join(", "),
         )
     }

@@ -63,6 +63,8 @@ const MIGRATIONS: &[&str] = &[
          version pg_lsn NOT NULL,
          started_at timestamptz NOT NULL DEFAULT now(),
          finished_at timestamptz);",
+    // 4: lets a backfill chunk ask once whether anything of its table is newer than its pass.
+    "CREATE INDEX ledger_rel_version ON {s}.ledger (rel, version);",
 ];
 
 #[derive(Debug, thiserror::Error)]
