@@ -3,7 +3,8 @@
 //!
 //! 30 seeds run in the normal suite (`seed_00` .. `seed_29`, derived from one base seed printed
 //! by each test; replay one with `REMODEL_SEED=<seed> cargo test --test backfill_random seed_00`).
-//! `REMODEL_SOAK=N` runs N more seeds in `soak`.
+//! `REMODEL_SOAK=N` runs N more seeds in `soak`; `REMODEL_SHOW_PATHS=1` prints how many chunks
+//! went straight into the table and how many fell back to the staged merge.
 
 mod support;
 
@@ -123,6 +124,14 @@ async fn scenario(seed: u64) {
     converge_with(&db, COMPARE, COMPARE, Duration::from_secs(60)).await;
     let log = d.log();
     assert!(!log.contains("fatal"), "seed {seed}: {log}");
+    if std::env::var("REMODEL_SHOW_PATHS").is_ok() {
+        eprintln!(
+            "seed {seed}: direct chunks {}, fallbacks to staging {}, passes {}",
+            log.matches("chunk copied straight").count(),
+            log.matches("merging through staging").count(),
+            log.matches("backfill pass started").count()
+        );
+    }
     d.stop();
     drop_slot(&db).await;
 }

@@ -99,6 +99,8 @@ struct Job {
     rel: String,
     sql: TableSql,
     outputs: Vec<Arc<OutputPlan>>,
+    /// Set when chunks may go straight into the target table (see `try_direct`).
+    direct: Option<String>,
 }
 
 /// Shared by the workers of a run.
@@ -169,12 +171,14 @@ pub async fn run(
             )
             .await
             .map_err(sql("registering tables"))?;
+        let direct = ts.direct_copy_in(&tp.outputs);
         jobs.insert(
             rel.clone(),
             Arc::new(Job {
                 rel: rel.clone(),
                 sql: ts,
                 outputs: tp.outputs.clone(),
+                direct,
             }),
         );
     }
@@ -628,6 +632,88 @@ async fn may_copy(
     }
 }
 
+/// The fast path: when, under the table lock, nothing of the table is newer than P, nothing
+/// is deferred and no TRUNCATE at ≥ P exists, the staged merge would insert every row of the
+/// chunk; if the chunk also has no key the target already holds, COPY straight into the table
+/// does exactly that, writing once. A unique violation (a key the target holds) rolls back to
+/// the savepoint and returns None: the caller takes the staged, guarded path.
+#[allow(clippy::too_many_arguments)]
+async fn try_direct(
+    shared: &Shared,
+    source: &Client,
+    target: &Client,
+    job: &Job,
+    cursor: Option<&[Option<String>]>,
+    limit: u64,
+    version: &str,
+    barrier: Option<i64>,
+) -> Result<Option<copy::Piped>, BackfillError> {
+    let Some(copy_in) = &job.direct else {
+        return Ok(None);
+    };
+    let st = &shared.state;
+    if let Some(k) = barrier {
+        target
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"
+            ))
+            .await
+            .map_err(sql("test barrier"))?;
+    }
+    target
+        .execute(&job.sql.lock(), &[&job.rel])
+        .await
+        .map_err(sql("locking the table against the stream"))?;
+    let blocked: bool = target
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE rel = $1 AND version >= $2::text::pg_lsn)
+                     OR EXISTS (SELECT 1 FROM {deferred} WHERE rel = $1)
+                     OR EXISTS (SELECT 1 FROM {trunc} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
+                ledger = st.table("ledger"),
+                deferred = st.table("deferred"),
+                trunc = st.table("truncations"),
+            ),
+            &[&job.rel, &version],
+        )
+        .await
+        .map_err(sql("checking for newer writes"))?
+        .get(0);
+    if blocked || shared.control.is_paused() {
+        return Ok(None);
+    }
+    target
+        .batch_execute("SAVEPOINT direct")
+        .await
+        .map_err(sql("savepoint"))?;
+    match copy::pipe(
+        source,
+        &job.sql.copy_out(cursor, limit),
+        target,
+        copy_in,
+        job.sql.key_len,
+    )
+    .await
+    {
+        Ok(piped) => {
+            tracing::debug!(table = %job.rel, rows = piped.rows, "chunk copied straight into the table");
+            Ok(Some(piped))
+        }
+        Err(copy::CopyError::Target(e)) if e.sqlstate() == Some("23505") => {
+            tracing::debug!(table = %job.rel, "chunk meets rows the target holds: merging through staging");
+            target
+                .batch_execute("ROLLBACK TO SAVEPOINT direct")
+                .await
+                .map_err(sql("rolling back a direct chunk"))?;
+            Ok(None)
+        }
+        Err(source) => Err(BackfillError::Copy {
+            table: job.rel.clone(),
+            source,
+        }),
+    }
+}
+
 async fn copy_table(
     shared: &Shared,
     source: &Client,
@@ -706,6 +792,38 @@ async fn copy_table(
             .await
             .map_err(sql("beginning a chunk"))?;
         let chunk = async {
+            if let Some(piped) = try_direct(
+                shared,
+                source,
+                target,
+                job,
+                cursor.as_deref(),
+                limit,
+                &version,
+                barrier,
+            )
+            .await?
+            {
+                let done = piped.rows < limit;
+                let next = piped.last_key.clone().or_else(|| cursor.clone());
+                target
+                    .execute(
+                        &sql::advance(st),
+                        &[
+                            &job.rel,
+                            &next.as_ref().map(|c| SourceKey(c.clone()).encode()),
+                            &(piped.rows as i64),
+                            &done,
+                        ],
+                    )
+                    .await
+                    .map_err(sql("recording the cursor"))?;
+                target
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(sql("committing a chunk"))?;
+                return Ok::<_, BackfillError>(Some((piped, done, next)));
+            }
             let piped = copy::pipe(
                 source,
                 &job.sql.copy_out(cursor.as_deref(), limit),

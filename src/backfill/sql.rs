@@ -133,6 +133,47 @@ impl TableSql {
         format!("SELECT pg_advisory_xact_lock({})", table_lock_key("$1"))
     }
 
+    /// `COPY target (cols) FROM STDIN` taking the chunk's columns as they come, when the plan
+    /// is a pure column mapping (one output; every target column a source column converted by
+    /// its type's input function; no constants): then a chunk can skip the staging table.
+    pub fn direct_copy_in(&self, outputs: &[std::sync::Arc<OutputPlan>]) -> Option<String> {
+        let [o] = outputs else { return None };
+        if o.columns.len() != self.columns.len() - self.extra_key_columns(o) {
+            return None;
+        }
+        let mut targets = Vec::with_capacity(self.columns.len());
+        for src in &self.columns {
+            let t = o
+                .columns
+                .iter()
+                .find(|c| matches!(&c.expr, Expr::Column { name, via: None } if name == src))?;
+            targets.push(quote_ident(&t.name));
+        }
+        if o.columns
+            .iter()
+            .any(|c| !matches!(c.expr, Expr::Column { via: None, .. }))
+        {
+            return None;
+        }
+        Some(format!(
+            "COPY {} ({}) FROM STDIN",
+            o.quoted_target(),
+            targets.join(", ")
+        ))
+    }
+
+    /// Key columns read only for paging (not mapped to any target column).
+    fn extra_key_columns(&self, o: &OutputPlan) -> usize {
+        self.columns[..self.key_len]
+            .iter()
+            .filter(|k| {
+                !o.columns
+                    .iter()
+                    .any(|c| matches!(&c.expr, Expr::Column { name, .. } if name == *k))
+            })
+            .count()
+    }
+
     /// Whether the ledger holds anything of the table at a version ≥ P (`$1`, `$2`): when not,
     /// under the table lock, no staged key can be newer and the per-row probe can be skipped.
     pub fn any_newer(&self, state: &StateSchema) -> String {
