@@ -57,16 +57,10 @@ fn guard_cte(state: &StateSchema, deleted: bool) -> String {
     )
 }
 
-/// Insert-or-update of full rows: every column of `o` is a parameter.
-pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
-    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
+/// `(target columns)` and `ON CONFLICT (primary key) DO UPDATE SET <non-key> | DO NOTHING` for
+/// an insert of full rows into `o`'s target.
+pub fn insert_columns_and_conflict(o: &OutputPlan) -> (String, String) {
     let targets: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let values: Vec<String> = o
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
-        .collect();
     let keys: Vec<String> = o
         .key
         .iter()
@@ -79,22 +73,36 @@ pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
         .filter(|(i, _)| !o.key.contains(i))
         .map(|(_, c)| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
         .collect();
-    let on_conflict = if sets.is_empty() {
+    let action = if sets.is_empty() {
         "DO NOTHING".to_string()
     } else {
         format!("DO UPDATE SET {}", sets.join(", "))
     };
+    (
+        targets.join(", "),
+        format!("ON CONFLICT ({}) {action}", keys.join(", ")),
+    )
+}
+
+/// Insert-or-update of full rows: every column of `o` is a parameter.
+pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
+    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
+    let values: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
+        .collect();
+    let (targets, on_conflict) = insert_columns_and_conflict(o);
     format!(
         "WITH {input}, {guard}
          INSERT INTO {target} AS t ({targets})
          SELECT {values} FROM input i JOIN guard g ON g.skey = i.skey
-         ON CONFLICT ({keys}) {on_conflict}",
+         {on_conflict}",
         input = input_cte(&cols),
         guard = guard_cte(state, false),
         target = o.quoted_target(),
-        targets = targets.join(", "),
         values = values.join(", "),
-        keys = keys.join(", "),
     )
 }
 

@@ -19,6 +19,7 @@
 //! Owns the copy of existing rows and the backfill state tables. Must never write a row whose
 //! ledger version is ≥ its pass's P, and never hold one snapshot past the configured age.
 
+mod chunk;
 pub mod copy;
 pub mod progress;
 pub mod sql;
@@ -30,7 +31,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 use tokio_postgres::Client;
 
-use crate::change::SourceKey;
 use crate::config::Config;
 use crate::control::Control;
 use crate::lsn::Lsn;
@@ -78,7 +78,7 @@ pub enum BackfillError {
     SlotReply(String),
 }
 
-fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
+pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
     move |source| BackfillError::Sql {
         what,
         source: source.into(),
@@ -87,7 +87,7 @@ fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillErro
 
 /// Test hooks (see tests/backfill_races.rs): a worker waits on this advisory lock between
 /// staging a chunk and merging it.
-fn test_barrier() -> Option<i64> {
+pub(crate) fn test_barrier() -> Option<i64> {
     std::env::var("REMODEL_TEST_BACKFILL_BARRIER")
         .ok()?
         .parse()
@@ -95,24 +95,24 @@ fn test_barrier() -> Option<i64> {
 }
 
 /// One table to copy: its SQL and outputs.
-struct Job {
-    rel: String,
-    sql: TableSql,
-    outputs: Vec<Arc<OutputPlan>>,
-    /// Set when chunks may go straight into the target table (see `try_direct`).
-    direct: Option<String>,
+pub(crate) struct Job {
+    pub(crate) rel: String,
+    pub(crate) sql: TableSql,
+    pub(crate) outputs: Vec<Arc<OutputPlan>>,
+    /// Set when chunks may go straight into the target table (see `chunk::try_direct`).
+    pub(crate) direct: Option<String>,
 }
 
 /// Shared by the workers of a run.
-struct Shared {
-    config: Config,
-    control: Control,
-    metrics: Arc<Metrics>,
-    state: StateSchema,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) control: Control,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) state: StateSchema,
     jobs: HashMap<String, Arc<Job>>,
-    progress: Progress,
+    pub(crate) progress: Progress,
     /// Token bucket for backfill.max_rows_per_second: when the next rows may start.
-    next_slot: std::sync::Mutex<Instant>,
+    pub(crate) next_slot: std::sync::Mutex<Instant>,
 }
 
 /// Run backfill until every mapped table is copied (Ok), or shutdown (Ok, resumable).
@@ -505,7 +505,7 @@ async fn worker(
         claimed.store(true, std::sync::atomic::Ordering::Relaxed);
         let job = shared.jobs.get(&rel).cloned();
         let result = match job {
-            Some(job) => copy_table(shared, source, target, &job, p, deadline).await,
+            Some(job) => chunk::copy_table(shared, source, target, &job, p, deadline).await,
             None => Ok(()),
         };
         let _ = target
@@ -576,351 +576,4 @@ async fn claim(
     }
     // Whatever is left is being copied by another process (or none is left).
     Ok(None)
-}
-
-/// Wait for throttle, lag and pause; false when the pass must end (deadline, shutdown).
-async fn may_copy(
-    shared: &Shared,
-    source: &Client,
-    rows: u64,
-    deadline: Instant,
-) -> Result<bool, BackfillError> {
-    let shutdown = shared.control.shutdown_token();
-    loop {
-        if Instant::now() >= deadline || shutdown.is_cancelled() {
-            return Ok(false);
-        }
-        if shared.control.is_paused() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let t = shared.control.throttle();
-        let lag: Option<i64> = source
-            .query_one(
-                "SELECT (pg_current_wal_insert_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots WHERE slot_name = $1",
-                &[&shared.config.source.slot],
-            )
-            .await
-            .map_err(sql("measuring stream lag"))?
-            .get(0);
-        if lag.is_some_and(|l| l as u64 > t.backfill_max_lag_bytes) {
-            tracing::debug!(
-                ?lag,
-                max = t.backfill_max_lag_bytes,
-                "backfill backs off: the stream is catching up"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        }
-        if t.backfill_rows_per_second > 0 {
-            let start = {
-                let mut next = shared.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-                let start = (*next).max(Instant::now());
-                if start >= deadline {
-                    // Not within this pass's snapshot age: the next pass takes these rows.
-                    return Ok(false);
-                }
-                *next = start
-                    + Duration::from_secs_f64(rows as f64 / t.backfill_rows_per_second as f64);
-                start
-            };
-            if start > Instant::now() {
-                tokio::time::sleep_until(start.into()).await;
-            }
-        }
-        return Ok(true);
-    }
-}
-
-/// The fast path: when, under the table lock, nothing of the table is newer than P, nothing
-/// is deferred and no TRUNCATE at ≥ P exists, the staged merge would insert every row of the
-/// chunk; if the chunk also has no key the target already holds, COPY straight into the table
-/// does exactly that, writing once. A unique violation (a key the target holds) rolls back to
-/// the savepoint and returns None: the caller takes the staged, guarded path.
-#[allow(clippy::too_many_arguments)]
-async fn try_direct(
-    shared: &Shared,
-    source: &Client,
-    target: &Client,
-    job: &Job,
-    cursor: Option<&[Option<String>]>,
-    limit: u64,
-    version: &str,
-    barrier: Option<i64>,
-) -> Result<Option<copy::Piped>, BackfillError> {
-    let Some(copy_in) = &job.direct else {
-        return Ok(None);
-    };
-    let st = &shared.state;
-    if let Some(k) = barrier {
-        target
-            .batch_execute(&format!(
-                "SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"
-            ))
-            .await
-            .map_err(sql("test barrier"))?;
-    }
-    target
-        .execute(&job.sql.lock(), &[&job.rel])
-        .await
-        .map_err(sql("locking the table against the stream"))?;
-    let blocked: bool = target
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE rel = $1 AND version >= $2::text::pg_lsn)
-                     OR EXISTS (SELECT 1 FROM {deferred} WHERE rel = $1)
-                     OR EXISTS (SELECT 1 FROM {trunc} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
-                ledger = st.table("ledger"),
-                deferred = st.table("deferred"),
-                trunc = st.table("truncations"),
-            ),
-            &[&job.rel, &version],
-        )
-        .await
-        .map_err(sql("checking for newer writes"))?
-        .get(0);
-    if blocked || shared.control.is_paused() {
-        return Ok(None);
-    }
-    target
-        .batch_execute("SAVEPOINT direct")
-        .await
-        .map_err(sql("savepoint"))?;
-    match copy::pipe(
-        source,
-        &job.sql.copy_out(cursor, limit),
-        target,
-        copy_in,
-        job.sql.key_len,
-    )
-    .await
-    {
-        Ok(piped) => {
-            tracing::debug!(table = %job.rel, rows = piped.rows, "chunk copied straight into the table");
-            Ok(Some(piped))
-        }
-        Err(copy::CopyError::Target(e)) if e.sqlstate() == Some("23505") => {
-            tracing::debug!(table = %job.rel, "chunk meets rows the target holds: merging through staging");
-            target
-                .batch_execute("ROLLBACK TO SAVEPOINT direct")
-                .await
-                .map_err(sql("rolling back a direct chunk"))?;
-            Ok(None)
-        }
-        Err(source) => Err(BackfillError::Copy {
-            table: job.rel.clone(),
-            source,
-        }),
-    }
-}
-
-async fn copy_table(
-    shared: &Shared,
-    source: &Client,
-    target: &Client,
-    job: &Job,
-    p: Lsn,
-    deadline: Instant,
-) -> Result<(), BackfillError> {
-    let st = &shared.state;
-    let row = target
-        .query_one(
-            &format!(
-                "SELECT cursor, state FROM {} WHERE rel = $1",
-                st.table("backfill_tables")
-            ),
-            &[&job.rel],
-        )
-        .await
-        .map_err(sql("reading the cursor"))?;
-    if row.get::<_, String>(1) == "done" {
-        return Ok(());
-    }
-    let mut cursor: Option<Vec<Option<String>>> = match row.get::<_, Option<String>>(0) {
-        None => None,
-        Some(c) => Some(serde_json::from_str(&c).map_err(|e| BackfillError::Cursor {
-            table: job.rel.clone(),
-            cursor: c.clone(),
-            reason: e.to_string(),
-        })?),
-    };
-    target
-        .batch_execute(&job.sql.create_stage())
-        .await
-        .map_err(sql("creating the staging table"))?;
-    let version = p.to_string();
-    let barrier = test_barrier();
-    loop {
-        let t = shared.control.throttle();
-        let limit = match t.backfill_rows_per_second {
-            0 => shared.config.backfill.chunk_rows,
-            r => shared.config.backfill.chunk_rows.min(r.max(1)),
-        };
-        if !may_copy(shared, source, limit, deadline).await? {
-            return Ok(());
-        }
-        let truncated: bool = target
-            .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)", st.table("truncations")),
-                &[&job.rel, &version],
-            )
-            .await
-            .map_err(sql("checking table tombstones"))?
-            .get(0);
-        if truncated {
-            // Truncated after the snapshot: nothing of it may land; the stream has the rest.
-            target
-                .execute(
-                    &sql::advance(st),
-                    &[
-                        &job.rel,
-                        &cursor.as_ref().map(|c| SourceKey(c.clone()).encode()),
-                        &0i64,
-                        &true,
-                    ],
-                )
-                .await
-                .map_err(sql("recording the cursor"))?;
-            shared.progress.done(&job.rel);
-            return Ok(());
-        }
-        let started = Instant::now();
-        // READ COMMITTED explicitly: the merge must see everything committed before it took
-        // the table lock, whatever the target's default isolation.
-        target
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await
-            .map_err(sql("beginning a chunk"))?;
-        let chunk = async {
-            if let Some(piped) = try_direct(
-                shared,
-                source,
-                target,
-                job,
-                cursor.as_deref(),
-                limit,
-                &version,
-                barrier,
-            )
-            .await?
-            {
-                let done = piped.rows < limit;
-                let next = piped.last_key.clone().or_else(|| cursor.clone());
-                target
-                    .execute(
-                        &sql::advance(st),
-                        &[
-                            &job.rel,
-                            &next.as_ref().map(|c| SourceKey(c.clone()).encode()),
-                            &(piped.rows as i64),
-                            &done,
-                        ],
-                    )
-                    .await
-                    .map_err(sql("recording the cursor"))?;
-                target
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(sql("committing a chunk"))?;
-                return Ok::<_, BackfillError>(Some((piped, done, next)));
-            }
-            let piped = copy::pipe(
-                source,
-                &job.sql.copy_out(cursor.as_deref(), limit),
-                target,
-                &job.sql.copy_in(),
-                job.sql.key_len,
-            )
-            .await
-            .map_err(|source| BackfillError::Copy {
-                table: job.rel.clone(),
-                source,
-            })?;
-            if let Some(k) = barrier {
-                target
-                    .batch_execute(&format!("SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"))
-                    .await
-                    .map_err(sql("test barrier"))?;
-            }
-            target
-                .execute(&job.sql.lock(), &[&job.rel])
-                .await
-                .map_err(sql("locking the table against the stream"))?;
-            if shared.control.is_paused() {
-                // Paused while this chunk was staged: write nothing; it is read again later.
-                return Ok::<_, BackfillError>(None);
-            }
-            // Under the lock nothing else writes this table: if nothing of it is newer than P
-            // now, no staged key is, and the per-row ledger probe can go.
-            let probe: bool = target
-                .query_one(&job.sql.any_newer(st), &[&job.rel, &version])
-                .await
-                .map_err(sql("checking the ledger"))?
-                .get(0);
-            let deferred: bool = target
-                .query_one(
-                    &format!(
-                        "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1)",
-                        st.table("deferred")
-                    ),
-                    &[&job.rel],
-                )
-                .await
-                .map_err(sql("checking deferred updates"))?
-                .get(0);
-            for o in &job.outputs {
-                target
-                    .execute(&job.sql.merge(st, o, probe), &[&job.rel, &version])
-                    .await
-                    .map_err(sql("merging a chunk"))?;
-                if deferred {
-                    target
-                        .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
-                        .await
-                        .map_err(sql("folding in deferred updates"))?;
-                }
-            }
-            let done = piped.rows < limit;
-            let next = piped.last_key.clone().or_else(|| cursor.clone());
-            target
-                .execute(
-                    &sql::advance(st),
-                    &[
-                        &job.rel,
-                        &next.as_ref().map(|c| SourceKey(c.clone()).encode()),
-                        &(piped.rows as i64),
-                        &done,
-                    ],
-                )
-                .await
-                .map_err(sql("recording the cursor"))?;
-            target
-                .batch_execute("COMMIT")
-                .await
-                .map_err(sql("committing a chunk"))?;
-            Ok::<_, BackfillError>(Some((piped, done, next)))
-        };
-        let (piped, done, next) = match chunk.await {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                let _ = target.batch_execute("ROLLBACK").await;
-                continue;
-            }
-            Err(e) => {
-                let _ = target.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        };
-        shared
-            .metrics
-            .backfill_chunk_seconds
-            .observe(started.elapsed().as_secs_f64());
-        shared.progress.add(&job.rel, piped.rows, piped.bytes);
-        cursor = next;
-        if done {
-            shared.progress.done(&job.rel);
-            tracing::info!(table = %job.rel, "backfill of table done");
-            return Ok(());
-        }
-    }
 }

@@ -186,7 +186,6 @@ impl TableSql {
     /// Guarded merge of the staged chunk into one output. `$1` source table, `$2` P. With
     /// `probe` false the per-key ledger check is left out (see [`TableSql::any_newer`]).
     pub fn merge(&self, state: &StateSchema, o: &OutputPlan, probe: bool) -> String {
-        let targets: Vec<String> = o.columns.iter().map(|c| quote_ident(&c.name)).collect();
         let values: Vec<String> = o
             .columns
             .iter()
@@ -195,31 +194,14 @@ impl TableSql {
                 Expr::Constant(v) => format!("{}::{}", quote_literal(v), c.sql_type),
             })
             .collect();
-        let keys: Vec<String> = o
-            .key
-            .iter()
-            .map(|&k| quote_ident(&o.columns[k].name))
-            .collect();
-        let sets: Vec<String> = o
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !o.key.contains(i))
-            .map(|(_, c)| format!("{q} = EXCLUDED.{q}", q = quote_ident(&c.name)))
-            .collect();
-        let on_conflict = if sets.is_empty() {
-            "DO NOTHING".to_string()
-        } else {
-            format!("DO UPDATE SET {}", sets.join(", "))
-        };
+        let (targets, on_conflict) = crate::apply::sql::insert_columns_and_conflict(o);
         format!(
             "INSERT INTO {target} AS t ({targets})
              SELECT {values} FROM {stage} s
              WHERE {probe}
                NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)
-             ON CONFLICT ({keys}) {on_conflict}",
+             {on_conflict}",
             target = o.quoted_target(),
-            targets = targets.join(", "),
             values = values.join(", "),
             stage = self.stage,
             trunc = state.table("truncations"),
@@ -232,7 +214,6 @@ impl TableSql {
             } else {
                 String::new()
             },
-            keys = keys.join(", "),
         )
     }
 
