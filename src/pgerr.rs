@@ -35,6 +35,9 @@ impl fmt::Display for PgError {
             if let Some(h) = db.hint() {
                 write!(f, "; hint: {h}")?;
             }
+            if let Some(w) = db.where_() {
+                write!(f, "; context: {w}")?;
+            }
             return Ok(());
         }
         write!(f, "{}", self.0)?;

@@ -3,8 +3,11 @@
 //! Each test forces one interleaving of a backfill chunk and stream writes with the daemon's
 //! test hooks, advisory-lock barriers on the target database:
 //!
-//! * `REMODEL_TEST_BACKFILL_BARRIER`: a worker waits there after a chunk is read from the
-//!   pass snapshot and staged, before it locks the table and merges;
+//! * `REMODEL_TEST_BACKFILL_BARRIER`: a worker waits there before it writes a chunk (on the
+//!   staged path after staging, before it locks the table and merges; on the direct path —
+//!   a pure column mapping with nothing newer than the pass — before it locks and reads). The
+//!   chunk is read from the pass snapshot either way, so what a test writes meanwhile is newer;
+//!   after the barrier the worker sees those writes and takes the staged, guarded merge;
 //! * `REMODEL_TEST_APPLY_BARRIER`: the stream's apply waits there before it opens a target
 //!   transaction.
 //!
@@ -230,7 +233,7 @@ async fn wait_backfilled(r: &Run, db: &TestDb, rel: &str) {
 
 /// Wait until the worker sits at the backfill barrier with the first chunk of `rel` staged
 /// (no chunk committed yet).
-async fn wait_first_chunk_staged(r: &Run, db: &TestDb, rel: &str) {
+async fn wait_worker_at_barrier(r: &Run, db: &TestDb, rel: &str) {
     wait_waiters(
         &r.d,
         &db.target,
@@ -317,7 +320,7 @@ async fn backfill_never_overwrites_a_row_updated_after_its_chunk_was_read() {
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
 
     db.source
         .batch_execute("UPDATE t SET v = 'new 3', n = -3 WHERE id = 3")
@@ -350,7 +353,7 @@ async fn backfill_never_resurrects_a_row_deleted_before_its_chunk_is_written() {
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
 
     db.source
         .batch_execute("DELETE FROM t WHERE id = 4; DELETE FROM t WHERE id = 25")
@@ -433,7 +436,7 @@ async fn backfill_never_resurrects_or_overwrites_rows_with_composite_keys() {
     )
     .await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.pairs").await;
+    wait_worker_at_barrier(&r, &db, "public.pairs").await;
 
     // Deleted: one of the staged chunk, one of the last chunk. Updated: one staged, one later.
     let (del, upd) = ([&keys[1], &keys[keys.len() - 2]], [&keys[2], &keys[20]]);
@@ -518,7 +521,7 @@ async fn a_row_inserted_into_an_already_copied_range_arrives() {
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
 
     // Let chunk 1 through and stop chunk 2. The worker's waiting shared lock is granted by
     // our unlock, so the lock taken next is ours only once the worker has passed the
@@ -575,7 +578,7 @@ async fn a_key_deleted_and_reinserted_ends_with_the_reinserted_row() {
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
 
     db.source
         .batch_execute(
@@ -624,7 +627,7 @@ async fn a_chunk_written_before_the_stream_applies_a_newer_version_ends_newer() 
     r.d.wait_ready().await;
     // The pass waited for the stream to pass its marker before copying: only now may the
     // stream be stopped.
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
     hold(&db.target, APPLY).await;
 
     db.source
@@ -674,7 +677,7 @@ async fn a_chunk_written_after_the_stream_applied_a_newer_version_skips_that_row
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
 
     db.source
         .batch_execute("UPDATE t SET v = 'new 25', n = -25 WHERE id = 25")
@@ -727,7 +730,7 @@ async fn an_update_leaving_a_toasted_column_unchanged_before_its_chunk_is_merged
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.docs").await;
+    wait_worker_at_barrier(&r, &db, "public.docs").await;
 
     db.source
         .batch_execute(
@@ -780,7 +783,7 @@ async fn an_update_leaving_a_toasted_column_unchanged_before_its_chunk_is_merged
 
 /// Order: worker queued for the table lock, then the stream's statement for `sql`; release.
 async fn stream_statement_behind_a_merge(r: &Run, db: &TestDb, rel: &str, sql: &str) {
-    wait_first_chunk_staged(r, db, rel).await;
+    wait_worker_at_barrier(r, db, rel).await;
     let lock = table_lock(&db.target, rel).await;
     hold(&db.target, lock).await;
     release(&db.target, BF).await;
@@ -943,7 +946,7 @@ async fn a_key_changed_before_its_chunk_is_merged_leaves_no_row_under_the_old_ke
     hold(&db.target, BF).await;
     let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
     r.d.wait_ready().await;
-    wait_first_chunk_staged(&r, &db, "public.t").await;
+    wait_worker_at_barrier(&r, &db, "public.t").await;
     db.source
         .batch_execute(
             "UPDATE t SET id = 104, v = 'moved 4' WHERE id = 4;

@@ -87,40 +87,39 @@ async fn try_direct(
         return Ok(None);
     };
     let st = &shared.state;
-    if let Some(k) = barrier {
-        target
-            .batch_execute(&format!(
-                "SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"
-            ))
-            .await
-            .map_err(sql("test barrier"))?;
-    }
-    target
-        .execute(&job.sql.lock(), &[&job.rel])
-        .await
-        .map_err(sql("locking the table against the stream"))?;
-    let blocked: bool = target
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE rel = $1 AND version >= $2::text::pg_lsn)
-                     OR EXISTS (SELECT 1 FROM {deferred} WHERE rel = $1)
-                     OR EXISTS (SELECT 1 FROM {trunc} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
-                ledger = st.table("ledger"),
-                deferred = st.table("deferred"),
-                trunc = st.table("truncations"),
-            ),
-            &[&job.rel, &version],
-        )
-        .await
-        .map_err(sql("checking for newer writes"))?
-        .get(0);
-    if blocked || shared.control.is_paused() {
+    let check = format!(
+        "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE rel = $1 AND version >= $2::text::pg_lsn)
+             OR EXISTS (SELECT 1 FROM {deferred} WHERE rel = $1)
+             OR EXISTS (SELECT 1 FROM {trunc} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
+        ledger = st.table("ledger"),
+        deferred = st.table("deferred"),
+        trunc = st.table("truncations"),
+    );
+    // Without the lock first: newer ledger rows and truncations stay for the pass, so once the
+    // stream has written the table the direct path is off without blocking the stream.
+    if blocked(target, &check, &job.rel, version).await? || shared.control.is_paused() {
         return Ok(None);
     }
+    pass_barrier(target, barrier).await?;
+    // The lock is taken inside the savepoint, so rolling back to it releases the lock too.
     target
         .batch_execute("SAVEPOINT direct")
         .await
         .map_err(sql("savepoint"))?;
+    let undo = || async {
+        target
+            .batch_execute("ROLLBACK TO SAVEPOINT direct")
+            .await
+            .map_err(sql("rolling back a direct chunk"))
+    };
+    target
+        .execute(&job.sql.lock(), &[&job.rel])
+        .await
+        .map_err(sql("locking the table against the stream"))?;
+    if blocked(target, &check, &job.rel, version).await? || shared.control.is_paused() {
+        undo().await?;
+        return Ok(None);
+    }
     match copy::pipe(
         source,
         &job.sql.copy_out(cursor, limit),
@@ -136,10 +135,7 @@ async fn try_direct(
         }
         Err(copy::CopyError::Target(e)) if e.sqlstate() == Some("23505") => {
             tracing::debug!(table = %job.rel, "chunk meets rows the target holds: merging through staging");
-            target
-                .batch_execute("ROLLBACK TO SAVEPOINT direct")
-                .await
-                .map_err(sql("rolling back a direct chunk"))?;
+            undo().await?;
             Ok(None)
         }
         Err(source) => Err(BackfillError::Copy {
@@ -147,6 +143,19 @@ async fn try_direct(
             source,
         }),
     }
+}
+
+async fn blocked(
+    target: &Client,
+    check: &str,
+    rel: &str,
+    version: &str,
+) -> Result<bool, BackfillError> {
+    target
+        .query_one(check, &[&rel, &version])
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(sql("checking for newer writes"))
 }
 
 /// The guarded path: stage the chunk, then (under the table lock) merge it at P−1, skipping
@@ -206,7 +215,10 @@ async fn staged(
         target
             .execute(&job.sql.merge(st, o, probe), &[&job.rel, &version])
             .await
-            .map_err(sql("merging a chunk"))?;
+            .map_err(|e| BackfillError::Copy {
+                table: job.rel.clone(),
+                source: copy::CopyError::Target(e.into()),
+            })?;
         if deferred {
             target
                 .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
@@ -337,6 +349,10 @@ pub(super) async fn copy_table(
                     None => return Ok(None),
                 },
             };
+            if shared.control.is_paused() {
+                // Paused while the chunk was written: commit nothing; it is read again later.
+                return Ok(None);
+            }
             let done = piped.rows < limit;
             let next = piped.last_key.clone().or_else(|| cursor.clone());
             target

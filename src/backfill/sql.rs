@@ -138,7 +138,9 @@ impl TableSql {
     /// its type's input function; no constants): then a chunk can skip the staging table.
     pub fn direct_copy_in(&self, outputs: &[std::sync::Arc<OutputPlan>]) -> Option<String> {
         let [o] = outputs else { return None };
-        if o.columns.len() != self.columns.len() - self.extra_key_columns(o) {
+        // Every column read must land in exactly one target column, and every target column
+        // must come from one (COPY cannot skip input columns or fill constants).
+        if o.columns.len() != self.columns.len() {
             return None;
         }
         let mut targets = Vec::with_capacity(self.columns.len());
@@ -160,18 +162,6 @@ impl TableSql {
             o.quoted_target(),
             targets.join(", ")
         ))
-    }
-
-    /// Key columns read only for paging (not mapped to any target column).
-    fn extra_key_columns(&self, o: &OutputPlan) -> usize {
-        self.columns[..self.key_len]
-            .iter()
-            .filter(|k| {
-                !o.columns
-                    .iter()
-                    .any(|c| matches!(&c.expr, Expr::Column { name, .. } if name == *k))
-            })
-            .count()
     }
 
     /// Whether the ledger holds anything of the table at a version ≥ P (`$1`, `$2`): when not,

@@ -490,6 +490,6 @@ async fn assignable(from: &str, to: &str, client: &Client) -> bool {
             &[&from, &to],
         )
         .await
-        .map(|r| r.get(0))
+        .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
         .unwrap_or(false)
 }
