@@ -14,6 +14,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use remodel::cluster::{Cluster, ClusterOptions};
 
+mod common;
+
 const DDL: &str = "CREATE TABLE big (id bigint PRIMARY KEY, qty int NOT NULL, amount numeric(12,2),
     label text, note text, at timestamptz, uid uuid, flag boolean, doc jsonb)";
 
@@ -29,20 +31,6 @@ async fn count(c: &tokio_postgres::Client) -> i64 {
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +169,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ours = started.elapsed();
-    let rss = peak_rss_kib(child.id());
+    let rss = common::rss_kib(child.id(), "VmHWM:");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

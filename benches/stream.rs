@@ -8,6 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use remodel::cluster::{Cluster, ClusterOptions};
+
+mod common;
+use common::rss_kib;
 use tokio_postgres::Client;
 
 const DDL: &str = "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now())";
@@ -84,20 +87,6 @@ fn cpu_ticks(pid: u32) -> u64 {
             let after = s.rsplit_once(')')?.1;
             let f: Vec<&str> = after.split_whitespace().collect();
             Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
         })
         .unwrap_or(0)
 }

@@ -67,22 +67,36 @@ async fn may_copy(
     }
 }
 
+/// One chunk's inputs, shared by the direct and the staged path.
+#[derive(Clone, Copy)]
+struct Chunk<'a> {
+    shared: &'a Shared,
+    source: &'a Client,
+    target: &'a Client,
+    job: &'a Job,
+    cursor: Option<&'a [Option<String>]>,
+    limit: u64,
+    /// The pass's P, as text for the SQL parameters.
+    version: &'a str,
+    barrier: Option<i64>,
+}
+
 /// The fast path: when, under the table lock, nothing of the table is newer than P, nothing
 /// is deferred and no TRUNCATE at ≥ P exists, the staged merge would insert every row of the
 /// chunk; if the chunk also has no key the target already holds, COPY straight into the table
 /// does exactly that, writing once. A unique violation (a key the target holds) rolls back to
 /// the savepoint and returns None: the caller takes the staged, guarded path.
-#[allow(clippy::too_many_arguments)]
-async fn try_direct(
-    shared: &Shared,
-    source: &Client,
-    target: &Client,
-    job: &Job,
-    cursor: Option<&[Option<String>]>,
-    limit: u64,
-    version: &str,
-    barrier: Option<i64>,
-) -> Result<Option<copy::Piped>, BackfillError> {
+async fn try_direct(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError> {
+    let Chunk {
+        shared,
+        source,
+        target,
+        job,
+        cursor,
+        limit,
+        version,
+        barrier,
+    } = *chunk;
     let Some(copy_in) = &job.direct else {
         return Ok(None);
     };
@@ -160,17 +174,17 @@ async fn blocked(
 
 /// The guarded path: stage the chunk, then (under the table lock) merge it at P−1, skipping
 /// keys with a ledger version ≥ P, and fold in deferred updates. None when paused meanwhile.
-#[allow(clippy::too_many_arguments)]
-async fn staged(
-    shared: &Shared,
-    source: &Client,
-    target: &Client,
-    job: &Job,
-    cursor: Option<&[Option<String>]>,
-    limit: u64,
-    version: &str,
-    barrier: Option<i64>,
-) -> Result<Option<copy::Piped>, BackfillError> {
+async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError> {
+    let Chunk {
+        shared,
+        source,
+        target,
+        job,
+        cursor,
+        limit,
+        version,
+        barrier,
+    } = *chunk;
     let st = &shared.state;
     let piped = copy::pipe(
         source,
@@ -320,34 +334,22 @@ pub(super) async fn copy_table(
             .await
             .map_err(sql("beginning a chunk"))?;
         let chunk = async {
-            let piped = match try_direct(
+            let inputs = Chunk {
                 shared,
                 source,
                 target,
                 job,
-                cursor.as_deref(),
+                cursor: cursor.as_deref(),
                 limit,
-                &version,
+                version: &version,
                 barrier,
-            )
-            .await?
-            {
-                Some(p) => p,
-                None => match staged(
-                    shared,
-                    source,
-                    target,
-                    job,
-                    cursor.as_deref(),
-                    limit,
-                    &version,
-                    barrier,
-                )
-                .await?
-                {
-                    Some(p) => p,
-                    None => return Ok(None),
-                },
+            };
+            let written = match try_direct(&inputs).await? {
+                Some(p) => Some(p),
+                None => staged(&inputs).await?,
+            };
+            let Some(piped) = written else {
+                return Ok(None);
             };
             if shared.control.is_paused() {
                 // Paused while the chunk was written: commit nothing; it is read again later.
