@@ -123,11 +123,7 @@ async fn check_lists_every_problem_with_its_fix() {
         .batch_execute("CREATE TABLE ok (id int PRIMARY KEY, must text NOT NULL)")
         .await
         .unwrap();
-    let listen = free_listen();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, support::daemon::config(&db, &listen, "")).unwrap();
-    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (code, out) = support::daemon::check(&db, "");
     assert_eq!(code, Some(1), "{out}");
     for needle in [
         "public.nopk",
@@ -202,19 +198,10 @@ async fn a_cast_postgresql_cannot_do_is_rejected_at_start() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, u integer)")
         .await
         .unwrap();
-    let listen = free_listen();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        support::daemon::config(
-            &db,
-            &listen,
-            "[[tables]]\nsource = \"public.t\"\n[tables.columns]\nu = { cast = \"integer\" }\n",
-        ),
-    )
-    .unwrap();
-    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (code, out) = support::daemon::check(
+        &db,
+        "[[tables]]\nsource = \"public.t\"\n[tables.columns]\nu = { cast = \"integer\" }\n",
+    );
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("no cast from uuid (u) to integer"), "{out}");
 }
@@ -254,19 +241,8 @@ async fn a_configured_key_must_be_not_null_and_in_the_replica_identity() {
     let db = fresh_db(pair()).await;
     db.on_both("CREATE TABLE k (id int PRIMARY KEY, code text UNIQUE, v int)")
         .await;
-    let listen = free_listen();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        support::daemon::config(
-            &db,
-            &listen,
-            "[[tables]]\nsource = \"public.k\"\nkey = [\"code\"]\n",
-        ),
-    )
-    .unwrap();
-    let (code, out) = remodel_cmd(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (code, out) =
+        support::daemon::check(&db, "[[tables]]\nsource = \"public.k\"\nkey = [\"code\"]\n");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("key column code is nullable"), "{out}");
     assert!(out.contains("not in the replica identity"), "{out}");

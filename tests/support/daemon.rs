@@ -76,6 +76,14 @@ pub fn remodel_cmd(args: &[&str], env: &[(String, String)]) -> (Option<i32>, Str
     )
 }
 
+/// `remodel check` on `db` with `extra` config (e.g. `[[tables]]`); (exit code, output).
+pub fn check(db: &TestDb, extra: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, config(db, &free_listen(), extra)).expect("write config");
+    remodel_cmd(&["check", "--config", &path.display().to_string()], &[])
+}
+
 /// Drop the test's slot (the shared source has a limited number).
 pub async fn drop_slot(db: &TestDb) {
     let c = &db.source;
