@@ -88,7 +88,7 @@ pub async fn backfill_only(
 /// Backfill with the same retry rule as the stream.
 async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
-    let mut backoff = Duration::from_millis(250);
+    let mut retry = Retry::new();
     loop {
         let attempt = async {
             let src = config
@@ -106,24 +106,22 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
             crate::backfill::run(config, control, metrics, &plan).await?;
             Ok::<(), Error>(())
         };
+        retry.attempt();
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(e) if shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "backfill error while stopping");
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() => {
-                metrics.errors.with_label_values(&[e.kind()]).inc();
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "backfill: retryable error; resuming from the last committed chunk");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
             Err(e) => {
-                metrics.errors.with_label_values(&[e.kind()]).inc();
-                return Err(e);
+                if let Some(end) = retry
+                    .after(
+                        e,
+                        "backfill",
+                        "the last committed chunk",
+                        metrics,
+                        &shutdown,
+                    )
+                    .await
+                {
+                    return end;
+                }
             }
         }
     }
@@ -132,10 +130,10 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
 /// The stream: restart on retryable errors, resuming from the committed progress.
 async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
-    let mut backoff = Duration::from_millis(250);
+    let mut retry = Retry::new();
     let mut isolate_until = None;
     loop {
-        let started = Instant::now();
+        retry.attempt();
         let result = run_once(config, control, metrics, isolate_until.take()).await;
         metrics.ready.store(false, Ordering::Relaxed);
         match result {
@@ -144,28 +142,72 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
                 tracing::warn!(error = %inner, %until, "isolating source transactions to commit everything before the failing one");
                 isolate_until = Some(until);
             }
-            Err(e) if shutdown.is_cancelled() => {
-                tracing::warn!(error = %e, "error while stopping");
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() => {
-                metrics.errors.with_label_values(&[e.kind()]).inc();
-                metrics.restarts.inc();
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(250);
-                }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "retryable error; resuming from the last committed progress");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
             Err(e) => {
-                metrics.errors.with_label_values(&[e.kind()]).inc();
-                return Err(e);
+                if let Some(end) = retry
+                    .after(
+                        e,
+                        "stream",
+                        "the last committed progress",
+                        metrics,
+                        &shutdown,
+                    )
+                    .await
+                {
+                    return end;
+                }
+                metrics.restarts.inc();
             }
         }
+    }
+}
+
+/// Restarting a stage after retryable errors: back-off from 250 ms doubling to 30 s, back to
+/// 250 ms after a minute of healthy running. The verdict itself is `Error::is_retryable`.
+struct Retry {
+    backoff: Duration,
+    started: Instant,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            backoff: Duration::from_millis(250),
+            started: Instant::now(),
+        }
+    }
+
+    fn attempt(&mut self) {
+        self.started = Instant::now();
+    }
+
+    /// What to do after `e`: `Some(end)` stops the stage with `end`; `None` means retry (the
+    /// back-off has been waited).
+    async fn after(
+        &mut self,
+        e: Error,
+        stage: &str,
+        resume: &str,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), Error>> {
+        if shutdown.is_cancelled() {
+            tracing::warn!(error = %e, "{stage}: error while stopping");
+            return Some(Ok(()));
+        }
+        metrics.errors.with_label_values(&[e.kind()]).inc();
+        if !e.is_retryable() {
+            return Some(Err(e));
+        }
+        if self.started.elapsed() > Duration::from_secs(60) {
+            self.backoff = Duration::from_millis(250);
+        }
+        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "{stage}: retryable error; resuming from {resume}");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Some(Ok(())),
+            _ = tokio::time::sleep(self.backoff) => {}
+        }
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        None
     }
 }
 
