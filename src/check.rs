@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::source::conninfo::ConnInfo;
 use crate::source::setup;
-use crate::transform::{catalog, plan};
+use crate::transform::catalog;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
@@ -118,9 +118,15 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     }
     if let (Some(_), Some(t)) = (&source, &target) {
         let tgt_tables = catalog::load(t).await.unwrap_or_default();
-        if let Err(problems) =
-            plan::compile(&config.tables, &published, &src_tables, &tgt_tables, t).await
-        {
+        let env = crate::transform::Env {
+            published: &published,
+            source: &src_tables,
+            target: &tgt_tables,
+            target_client: t,
+            state_schema: &config.target.state_schema,
+            registry: &config.transforms,
+        };
+        if let Err(problems) = crate::transform::compile(&config.tables, &env).await {
             for p in problems {
                 out.push(finding(format!("mapping {}", p.table), p.message, p.fix));
             }

@@ -54,6 +54,9 @@ pub struct Config {
     /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
     #[serde(default)]
     pub tables: Vec<TableMapping>,
+    /// Rust transforms a library user registered (named by `transform = ...` in `[[tables]]`).
+    #[serde(skip)]
+    pub transforms: crate::transform::custom::Registry,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,6 +32,7 @@ pub mod names {
     pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
     pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
     pub const DEFERRED_ROWS_TOTAL: &str = "remodel_deferred_rows_total";
+    pub const DEAD_LETTERS_TOTAL: &str = "remodel_dead_letters_total";
     pub const BACKFILL_ROWS_TOTAL: &str = "remodel_backfill_rows_total";
     pub const BACKFILL_PROGRESS_RATIO: &str = "remodel_backfill_progress_ratio";
     pub const BACKFILL_CHUNK_SECONDS: &str = "remodel_backfill_chunk_seconds";
@@ -49,6 +50,7 @@ pub mod names {
         CONFIRMED_FLUSH_LSN,
         RESTARTS_TOTAL,
         DEFERRED_ROWS_TOTAL,
+        DEAD_LETTERS_TOTAL,
         BACKFILL_ROWS_TOTAL,
         BACKFILL_PROGRESS_RATIO,
         BACKFILL_CHUNK_SECONDS,
@@ -70,6 +72,7 @@ pub struct Metrics {
     pub confirmed_flush_lsn: IntGauge,
     pub restarts: IntCounter,
     pub deferred_rows: IntCounterVec,
+    pub dead_letters: IntCounterVec,
     pub backfill_rows: IntCounterVec,
     pub backfill_progress: GaugeVec,
     pub backfill_chunk_seconds: Histogram,
@@ -154,6 +157,14 @@ impl Metrics {
                 &["table"],
             )
             .expect("valid metric"),
+            dead_letters: IntCounterVec::new(
+                Opts::new(
+                    names::DEAD_LETTERS_TOTAL,
+                    "Rows the mapping could not transform, set aside in the dead-letter table (on_error = dead_letter)",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
             backfill_rows: IntCounterVec::new(
                 Opts::new(names::BACKFILL_ROWS_TOTAL, "Rows copied by backfill, by source table"),
                 &["table"],
@@ -192,6 +203,7 @@ impl Metrics {
             Box::new(m.confirmed_flush_lsn.clone()),
             Box::new(m.restarts.clone()),
             Box::new(m.deferred_rows.clone()),
+            Box::new(m.dead_letters.clone()),
             Box::new(m.backfill_rows.clone()),
             Box::new(m.backfill_progress.clone()),
             Box::new(m.backfill_chunk_seconds.clone()),
@@ -314,6 +326,7 @@ mod tests {
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
         m.deferred_rows.with_label_values(&["t"]).inc();
+        m.dead_letters.with_label_values(&["t"]).inc();
         m.backfill_rows.with_label_values(&["t"]).inc();
         m.backfill_progress.with_label_values(&["t"]).set(0.5);
         m.backfill_chunk_seconds.observe(0.1);

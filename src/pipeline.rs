@@ -28,7 +28,7 @@ use crate::source::replication::{quote_ident, ReplicationConn};
 use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
-use crate::transform::{catalog, plan, Plan, Transformer};
+use crate::transform::{catalog, Plan, Transformer};
 
 /// Run the stream (and, with `backfill.enabled`, the backfill beside it) until `control` shuts
 /// down (Ok) or a fatal error stops either.
@@ -226,9 +226,23 @@ pub async fn compile_plan(
         what: "reading the target schema",
         source: source.into(),
     })?;
-    plan::compile(&config.tables, &published, &src, &tgt, target)
+    let env = crate::transform::Env {
+        published: &published,
+        source: &src,
+        target: &tgt,
+        target_client: target,
+        state_schema: &config.target.state_schema,
+        registry: &config.transforms,
+    };
+    let plan = crate::transform::compile(&config.tables, &env)
         .await
-        .map_err(Error::Plan)
+        .map_err(Error::Plan)?;
+    if !plan.keymaps.is_empty() {
+        StateSchema::new(&config.target.state_schema)
+            .ensure_keymaps(target, &plan.keymaps)
+            .await?;
+    }
+    Ok(plan)
 }
 
 async fn run_once(

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::lsn::Lsn;
-use crate::transform::{Guard, OutputPlan, TargetOp, Value};
+use crate::transform::{DeadLetter, Guard, OutputPlan, TargetOp, Value};
 
 /// A truncated source table: name, version, and the target outputs it feeds.
 pub type TruncatedTable = (Arc<str>, Lsn, Vec<Arc<OutputPlan>>);
@@ -39,6 +39,28 @@ pub enum Group {
     Truncate {
         tables: Vec<TruncatedTable>,
     },
+    /// Merge-output columns to clear: (guard, target key, values they must still hold).
+    Clear {
+        output: Arc<OutputPlan>,
+        rows: Vec<(Guard, Vec<Value>, Option<Vec<Value>>)>,
+    },
+    /// Child sets to replace: per parent (guard, parent values, deleted) and its rows.
+    Children {
+        output: Arc<OutputPlan>,
+        parents: Vec<ChildSet>,
+    },
+    DeadLetters {
+        rows: Vec<DeadLetter>,
+    },
+}
+
+/// One parent's new child set.
+#[derive(Debug, Clone)]
+pub struct ChildSet {
+    pub guard: Guard,
+    pub parent: Vec<Value>,
+    pub deleted: bool,
+    pub rows: Vec<Vec<Value>>,
 }
 
 impl Group {
@@ -47,6 +69,9 @@ impl Group {
             Group::Upsert { rows, .. }
             | Group::Update { rows, .. }
             | Group::Delete { rows, .. } => rows.len(),
+            Group::Clear { rows, .. } => rows.len(),
+            Group::Children { parents, .. } => parents.len(),
+            Group::DeadLetters { rows } => rows.len(),
             Group::Truncate { tables } => tables.len(),
         }
     }
@@ -59,7 +84,9 @@ impl Group {
             Group::Upsert { rows, .. }
             | Group::Update { rows, .. }
             | Group::Delete { rows, .. } => rows.first().map(|r| &r.0),
-            Group::Truncate { .. } => None,
+            Group::Clear { rows, .. } => rows.first().map(|r| &r.0),
+            Group::Children { parents, .. } => parents.first().map(|p| &p.guard),
+            Group::Truncate { .. } | Group::DeadLetters { .. } => None,
         }
     }
     /// One group per row (for finding the row the target rejects).
@@ -94,6 +121,26 @@ impl Group {
                     rows: vec![r.clone()],
                 })
                 .collect(),
+            Group::Clear { output, rows } => rows
+                .iter()
+                .map(|r| Group::Clear {
+                    output: output.clone(),
+                    rows: vec![r.clone()],
+                })
+                .collect(),
+            Group::Children { output, parents } => parents
+                .iter()
+                .map(|p| Group::Children {
+                    output: output.clone(),
+                    parents: vec![p.clone()],
+                })
+                .collect(),
+            Group::DeadLetters { rows } => rows
+                .iter()
+                .map(|r| Group::DeadLetters {
+                    rows: vec![r.clone()],
+                })
+                .collect(),
             Group::Truncate { tables } => vec![Group::Truncate {
                 tables: tables.clone(),
             }],
@@ -106,6 +153,9 @@ enum RunKind {
     Upsert(usize),
     Move(usize),
     Delete(usize),
+    Clear(usize),
+    Children(usize),
+    DeadLetter,
     Truncate,
 }
 
@@ -118,6 +168,9 @@ fn kind(op: &TargetOp) -> RunKind {
         } => RunKind::Move(output.id),
         TargetOp::Upsert { output, .. } => RunKind::Upsert(output.id),
         TargetOp::Delete { output, .. } => RunKind::Delete(output.id),
+        TargetOp::Clear { output, .. } => RunKind::Clear(output.id),
+        TargetOp::Children { output, .. } => RunKind::Children(output.id),
+        TargetOp::DeadLetter(_) => RunKind::DeadLetter,
         TargetOp::Truncate { .. } => RunKind::Truncate,
     }
 }
@@ -166,6 +219,87 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
                 })
                 .collect();
             out.push(Group::Truncate { tables });
+        }
+        RunKind::DeadLetter => {
+            let rows = run
+                .into_iter()
+                .filter_map(|op| match op {
+                    TargetOp::DeadLetter(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            out.push(Group::DeadLetters { rows });
+        }
+        RunKind::Clear(_) => {
+            // Not merged: each compares against the values it saw, in order.
+            let mut output = None;
+            let mut rows = Vec::new();
+            for op in run {
+                if let TargetOp::Clear {
+                    output: o,
+                    guard,
+                    key,
+                    values,
+                } = op
+                {
+                    output.get_or_insert(o);
+                    rows.push((guard, key, values));
+                }
+            }
+            // One statement handles distinct keys only: cut where a key repeats.
+            if let Some(output) = output {
+                let mut seen = std::collections::HashSet::new();
+                let mut part = Vec::new();
+                for r in rows {
+                    if !seen.insert(r.1.clone()) {
+                        out.push(Group::Clear {
+                            output: output.clone(),
+                            rows: std::mem::take(&mut part),
+                        });
+                        seen.clear();
+                        seen.insert(r.1.clone());
+                    }
+                    part.push(r);
+                }
+                out.push(Group::Clear {
+                    output,
+                    rows: part,
+                });
+            }
+        }
+        RunKind::Children(_) => {
+            // A later child set of a parent replaces an earlier one in the run.
+            let mut output = None;
+            let mut index: HashMap<String, usize> = HashMap::new();
+            let mut parents: Vec<ChildSet> = Vec::new();
+            for op in run {
+                if let TargetOp::Children {
+                    output: o,
+                    guard,
+                    parent,
+                    rows,
+                    deleted,
+                } = op
+                {
+                    output.get_or_insert(o);
+                    let set = ChildSet {
+                        guard,
+                        parent,
+                        deleted,
+                        rows,
+                    };
+                    match index.get(&set.guard.key.encode()) {
+                        Some(&i) => parents[i] = set,
+                        None => {
+                            index.insert(set.guard.key.encode(), parents.len());
+                            parents.push(set);
+                        }
+                    }
+                }
+            }
+            if let Some(output) = output {
+                out.push(Group::Children { output, parents });
+            }
         }
         RunKind::Delete(_) => {
             let mut output = None;
@@ -296,6 +430,7 @@ mod tests {
             target_name: format!("t{id}"),
             columns: vec![col("id"), col("a"), col("big")],
             key: vec![0],
+            kind: crate::transform::plan::OutputKind::Row,
         })
     }
     fn g(k: &str, v: u64) -> Guard {

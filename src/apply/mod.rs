@@ -102,6 +102,9 @@ enum StmtKey {
     Upsert(usize),
     Update(usize, Vec<usize>, bool),
     Delete(usize),
+    Clear(usize),
+    Children(usize),
+    DeadLetters,
 }
 
 struct OpenTxn {
@@ -115,6 +118,7 @@ struct OpenTxn {
     /// Source tables whose lock this target transaction holds (shared; see sql::lock_shared).
     locked: std::collections::HashSet<String>,
     counts: HashMap<(Arc<str>, Op), u64>,
+    dead_letters: HashMap<Arc<str>, u64>,
 }
 
 pub struct Applier {
@@ -284,6 +288,7 @@ impl Applier {
                         max_commit_lsn: commit_lsn,
                         locked: Default::default(),
                         counts: HashMap::new(),
+                        dead_letters: HashMap::new(),
                     });
                 }
                 if let Some(t) = self.txn.as_mut() {
@@ -401,6 +406,12 @@ impl Applier {
                 .set(((now - ts) as f64 / 1e6).max(0.0));
         }
         self.metrics.transactions_applied.inc_by(t.source_txns);
+        for (table, n) in t.dead_letters {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[&table])
+                .inc_by(n);
+        }
         for ((table, op), n) in t.counts {
             self.metrics
                 .changes_applied
@@ -460,6 +471,9 @@ impl Applier {
             Group::Upsert { output, .. } => (output.target(), "insert/update"),
             Group::Update { output, .. } => (output.target(), "update"),
             Group::Delete { output, .. } => (output.target(), "delete"),
+            Group::Clear { output, .. } => (output.target(), "clear merged columns"),
+            Group::Children { output, .. } => (output.target(), "replace child rows"),
+            Group::DeadLetters { .. } => ("(dead letters)".into(), "record dead letter"),
             Group::Truncate { .. } => ("(truncate)".into(), "truncate"),
         };
         let db = e.as_db_error();
@@ -499,11 +513,20 @@ impl Applier {
         let rels: Vec<String> = match group {
             Group::Upsert { output, .. }
             | Group::Update { output, .. }
-            | Group::Delete { output, .. } => vec![output.source.clone()],
+            | Group::Delete { output, .. }
+            | Group::Clear { output, .. }
+            | Group::Children { output, .. } => vec![output.source.clone()],
             Group::Truncate { tables } => tables.iter().map(|t| t.0.to_string()).collect(),
+            Group::DeadLetters { .. } => vec![],
         };
         for rel in &rels {
             self.lock_table(rel).await?;
+        }
+        match group {
+            Group::Clear { output, rows } => return self.clear(output, rows).await,
+            Group::Children { output, parents } => return self.children(output, parents).await,
+            Group::DeadLetters { rows } => return self.dead_letters(rows).await,
+            _ => {}
         }
         let (output, key, cols, from, rows) = match group {
             Group::Upsert { output, rows } => (
@@ -533,6 +556,9 @@ impl Applier {
                 rows,
             ),
             Group::Truncate { tables } => return self.truncate(tables).await,
+            Group::Clear { .. } | Group::Children { .. } | Group::DeadLetters { .. } => {
+                return Ok(())
+            }
         };
         let stmt = match self.stmts.get(&key) {
             Some(s) => s.clone(),
@@ -543,6 +569,7 @@ impl Applier {
                         sql::update_present(&self.state, output, present, *moved)
                     }
                     StmtKey::Delete(_) => sql::delete(&self.state, output),
+                    _ => unreachable_stmt(),
                 };
                 let arrays = 2 + cols.len() + from.first().map_or(0, Vec::len);
                 let mut types = vec![Type::TEXT];
@@ -570,6 +597,130 @@ impl Applier {
                  kept in {}.deferred until backfill brings the rows",
                 self.state.schema
             );
+        }
+        Ok(())
+    }
+
+    /// A prepared statement for `key`, all of whose `n` parameters are text arrays but `$1`.
+    async fn stmt(
+        &mut self,
+        key: StmtKey,
+        text: impl FnOnce() -> String,
+        n: usize,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.stmts.get(&key) {
+            return Ok(s.clone());
+        }
+        let mut types = vec![Type::TEXT];
+        types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, n - 1));
+        let s = self.client.prepare_typed(&text(), &types).await?;
+        self.stmts.insert(key, s.clone());
+        Ok(s)
+    }
+
+    async fn clear(
+        &mut self,
+        o: &Arc<crate::transform::OutputPlan>,
+        rows: &[(Guard, Vec<Value>, Option<Vec<Value>>)],
+    ) -> Result<(), tokio_postgres::Error> {
+        let own = o.columns.len() - o.key.len();
+        let n = 4 + o.key.len() + own;
+        let state = self.state.clone();
+        let stmt = self
+            .stmt(StmtKey::Clear(o.id), || sql::clear(&state, o), n)
+            .await?;
+        let skeys: Vec<String> = rows.iter().map(|r| r.0.key.encode()).collect();
+        let vers: Vec<String> = rows.iter().map(|r| r.0.version.to_string()).collect();
+        let cmp: Vec<&str> = rows
+            .iter()
+            .map(|r| if r.2.is_some() { "t" } else { "f" })
+            .collect();
+        let mut cols: Vec<Vec<Option<&str>>> = (0..o.key.len())
+            .map(|j| rows.iter().map(|r| text_of(r.1.get(j))).collect())
+            .collect();
+        for j in 0..own {
+            cols.push(
+                rows.iter()
+                    .map(|r| r.2.as_ref().and_then(|v| text_of(v.get(j))))
+                    .collect(),
+            );
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&o.source, &skeys, &vers, &cmp];
+        for c in &cols {
+            params.push(c);
+        }
+        self.client.execute(&stmt, &params).await?;
+        Ok(())
+    }
+
+    async fn children(
+        &mut self,
+        o: &Arc<crate::transform::OutputPlan>,
+        parents: &[batch::ChildSet],
+    ) -> Result<(), tokio_postgres::Error> {
+        let np = o.split().map_or(0, |s| s.parent.len());
+        let n = 4 + np + 1 + o.columns.len();
+        let state = self.state.clone();
+        let stmt = self
+            .stmt(StmtKey::Children(o.id), || sql::children(&state, o), n)
+            .await?;
+        let skeys: Vec<String> = parents.iter().map(|p| p.guard.key.encode()).collect();
+        let vers: Vec<String> = parents.iter().map(|p| p.guard.version.to_string()).collect();
+        let del: Vec<&str> = parents
+            .iter()
+            .map(|p| if p.deleted { "t" } else { "f" })
+            .collect();
+        let pcols: Vec<Vec<Option<&str>>> = (0..np)
+            .map(|j| parents.iter().map(|p| text_of(p.parent.get(j))).collect())
+            .collect();
+        let kid_skeys: Vec<&str> = parents
+            .iter()
+            .zip(&skeys)
+            .flat_map(|(p, k)| std::iter::repeat_n(k.as_str(), p.rows.len()))
+            .collect();
+        let kcols: Vec<Vec<Option<&str>>> = (0..o.columns.len())
+            .map(|i| {
+                parents
+                    .iter()
+                    .flat_map(|p| p.rows.iter().map(move |r| text_of(r.get(i))))
+                    .collect()
+            })
+            .collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&o.source, &skeys, &vers, &del];
+        for c in &pcols {
+            params.push(c);
+        }
+        params.push(&kid_skeys);
+        for c in &kcols {
+            params.push(c);
+        }
+        self.client.execute(&stmt, &params).await?;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &mut self,
+        rows: &[crate::transform::DeadLetter],
+    ) -> Result<(), tokio_postgres::Error> {
+        let state = self.state.clone();
+        let stmt = self
+            .stmt(StmtKey::DeadLetters, || sql::dead_letters(&state), 6)
+            .await?;
+        let rels: Vec<&str> = rows.iter().map(|d| d.source_rel.as_ref()).collect();
+        let keys: Vec<String> = rows.iter().map(|d| d.key.encode()).collect();
+        let vers: Vec<String> = rows.iter().map(|d| d.version.to_string()).collect();
+        let ops: Vec<&str> = rows.iter().map(|d| d.op).collect();
+        let why: Vec<&str> = rows.iter().map(|d| d.reason.as_str()).collect();
+        let json: Vec<String> = rows.iter().map(|d| d.row.to_string()).collect();
+        self.client
+            .execute(&stmt, &[&rels, &keys, &vers, &ops, &why, &json])
+            .await?;
+        for d in rows {
+            tracing::warn!(table = %d.source_rel, key = %d.key, lsn = %d.version, reason = %d.reason,
+                "row set aside in {}.dead_letters (on_error = \"dead_letter\")", self.state.schema);
+            if let Some(t) = self.txn.as_mut() {
+                *t.dead_letters.entry(d.source_rel.clone()).or_default() += 1;
+            }
         }
         Ok(())
     }
@@ -661,6 +812,18 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+fn text_of(v: Option<&Value>) -> Option<&str> {
+    match v {
+        Some(Value::Text(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+fn unreachable_stmt() -> String {
+    // Only the three statement kinds above reach the shared path.
+    String::new()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -146,7 +146,7 @@ pub fn update_present(
             format!(
                 "t.{} = {}",
                 quote_ident(&o.columns[k].name),
-                o.columns[k].sql_value(&input)
+                o.columns[k].sql_match(&input)
             )
         })
         .collect();
@@ -187,8 +187,8 @@ pub fn update_present(
            INSERT INTO {deferred} AS d (rel, skey, version, target, columns)
            SELECT $1, a.skey, a.ver::pg_lsn, '{target_lit}', jsonb_build_object({json})
            FROM allowed a WHERE a.skey NOT IN (SELECT skey FROM found)
-           ON CONFLICT (rel, skey) DO UPDATE
-             SET version = EXCLUDED.version, target = EXCLUDED.target, columns = d.columns || EXCLUDED.columns
+           ON CONFLICT (rel, skey, target) DO UPDATE
+             SET version = EXCLUDED.version, columns = d.columns || EXCLUDED.columns
              WHERE d.version <= EXCLUDED.version
            RETURNING d.skey)
          SELECT skey FROM def",
@@ -212,7 +212,7 @@ pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
             format!(
                 "t.{} = {}",
                 quote_ident(&o.columns[k].name),
-                o.columns[k].sql_value(&format!("i.k{j}"))
+                o.columns[k].sql_match(&format!("i.k{j}"))
             )
         })
         .collect();
@@ -260,5 +260,185 @@ pub fn progress(state: &StateSchema) -> String {
          ON CONFLICT (slot) DO UPDATE SET applied_lsn = EXCLUDED.applied_lsn,
              commit_ts = EXCLUDED.commit_ts, updated_at = now()",
         state.table("progress")
+    )
+}
+
+/// Replace the child sets of parents (a split output). Parameters: `$1` source table,
+/// `$2` parent skeys, `$3` versions, `$4` deleted flags ('t'/'f'), `$5..` one text[] per parent
+/// column; then the children: skey[] and one text[] per output column.
+///
+/// Parents pass the ledger guard as a whole; for those that pass, children no longer in the set
+/// are deleted and the others upserted — a child whose values are unchanged is not written.
+pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
+    let Some(sp) = o.split() else {
+        return String::new();
+    };
+    let np = sp.parent.len();
+    let parent_params: Vec<String> = (0..np).map(|j| format!("${}::text[]", j + 5)).collect();
+    let parent_names: Vec<String> = (0..np).map(|j| format!("p{j}")).collect();
+    let first_kid = 5 + np;
+    let kid_params: Vec<String> = (0..=o.columns.len())
+        .map(|j| format!("${}::text[]", first_kid + j))
+        .collect();
+    let kid_names: Vec<String> = std::iter::once("skey".to_string())
+        .chain((0..o.columns.len()).map(|i| format!("c{i}")))
+        .collect();
+    let parent_match: Vec<String> = sp
+        .parent
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[c].name),
+                o.columns[c].sql_match(&format!("p.p{j}"))
+            )
+        })
+        .collect();
+    let kid_match: Vec<String> = o
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[k].name),
+                o.columns[k].sql_match(&format!("k.c{k}"))
+            )
+        })
+        .collect();
+    let values: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.sql_value(&format!("k.c{i}")))
+        .collect();
+    let (targets, mut on_conflict) = insert_columns_and_conflict(o);
+    let non_key: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !o.key.contains(i))
+        .map(|(_, c)| quote_ident(&c.name))
+        .collect();
+    if !non_key.is_empty() {
+        on_conflict.push_str(&format!(
+            " WHERE ({}) IS DISTINCT FROM ({})",
+            non_key.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", "),
+            non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+        ));
+    }
+    format!(
+        "WITH parents AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], {pp}) AS p(skey, ver, del, {pn})),
+         kids AS (SELECT * FROM unnest({kp}) AS k({kn})),
+         guard AS (
+           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
+           SELECT DISTINCT ON (p.skey) $1, p.skey, p.ver::pg_lsn, p.del::boolean FROM parents p
+           WHERE p.ver::pg_lsn >= COALESCE(
+               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
+           ORDER BY p.skey, p.ver::pg_lsn DESC
+           ON CONFLICT (rel, skey) DO UPDATE
+             SET version = EXCLUDED.version, deleted = EXCLUDED.deleted
+             WHERE l.version <= EXCLUDED.version
+           RETURNING l.skey),
+         gone AS (
+           DELETE FROM {target} AS t USING parents p JOIN guard g ON g.skey = p.skey
+           WHERE {parent_match}
+             AND NOT EXISTS (SELECT 1 FROM kids k WHERE k.skey = p.skey AND {kid_match}))
+         INSERT INTO {target} AS t ({targets})
+         SELECT {values} FROM kids k JOIN guard g ON g.skey = k.skey
+         {on_conflict}",
+        pp = parent_params.join(", "),
+        pn = parent_names.join(", "),
+        kp = kid_params.join(", "),
+        kn = kid_names.join(", "),
+        ledger = state.table("ledger"),
+        trunc = state.table("truncations"),
+        target = o.quoted_target(),
+        parent_match = parent_match.join(" AND "),
+        kid_match = kid_match.join(" AND "),
+        values = values.join(", "),
+    )
+}
+
+/// Clear a merge output's own columns in rows found by key, where they still hold the given
+/// values (`$4` 't' to compare, 'f' not to). Parameters: `$1` source table, `$2` skeys, `$3`
+/// versions, `$4` compare flags, `$5..` key columns, then one text[] per own (non-key) column.
+pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
+    let own: Vec<usize> = (0..o.columns.len()).filter(|i| !o.key.contains(i)).collect();
+    let mut names = vec!["skey".to_string(), "ver".to_string(), "cmp".to_string()];
+    let mut params = vec!["$2::text[]".to_string(), "$3::text[]".to_string(), "$4::text[]".to_string()];
+    let mut n = 5;
+    for j in 0..o.key.len() {
+        names.push(format!("k{j}"));
+        params.push(format!("${n}::text[]"));
+        n += 1;
+    }
+    for i in &own {
+        names.push(format!("v{i}"));
+        params.push(format!("${n}::text[]"));
+        n += 1;
+    }
+    let wheres: Vec<String> = o
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[k].name),
+                o.columns[k].sql_match(&format!("i.k{j}"))
+            )
+        })
+        .collect();
+    let sets: Vec<String> = own
+        .iter()
+        .map(|&i| format!("{} = NULL", quote_ident(&o.columns[i].name)))
+        .collect();
+    let same = if own.is_empty() {
+        "true".to_string()
+    } else {
+        format!(
+            "({}) IS NOT DISTINCT FROM ({})",
+            own.iter()
+                .map(|&i| format!("t.{}", quote_ident(&o.columns[i].name)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            own.iter()
+                .map(|&i| o.columns[i].sql_value(&format!("i.v{i}")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if sets.is_empty() {
+        // Nothing to clear: only the ledger moves.
+        return format!(
+            "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard} SELECT count(*) FROM guard",
+            p = params.join(", "),
+            n = names.join(", "),
+            guard = guard_cte(state, true),
+        );
+    }
+    format!(
+        "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard}
+         UPDATE {target} AS t SET {sets} FROM input i JOIN guard g ON g.skey = i.skey
+         WHERE {wheres} AND (i.cmp = 'f' OR {same})",
+        p = params.join(", "),
+        n = names.join(", "),
+        guard = guard_cte(state, true),
+        target = o.quoted_target(),
+        sets = sets.join(", "),
+        wheres = wheres.join(" AND "),
+    )
+}
+
+/// Record rows the mapping could not transform. `$1` rels, `$2` skeys, `$3` versions, `$4` ops,
+/// `$5` reasons, `$6` rows (JSON text). A row already there (a replay) is left as it is.
+pub fn dead_letters(state: &StateSchema) -> String {
+    format!(
+        "INSERT INTO {} (rel, skey, version, op, reason, row)
+         SELECT r, k, v::pg_lsn, o, why, j::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS d(r, k, v, o, why, j)
+         ON CONFLICT (rel, skey, version) DO NOTHING",
+        state.table("dead_letters")
     )
 }

@@ -33,7 +33,7 @@ impl TableSql {
         let mut columns: Vec<String> = plan.source_key.clone();
         for o in &plan.outputs {
             for c in &o.columns {
-                if let Expr::Column { name, .. } = &c.expr {
+                if let Expr::Column { name, .. } | Expr::Lookup { from: name, .. } = &c.expr {
                     if !columns.contains(name) {
                         columns.push(name.clone());
                     }
@@ -180,8 +180,12 @@ impl TableSql {
             .columns
             .iter()
             .map(|c| match &c.expr {
-                Expr::Column { name, .. } => c.sql_value(&self.staged(name)),
+                Expr::Column { name, .. } | Expr::Lookup { from: name, .. } => {
+                    c.sql_value(&self.staged(name))
+                }
                 Expr::Constant(v) => format!("{}::{}", quote_literal(v), c.sql_type),
+                // Not on this path: tables with values computed in remodel stage transformed rows.
+                _ => format!("NULL::{}", c.sql_type),
             })
             .collect();
         let (targets, on_conflict) = crate::apply::sql::insert_columns_and_conflict(o);
@@ -234,7 +238,7 @@ impl TableSql {
                 format!(
                     "t.{} = {}",
                     quote_ident(&o.columns[k].name),
-                    o.columns[k].sql_value(&from_json(&o.columns[k].name))
+                    o.columns[k].sql_match(&from_json(&o.columns[k].name))
                 )
             })
             .collect();
@@ -255,7 +259,7 @@ impl TableSql {
         format!(
             "WITH staged AS (SELECT {skey} AS skey FROM {stage} s),
              d AS (DELETE FROM {deferred} d USING staged
-                   WHERE d.rel = $1 AND d.skey = staged.skey
+                   WHERE d.rel = $1 AND d.skey = staged.skey AND d.target = {target_lit}
                    RETURNING d.skey, d.version, d.columns),
              live AS (SELECT d.* FROM d
                       WHERE d.version >= $2::text::pg_lsn
@@ -274,6 +278,7 @@ impl TableSql {
             deferred = state.table("deferred"),
             ledger = state.table("ledger"),
             trunc = state.table("truncations"),
+            target_lit = quote_literal(&o.target()),
         )
     }
 }

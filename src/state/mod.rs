@@ -10,6 +10,10 @@
 //!                                                          target lacks (for backfill to merge)
 //!   <schema>.backfill_tables (rel, state, cursor, rows_copied, chunks, ...)  per-table progress
 //!   <schema>.backfill_passes (id, owner, version, started_at, finished_at)    snapshot passes
+//!   <schema>.keymaps (name, seq), keymap (map, old, new)  key maps: source value → integer key,
+//!                                                          allocated by keymap_lookup(map, value)
+//!   <schema>.dead_letters (rel, skey, version, op, reason, row)  rows the mapping could not
+//!                                                          transform (on_error = "dead_letter")
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -65,6 +69,50 @@ const MIGRATIONS: &[&str] = &[
          finished_at timestamptz);",
     // 4: lets a backfill chunk ask once whether anything of its table is newer than its pass.
     "CREATE INDEX ledger_rel_version ON {s}.ledger (rel, version);",
+    // 5: mapping language: deferred updates per target (a source row may feed several), key
+    // maps (uuid → bigint), rows the mapping could not transform.
+    "ALTER TABLE {s}.deferred DROP CONSTRAINT deferred_pkey;
+     ALTER TABLE {s}.deferred ADD PRIMARY KEY (rel, skey, target);
+     CREATE TABLE {s}.keymaps (
+         name text PRIMARY KEY,
+         seq regclass NOT NULL);
+     CREATE TABLE {s}.keymap (
+         map text NOT NULL,
+         old text NOT NULL,
+         new bigint NOT NULL,
+         PRIMARY KEY (map, old));
+     CREATE FUNCTION {s}.keymap_get(m text, v text) RETURNS bigint
+       LANGUAGE sql STABLE AS $f$ SELECT k.new FROM {s}.keymap k WHERE k.map = m AND k.old = v $f$;
+     CREATE FUNCTION {s}.keymap_lookup(m text, v text) RETURNS bigint
+       LANGUAGE plpgsql AS $f$
+       DECLARE r bigint;
+       BEGIN
+         IF v IS NULL THEN RETURN NULL; END IF;
+         SELECT k.new INTO r FROM {s}.keymap k WHERE k.map = m AND k.old = v;
+         IF FOUND THEN RETURN r; END IF;
+         INSERT INTO {s}.keymap AS k (map, old, new)
+           SELECT m, v, nextval(km.seq) FROM {s}.keymaps km WHERE km.name = m
+           ON CONFLICT (map, old) DO NOTHING RETURNING k.new INTO r;
+         IF r IS NULL THEN
+           SELECT k.new INTO r FROM {s}.keymap k WHERE k.map = m AND k.old = v;
+         END IF;
+         IF r IS NULL THEN
+           RAISE EXCEPTION 'remodel key map % is not registered', m
+             USING HINT = 'start remodel run with the mapping that declares it';
+         END IF;
+         RETURN r;
+       END $f$;
+     CREATE TABLE {s}.dead_letters (
+         rel text NOT NULL,
+         skey text NOT NULL,
+         version pg_lsn NOT NULL,
+         op text NOT NULL,
+         reason text NOT NULL,
+         row jsonb,
+         attempts int NOT NULL DEFAULT 0,
+         created_at timestamptz NOT NULL DEFAULT now(),
+         updated_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (rel, skey, version));",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +236,54 @@ impl StateSchema {
             commit_ts_unix: r.get(1),
             updated_at_unix: r.get(2),
         }))
+    }
+}
+
+impl StateSchema {
+    /// Register key maps (creating remodel's own sequences where no target sequence owns one).
+    pub async fn ensure_keymaps(
+        &self,
+        client: &Client,
+        maps: &[crate::transform::plan::KeyMap],
+    ) -> Result<(), StateError> {
+        for m in maps {
+            if m.own {
+                client
+                    .batch_execute(&format!("CREATE SEQUENCE IF NOT EXISTS {}", m.seq))
+                    .await
+                    .map_err(self.err("creating a key map sequence"))?;
+            }
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {} (name, seq) VALUES ($1, $2::text::regclass)
+                         ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq",
+                        self.table("keymaps")
+                    ),
+                    &[&m.name, &m.seq],
+                )
+                .await
+                .map_err(self.err("registering a key map"))?;
+        }
+        Ok(())
+    }
+
+    /// Dead letters per source table.
+    pub async fn dead_letter_counts(
+        &self,
+        client: &Client,
+    ) -> Result<Vec<(String, i64)>, StateError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT rel, count(*) FROM {} GROUP BY rel ORDER BY rel",
+                    self.table("dead_letters")
+                ),
+                &[],
+            )
+            .await
+            .map_err(self.err("counting dead letters"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
 

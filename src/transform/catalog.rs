@@ -27,6 +27,8 @@ pub struct TableInfo {
     /// Columns the source puts in the old tuple of updates and deletes: the primary key
     /// (DEFAULT), the replica identity index (INDEX), every column (FULL), none (NOTHING).
     pub identity_columns: Vec<String>,
+    /// Unique indexes other than the primary key (their columns; expression indexes left out).
+    pub unique_keys: Vec<Vec<String>>,
 }
 
 impl TableInfo {
@@ -74,6 +76,7 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
             primary_key: vec![],
             replica_identity: ident.chars().next().unwrap_or('d'),
             identity_columns: vec![],
+            unique_keys: vec![],
         });
         let col: String = r.get(3);
         t.columns.push(ColumnInfo {
@@ -99,6 +102,25 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
                 .entry(qualified)
                 .or_default()
                 .push((pos.unwrap_or(0), col));
+        }
+    }
+    let uniques = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname,
+                    array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, o)
+                          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.o)
+             FROM pg_index i
+             JOIN pg_class c ON c.oid = i.indrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE i.indisunique AND NOT i.indisprimary AND i.indexprs IS NULL
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await?;
+    for r in uniques {
+        let q: String = r.get(0);
+        if let Some(t) = out.get_mut(&q) {
+            t.unique_keys.push(r.get(1));
         }
     }
     for (q, mut cols) in pk_pos {

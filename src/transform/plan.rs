@@ -1,36 +1,76 @@
-//! The compiled mapping plan, and the compiler that builds it from config + both live schemas.
+//! The compiled mapping plan: what each source table's rows become on the target.
 //!
 //! ```text
-//!  Plan ─ by source table ─▶ TablePlan { source key, outputs: [OutputPlan] }
-//!                                              │ one per target row a source row produces
-//!                                              ▼ (1→1 today; a 1→N split is more outputs or
-//!                                                 an output with a row generator; N→1 is several
-//!                                                 TablePlans naming one target)
-//!                            OutputPlan { target table, columns: [TargetColumn { expr }], key }
+//!  Plan ─ by source table ─▶ TablePlan { source key, filter, custom transform, outputs }
+//!                                              │ one per target table a source row feeds
+//!                                              ▼
+//!              OutputPlan { target, kind: Row | Merge | Split, columns: [TargetColumn { expr }], key }
+//!    Row:   one target row per source row (1→1), owning the row
+//!    Merge: one target row per source row, owning only its columns of a row another table owns (N→1)
+//!    Split: one target row per item of a list column (1→N); the child set is replaced as a whole
 //! ```
 //!
-//! Compiling collects every problem at once (for `remodel check`). Must never touch data.
+//! Built by [`super::compile`]. Must never touch data: it is the description apply and backfill
+//! both follow, so the stream and the backfill produce identical rows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::Client;
-
-use super::catalog::TableInfo;
-use super::mapping::{ColumnAction, ColumnSpec, TableMapping};
+use super::custom::Transform;
+use super::expr::Compiled;
+use super::mapping::{ChildKey, OnError};
+use super::split::Splitter;
 use crate::source::replication::quote_ident;
 
 /// How a target column's value is produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Expr {
     /// A source column's value; `via` is the source type to cast through (a real SQL cast)
     /// when source and target types differ and the target knows the source type.
     Column { name: String, via: Option<String> },
     /// A constant, as text converted by the target column type's input function.
     Constant(String),
+    /// An expression over the source row, evaluated in remodel.
+    Computed { expr: Arc<Compiled>, text: String },
+    /// The integer the key map gives source column `from`'s value, looked up (or allocated)
+    /// on the target by the state schema's `keymap_lookup(map, value)`; `state` is that
+    /// schema, quoted.
+    Lookup {
+        map: String,
+        from: String,
+        state: String,
+    },
+    /// Column `slot` of the table's custom [`Transform`].
+    Custom { slot: usize },
+    /// A split output's per-item value.
+    Child(ChildField),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChildField {
+    /// UUID v5 of the parent key and the item (name or position).
+    Id,
+    /// 1-based position among the items.
+    Position,
+    Name,
+    /// Whether the item carried this annotation (index into the splitter's annotation names).
+    Annotation(usize),
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expr::Column { name, via } => write!(f, "Column({name}, via {via:?})"),
+            Expr::Constant(c) => write!(f, "Constant({c:?})"),
+            Expr::Computed { text, .. } => write!(f, "Computed({text})"),
+            Expr::Lookup { map, from, .. } => write!(f, "Lookup({map}, {from})"),
+            Expr::Custom { slot } => write!(f, "Custom(#{slot})"),
+            Expr::Child(c) => write!(f, "Child({c:?})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct TargetColumn {
     pub name: String,
     pub sql_type: String,
@@ -42,12 +82,72 @@ impl TargetColumn {
     pub fn sql_value(&self, input: &str) -> String {
         match &self.expr {
             Expr::Column { via: Some(v), .. } => format!("{input}::{v}::{}", self.sql_type),
+            Expr::Lookup { map, state, .. } => format!(
+                "{state}.keymap_lookup({}, {input})::{}",
+                quote_literal(map),
+                self.sql_type
+            ),
             _ => format!("{input}::{}", self.sql_type),
         }
     }
+    /// Like [`TargetColumn::sql_value`], for finding an existing row (WHERE clauses): a key
+    /// lookup only reads the map there (a STABLE function the planner can use with an index).
+    pub fn sql_match(&self, input: &str) -> String {
+        match &self.expr {
+            Expr::Lookup { map, state, .. } => format!(
+                "{state}.keymap_get({}, {input})::{}",
+                quote_literal(map),
+                self.sql_type
+            ),
+            _ => self.sql_value(input),
+        }
+    }
+    /// Whether PostgreSQL alone can compute this column from staged source text (backfill's
+    /// SQL-side merge): source columns, constants and key lookups.
+    pub fn sql_computable(&self) -> bool {
+        matches!(
+            self.expr,
+            Expr::Column { .. } | Expr::Constant(_) | Expr::Lookup { .. }
+        )
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A split output's list column, splitter and child keying.
+pub struct SplitPlan {
+    pub column: String,
+    pub splitter: Splitter,
+    pub key: ChildKey,
+    pub namespace: uuid::Uuid,
+    /// Indices into the output's columns holding the parent's key (`parent.<key column>`),
+    /// aligned with the table's source key: the child set of a parent is found by them.
+    pub parent: Vec<usize>,
+}
+
+impl std::fmt::Debug for SplitPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitPlan")
+            .field("column", &self.column)
+            .field("key", &self.key)
+            .field("parent", &self.parent)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum OutputKind {
+    /// One target row per source row, owned by it (1→1).
+    Row,
+    /// Columns of a target row another mapping owns (N→1): a delete clears them.
+    Merge,
+    /// One target row per item of a list column (1→N).
+    Split(Arc<SplitPlan>),
+}
+
+#[derive(Debug, Clone)]
 pub struct OutputPlan {
     /// Index of this output in [`Plan::outputs`]; stable for the life of the plan.
     pub id: usize,
@@ -57,6 +157,7 @@ pub struct OutputPlan {
     pub columns: Vec<TargetColumn>,
     /// Indices into `columns` of the target's primary key.
     pub key: Vec<usize>,
+    pub kind: OutputKind,
 }
 
 impl OutputPlan {
@@ -70,9 +171,30 @@ impl OutputPlan {
             quote_ident(&self.target_name)
         )
     }
+    pub fn split(&self) -> Option<&SplitPlan> {
+        match &self.kind {
+            OutputKind::Split(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A table's custom transform and the positions (in [`TablePlan::columns`]) it reads.
+#[derive(Clone)]
+pub struct CustomPlan {
+    pub name: String,
+    pub transform: Arc<dyn Transform>,
+    pub reads: Vec<usize>,
+    pub width: usize,
+}
+
+impl std::fmt::Debug for CustomPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustomPlan({})", self.name)
+    }
+}
+
+#[derive(Clone)]
 pub struct TablePlan {
     pub source: String,
     /// Columns identifying a source row in the version ledger (primary key or configured key).
@@ -80,13 +202,58 @@ pub struct TablePlan {
     /// Every source column the mapping knows (kept, renamed, cast or dropped). A column outside
     /// this set appearing in the stream is schema drift.
     pub known_columns: Vec<String>,
+    /// The source columns (name, type) in table order: what expressions and transforms read.
+    pub columns: Vec<(String, String)>,
+    pub filter: Option<Arc<Compiled>>,
+    pub filter_text: Option<String>,
+    pub custom: Option<CustomPlan>,
+    pub on_error: OnError,
+    /// Outputs in write order: a row before the rows that reference it (deletes go in reverse).
     pub outputs: Vec<Arc<OutputPlan>>,
+}
+
+impl std::fmt::Debug for TablePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TablePlan")
+            .field("source", &self.source)
+            .field("source_key", &self.source_key)
+            .field("filter", &self.filter_text)
+            .field("custom", &self.custom)
+            .field("on_error", &self.on_error)
+            .field("outputs", &self.outputs)
+            .finish()
+    }
+}
+
+impl TablePlan {
+    /// Whether backfill may compute every output in SQL from the source columns (one output,
+    /// no filter, no expression evaluated in remodel); otherwise rows go through the transform.
+    pub fn sql_only(&self) -> bool {
+        self.filter.is_none()
+            && self.custom.is_none()
+            && matches!(
+                self.outputs.as_slice(),
+                [o] if matches!(o.kind, OutputKind::Row | OutputKind::Merge)
+                    && o.columns.iter().all(TargetColumn::sql_computable)
+            )
+    }
+}
+
+/// A key map and the sequence it allocates from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMap {
+    pub name: String,
+    /// `schema.sequence`, quoted: the target column's own sequence, or one in the state schema.
+    pub seq: String,
+    /// Whether remodel must create `seq` (no target sequence owns the map).
+    pub own: bool,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub tables: HashMap<String, Arc<TablePlan>>,
     pub outputs: Vec<Arc<OutputPlan>>,
+    pub keymaps: Vec<KeyMap>,
 }
 
 /// One thing wrong with the mapping, with where and how to fix it.
@@ -101,395 +268,4 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} (fix: {})", self.table, self.message, self.fix)
     }
-}
-
-fn qualify(name: &str) -> String {
-    if name.contains('.') {
-        name.to_string()
-    } else {
-        format!("public.{name}")
-    }
-}
-
-/// Compile `mappings` for the tables the publication covers.
-///
-/// `published`: `schema.table` names in the publication. `target_client` is used to ask the
-/// target server whether each needed conversion exists (by preparing a cast, not running it).
-pub async fn compile(
-    mappings: &[TableMapping],
-    published: &[String],
-    source: &HashMap<String, TableInfo>,
-    target: &HashMap<String, TableInfo>,
-    target_client: &Client,
-) -> Result<Plan, Vec<Problem>> {
-    let mut problems = Vec::new();
-    let identity: Vec<TableMapping>;
-    let mappings: &[TableMapping] = if mappings.is_empty() {
-        identity = published
-            .iter()
-            .map(|t| TableMapping {
-                source: t.clone(),
-                target: None,
-                key: None,
-                columns: Default::default(),
-                constants: Default::default(),
-            })
-            .collect();
-        &identity
-    } else {
-        let listed: BTreeSet<String> = mappings.iter().map(|m| qualify(&m.source)).collect();
-        for t in published.iter().filter(|t| !listed.contains(*t)) {
-            problems.push(Problem {
-                table: t.clone(),
-                message: "is in the publication but has no [[tables]] mapping".into(),
-                fix: format!("add a [[tables]] entry with source = \"{t}\", or remove it from the publication"),
-            });
-        }
-        mappings
-    };
-    let mut plan = Plan::default();
-    let mut targets_used: HashMap<String, String> = HashMap::new();
-    for m in mappings {
-        let src_name = qualify(&m.source);
-        let tgt_name = qualify(m.target.as_deref().unwrap_or(&src_name));
-        let mut p = |message: String, fix: String| {
-            problems.push(Problem {
-                table: src_name.clone(),
-                message,
-                fix,
-            })
-        };
-        if !published.contains(&src_name) {
-            p(
-                "is mapped but not in the publication".into(),
-                format!("ALTER PUBLICATION ... ADD TABLE {src_name} on the source"),
-            );
-        }
-        let Some(s) = source.get(&src_name) else {
-            p(
-                "does not exist on the source".into(),
-                "check the table name (schema.table) in [[tables]].source".into(),
-            );
-            continue;
-        };
-        let Some(t) = target.get(&tgt_name) else {
-            p(
-                format!("target table {tgt_name} does not exist on the target"),
-                format!("create {tgt_name} in the target database (remodel never creates user tables), or set target = ..."),
-            );
-            continue;
-        };
-        if let Some(other) = targets_used.insert(tgt_name.clone(), src_name.clone()) {
-            p(
-                format!("target table {tgt_name} is also fed by {other}"),
-                "map each source table to its own target table (N→1 merges are not supported yet)"
-                    .into(),
-            );
-        }
-        let source_key = match &m.key {
-            Some(k) => {
-                for c in k {
-                    match s.column(c) {
-                        None => p(
-                            format!("key column {c} does not exist on the source"),
-                            "fix [[tables]].key".into(),
-                        ),
-                        Some(col) if !col.not_null => p(
-                            format!("key column {c} is nullable: rows with a NULL key cannot be identified or paged by backfill"),
-                            format!("ALTER TABLE {src_name} ALTER COLUMN {c} SET NOT NULL, or choose a NOT NULL unique key"),
-                        ),
-                        Some(_) => {}
-                    }
-                }
-                k.clone()
-            }
-            None if !s.primary_key.is_empty() => s.primary_key.clone(),
-            None => {
-                p(
-                    "has no primary key, so its rows cannot be identified".into(),
-                    "add a primary key on the source, or set key = [\"col\", ...] to a unique not-null key".into(),
-                );
-                continue;
-            }
-        };
-        let outside: Vec<&String> = source_key
-            .iter()
-            .filter(|k| !s.identity_columns.contains(k))
-            .collect();
-        if s.replica_identity != 'n' && !outside.is_empty() {
-            p(
-                format!(
-                    "key column(s) {} are not in the replica identity ({}), so updates and deletes cannot name the row",
-                    outside.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
-                    if s.identity_columns.is_empty() { "none".to_string() } else { s.identity_columns.join(", ") }
-                ),
-                format!("ALTER TABLE {src_name} REPLICA IDENTITY FULL, or REPLICA IDENTITY USING INDEX on a unique index over the key"),
-            );
-        }
-        if s.replica_identity == 'n' {
-            p(
-                "has REPLICA IDENTITY NOTHING: updates and deletes cannot be identified".into(),
-                format!("ALTER TABLE {src_name} REPLICA IDENTITY DEFAULT (or FULL)"),
-            );
-        }
-        for c in m.columns.keys().filter(|c| s.column(c).is_none()) {
-            p(
-                format!("mapped column {c} does not exist on the source"),
-                "fix the name under [tables.columns]".into(),
-            );
-        }
-        let mut columns: Vec<TargetColumn> = Vec::new();
-        let mut filled: HashMap<String, String> = HashMap::new();
-        for sc in &s.columns {
-            let (tname, cast) = match m.columns.get(&sc.name) {
-                Some(ColumnSpec::Action(ColumnAction::Drop)) => continue,
-                None | Some(ColumnSpec::Action(ColumnAction::Keep)) => (sc.name.clone(), None),
-                Some(ColumnSpec::Map(cm)) => (
-                    cm.rename.clone().unwrap_or_else(|| sc.name.clone()),
-                    cm.cast.clone(),
-                ),
-            };
-            let Some(tc) = t.column(&tname) else {
-                p(
-                    format!("column {} maps to {tgt_name}.{tname}, which does not exist", sc.name),
-                    format!("add the column to the target, rename it with {{ rename = \"...\" }}, or drop it with {} = \"drop\"", sc.name),
-                );
-                continue;
-            };
-            if tc.generated || tc.identity_always {
-                p(
-                    format!("target column {tgt_name}.{tname} is generated/identity ALWAYS and cannot be written"),
-                    format!("drop source column {} from the mapping", sc.name),
-                );
-                continue;
-            }
-            if let Some(prev) = filled.insert(tname.clone(), sc.name.clone()) {
-                p(
-                    format!(
-                        "target column {tname} is filled by both {prev} and {}",
-                        sc.name
-                    ),
-                    "rename or drop one of them".into(),
-                );
-            }
-            if let Some(c) = &cast {
-                if !same_type(c, &tc.sql_type, target_client).await {
-                    p(
-                        format!(
-                            "column {} casts to {c} but target column {tgt_name}.{tname} is {}",
-                            sc.name, tc.sql_type
-                        ),
-                        format!("set cast = \"{}\"", tc.sql_type),
-                    );
-                    continue;
-                }
-            }
-            let via = if sc.sql_type == tc.sql_type {
-                None
-            } else {
-                match conversion(&sc.sql_type, &tc.sql_type, target_client).await {
-                    Ok(via) => {
-                        if cast.is_none()
-                            && !assignable(&sc.sql_type, &tc.sql_type, target_client).await
-                        {
-                            p(
-                                format!(
-                                    "column {} is {} on the source but {tgt_name}.{tname} is {}",
-                                    sc.name, sc.sql_type, tc.sql_type
-                                ),
-                                format!(
-                                    "declare the conversion: {} = {{ cast = \"{}\" }}",
-                                    sc.name, tc.sql_type
-                                ),
-                            );
-                            continue;
-                        }
-                        via
-                    }
-                    Err(why) => {
-                        p(
-                            format!(
-                                "no cast from {} ({}) to {} ({tgt_name}.{tname}): {why}",
-                                sc.sql_type, sc.name, tc.sql_type
-                            ),
-                            "change the target column type or drop the column".into(),
-                        );
-                        continue;
-                    }
-                }
-            };
-            columns.push(TargetColumn {
-                name: tname,
-                sql_type: tc.sql_type.clone(),
-                expr: Expr::Column {
-                    name: sc.name.clone(),
-                    via,
-                },
-            });
-        }
-        for (tname, value) in &m.constants {
-            let Some(tc) = t.column(tname) else {
-                p(
-                    format!("constant column {tname} does not exist on {tgt_name}"),
-                    "fix the name under [tables.constants]".into(),
-                );
-                continue;
-            };
-            if filled.insert(tname.clone(), "a constant".into()).is_some() {
-                p(
-                    format!("target column {tname} is filled by a source column and a constant"),
-                    "remove one".into(),
-                );
-                continue;
-            }
-            let ok = target_client
-                .query_one(&format!("SELECT $1::text::{}", tc.sql_type), &[value])
-                .await;
-            if let Err(e) = ok {
-                p(
-                    format!(
-                        "constant {value:?} is not a valid {} for {tname}: {}",
-                        tc.sql_type,
-                        db_message(&e)
-                    ),
-                    "fix the value under [tables.constants]".into(),
-                );
-                continue;
-            }
-            columns.push(TargetColumn {
-                name: tname.clone(),
-                sql_type: tc.sql_type.clone(),
-                expr: Expr::Constant(value.clone()),
-            });
-        }
-        for tc in &t.columns {
-            if tc.not_null && !tc.has_default && !tc.generated && !filled.contains_key(&tc.name) {
-                p(
-                    format!("target column {tgt_name}.{} is NOT NULL without a default and nothing fills it", tc.name),
-                    "map a source column to it, add a constant, or give it a default".into(),
-                );
-            }
-        }
-        if t.primary_key.is_empty() {
-            p(
-                format!("target table {tgt_name} has no primary key"),
-                format!("add a primary key to {tgt_name}: remodel upserts on it"),
-            );
-            continue;
-        }
-        let mut key = Vec::new();
-        for k in &t.primary_key {
-            match columns.iter().position(|c| &c.name == k) {
-                Some(i) if matches!(&columns[i].expr, Expr::Column { name, .. } if source_key.contains(name)) => key.push(i),
-                _ => p(
-                    format!("target primary key column {tgt_name}.{k} is not filled from the source key ({})", source_key.join(", ")),
-                    "map the source key columns onto the target primary key".into(),
-                ),
-            }
-        }
-        if key.len() != t.primary_key.len() {
-            continue;
-        }
-        let fed: Vec<&str> = key
-            .iter()
-            .filter_map(|&i| match &columns[i].expr {
-                Expr::Column { name, .. } => Some(name.as_str()),
-                Expr::Constant(_) => None,
-            })
-            .collect();
-        let uncovered: Vec<&String> = source_key
-            .iter()
-            .filter(|k| !fed.contains(&k.as_str()))
-            .collect();
-        if !uncovered.is_empty() {
-            p(
-                format!(
-                    "source key column(s) {} do not feed the primary key of {tgt_name}: several source rows would share one target row",
-                    uncovered.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-                format!("make the primary key of {tgt_name} cover the whole source key ({})", source_key.join(", ")),
-            );
-            continue;
-        }
-        let output = Arc::new(OutputPlan {
-            id: plan.outputs.len(),
-            source: src_name.clone(),
-            target_schema: t.schema.clone(),
-            target_name: t.name.clone(),
-            columns,
-            key,
-        });
-        plan.outputs.push(output.clone());
-        plan.tables.insert(
-            src_name.clone(),
-            Arc::new(TablePlan {
-                source: src_name,
-                source_key,
-                known_columns: s.columns.iter().map(|c| c.name.clone()).collect(),
-                outputs: vec![output],
-            }),
-        );
-    }
-    if problems.is_empty() {
-        Ok(plan)
-    } else {
-        Err(problems)
-    }
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
-async fn same_type(a: &str, b: &str, client: &Client) -> bool {
-    if a == b {
-        return true;
-    }
-    match client
-        .query_one("SELECT $1::text::regtype = $2::text::regtype", &[&a, &b])
-        .await
-    {
-        Ok(r) => r.get(0),
-        Err(_) => false,
-    }
-}
-
-/// How to convert source type `from` to `to` on the target: `Ok(Some(from))` casts through
-/// the source type, `Ok(None)` converts the text form directly (the target lacks `from`).
-async fn conversion(from: &str, to: &str, client: &Client) -> Result<Option<String>, String> {
-    let known = client
-        .query_one("SELECT to_regtype($1) IS NOT NULL", &[&from])
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false);
-    if known {
-        client
-            .prepare(&format!("SELECT NULL::{from}::{to}"))
-            .await
-            .map(|_| Some(from.to_string()))
-            .map_err(|e| db_message(&e))
-    } else {
-        client
-            .prepare(&format!("SELECT NULL::text::{to}"))
-            .await
-            .map(|_| None)
-            .map_err(|e| db_message(&e))
-    }
-}
-
-/// Whether PostgreSQL would convert `from` to `to` on assignment without an explicit cast.
-async fn assignable(from: &str, to: &str, client: &Client) -> bool {
-    client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_cast
-                 WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2)
-                   AND castcontext IN ('i', 'a'))
-                 OR to_regtype($1) = to_regtype($2)",
-            &[&from, &to],
-        )
-        .await
-        .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
-        .unwrap_or(false)
 }

@@ -1,0 +1,583 @@
+//! The compiler: config `[[tables]]` + both live schemas → [`Plan`].
+//!
+//! Collects every problem at once (for `remodel check`): missing tables or columns, types no
+//! cast covers, expressions that do not parse or type-check (with where they are), target NOT
+//! NULL columns nothing fills, keys that do not identify rows, unique constraints a split could
+//! violate. Reads both catalogs and asks the target to prepare casts; must never touch data.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::catalog::TableInfo;
+use super::custom::Registry;
+use super::expr::{ColumnRef, Compiled};
+use super::mapping::{ChildKey, SplitMapping, TableMapping};
+use super::plan::{
+    ChildField, CustomPlan, Expr, KeyMap, OutputKind, OutputPlan, Plan, Problem, SplitPlan,
+    TablePlan, TargetColumn,
+};
+use super::split::{SplitSpec, Splitter};
+use crate::source::replication::quote_ident;
+
+/// remodel's default namespace for child ids (UUID v5 of "remodel.child" in the URL namespace).
+pub fn default_namespace() -> uuid::Uuid {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"https://remodel.dev/child")
+}
+
+fn qualify(name: &str) -> String {
+    if name.contains('.') {
+        name.to_string()
+    } else {
+        format!("public.{name}")
+    }
+}
+
+/// Everything compile needs besides the mapping.
+pub struct Env<'a> {
+    pub published: &'a [String],
+    pub source: &'a HashMap<String, TableInfo>,
+    pub target: &'a HashMap<String, TableInfo>,
+    /// Used to ask the target whether each conversion exists (by preparing, never running it).
+    pub target_client: &'a Client,
+    pub state_schema: &'a str,
+    pub registry: &'a Registry,
+}
+
+/// Where compile collects problems.
+pub(super) type ProblemSink = Vec<Problem>;
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, table: &str, message: impl Into<String>, fix: impl Into<String>) {
+        self.0.push(Problem {
+            table: table.to_string(),
+            message: message.into(),
+            fix: fix.into(),
+        });
+    }
+}
+
+/// Compile `mappings` for the tables the publication covers.
+pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, Vec<Problem>> {
+    let mut problems = Problems(Vec::new());
+    let identity: Vec<TableMapping>;
+    let mappings: &[TableMapping] = if mappings.is_empty() {
+        identity = env
+            .published
+            .iter()
+            .map(|t| TableMapping {
+                source: t.clone(),
+                ..Default::default()
+            })
+            .collect();
+        &identity
+    } else {
+        let listed: BTreeSet<String> = mappings.iter().map(|m| qualify(&m.source)).collect();
+        for t in env.published.iter().filter(|t| !listed.contains(*t)) {
+            problems.add(
+                t,
+                "is in the publication but has no [[tables]] mapping",
+                format!("add a [[tables]] entry with source = \"{t}\", or remove it from the publication"),
+            );
+        }
+        mappings
+    };
+    let mut plan = Plan::default();
+    // target table → (source, merge?, columns it fills)
+    let mut feeds: BTreeMap<String, Vec<(String, bool, Vec<String>)>> = BTreeMap::new();
+    let mut lookups: Vec<(String, String, String)> = Vec::new(); // (map, source table, from)
+    for m in mappings {
+        if let Some(tp) = compile_table(m, env, &mut problems, &mut plan, &mut feeds).await {
+            for o in &tp.outputs {
+                for c in &o.columns {
+                    if let Expr::Lookup { map, from, .. } = &c.expr {
+                        lookups.push((map.clone(), tp.source.clone(), from.clone()));
+                    }
+                }
+            }
+            plan.tables.insert(tp.source.clone(), Arc::new(tp));
+        }
+    }
+    check_shared_targets(&feeds, env, &mut problems);
+    plan.keymaps = keymaps(&lookups, &plan, env, &mut problems).await;
+    if problems.0.is_empty() {
+        Ok(plan)
+    } else {
+        Err(problems.0)
+    }
+}
+
+/// N→1: exactly one mapping owns a shared target; the others set `merge = true`; NOT NULL
+/// columns must be fillable by whichever source writes a row first.
+fn check_shared_targets(
+    feeds: &BTreeMap<String, Vec<(String, bool, Vec<String>)>>,
+    env: &Env<'_>,
+    problems: &mut Problems,
+) {
+    for (target, fed) in feeds {
+        let owners: Vec<&str> = fed.iter().filter(|f| !f.1).map(|f| f.0.as_str()).collect();
+        if fed.len() > 1 && owners.len() != 1 {
+            let names: Vec<&str> = fed.iter().map(|f| f.0.as_str()).collect();
+            problems.add(
+                &names.join(", "),
+                format!("target table {target} is fed by {} mappings, {} of which own its rows", fed.len(), owners.len()),
+                "exactly one mapping owns a merged target's rows; set merge = true on each mapping that only contributes columns",
+            );
+        }
+        let Some(t) = env.target.get(target) else { continue };
+        let all: BTreeSet<&str> = fed.iter().flat_map(|f| f.2.iter().map(String::as_str)).collect();
+        for tc in &t.columns {
+            if !(tc.not_null && !tc.has_default && !tc.generated) {
+                continue;
+            }
+            if !all.contains(tc.name.as_str()) {
+                problems.add(
+                    &fed[0].0,
+                    format!("target column {target}.{} is NOT NULL without a default and nothing fills it", tc.name),
+                    "map a source column to it, add a constant or computed value, or give it a default",
+                );
+                continue;
+            }
+            if fed.len() > 1 {
+                for (src, _, cols) in fed.iter().filter(|f| !f.2.contains(&tc.name)) {
+                    problems.add(
+                        src,
+                        format!("merges into {target}, whose column {} is NOT NULL without a default, but {src} does not fill it: a row it writes before the owner's would be rejected", tc.name),
+                        format!("make {target}.{} nullable or give it a default (it is filled by another mapping); {src} fills {}", tc.name, cols.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+async fn compile_table(
+    m: &TableMapping,
+    env: &Env<'_>,
+    problems: &mut Problems,
+    plan: &mut Plan,
+    feeds: &mut BTreeMap<String, Vec<(String, bool, Vec<String>)>>,
+) -> Option<TablePlan> {
+    let src_name = qualify(&m.source);
+    let tgt_name = qualify(m.target.as_deref().unwrap_or(&src_name));
+    let table = src_name.as_str();
+    if !env.published.contains(&src_name) {
+        problems.add(
+            table,
+            "is mapped but not in the publication",
+            format!("ALTER PUBLICATION ... ADD TABLE {src_name} on the source"),
+        );
+    }
+    let Some(s) = env.source.get(&src_name) else {
+        problems.add(
+            table,
+            "does not exist on the source",
+            "check the table name (schema.table) in [[tables]].source",
+        );
+        return None;
+    };
+    let source_key = source_key(m, s, problems)?;
+    for c in m.columns.keys().filter(|c| s.column(c).is_none()) {
+        problems.add(
+            table,
+            format!("mapped column {c} does not exist on the source"),
+            "fix the name under [tables.columns]",
+        );
+    }
+    let columns: Vec<(String, String)> = s
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), c.sql_type.clone()))
+        .collect();
+    let refs: Vec<ColumnRef<'_>> = columns
+        .iter()
+        .map(|(n, t)| ColumnRef {
+            name: n,
+            sql_type: t,
+        })
+        .collect();
+    let filter = match &m.filter {
+        None => None,
+        Some(f) => match Compiled::compile_filter(f, &refs) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                problems.add(
+                    table,
+                    format!("[tables] filter: {e}"),
+                    "fix the expression in filter = \"...\"",
+                );
+                None
+            }
+        },
+    };
+    let custom = match &m.transform {
+        None => None,
+        Some(name) => match env.registry.get(name) {
+            None => {
+                problems.add(
+                    table,
+                    format!("transform {name:?} is not registered (registered: {:?})", env.registry.names()),
+                    "register it with Registry::register before pipeline::run_with, or remove transform = ...",
+                );
+                None
+            }
+            Some(t) => {
+                let mut reads = Vec::new();
+                for r in t.reads() {
+                    match columns.iter().position(|(n, _)| *n == r) {
+                        Some(i) => reads.push(i),
+                        None => problems.add(
+                            table,
+                            format!("transform {name} reads column {r}, which the source table does not have"),
+                            "fix the transform's reads()",
+                        ),
+                    }
+                }
+                let width = t.columns().len();
+                Some(CustomPlan {
+                    name: name.clone(),
+                    transform: t,
+                    reads,
+                    width,
+                })
+            }
+        },
+    };
+    let mut outputs = Vec::new();
+    let Some(t) = env.target.get(&tgt_name) else {
+        problems.add(
+            table,
+            format!("target table {tgt_name} does not exist on the target"),
+            format!("create {tgt_name} in the target database (remodel never creates user tables), or set target = ..."),
+        );
+        return None;
+    };
+    let row = super::compile_row::row_output(m, s, t, &source_key, &refs, custom.as_ref(), env, &mut problems.0).await;
+    if let Some((cols, key)) = row {
+        feeds.entry(tgt_name.clone()).or_default().push((
+            src_name.clone(),
+            m.merge,
+            cols.iter().map(|c| c.name.clone()).collect(),
+        ));
+        outputs.push(output(plan, &src_name, t, cols, key, if m.merge { OutputKind::Merge } else { OutputKind::Row }));
+    }
+    for sm in &m.split {
+        let child_tgt = qualify(&sm.target);
+        let Some(ct) = env.target.get(&child_tgt) else {
+            problems.add(
+                table,
+                format!("split target table {child_tgt} does not exist on the target"),
+                format!("create {child_tgt} in the target database, or fix [[tables.split]].target"),
+            );
+            continue;
+        };
+        if let Some((cols, key, sp)) = split_output(sm, s, ct, &source_key, env, problems).await {
+            feeds.entry(child_tgt.clone()).or_default().push((
+                src_name.clone(),
+                false,
+                cols.iter().map(|c| c.name.clone()).collect(),
+            ));
+            outputs.push(output(plan, &src_name, ct, cols, key, OutputKind::Split(Arc::new(sp))));
+        }
+    }
+    Some(TablePlan {
+        source: src_name,
+        source_key,
+        known_columns: s.columns.iter().map(|c| c.name.clone()).collect(),
+        columns,
+        filter,
+        filter_text: m.filter.clone(),
+        custom,
+        on_error: m.on_error.unwrap_or_default(),
+        outputs,
+    })
+}
+
+fn output(
+    plan: &mut Plan,
+    source: &str,
+    t: &TableInfo,
+    columns: Vec<TargetColumn>,
+    key: Vec<usize>,
+    kind: OutputKind,
+) -> Arc<OutputPlan> {
+    let o = Arc::new(OutputPlan {
+        id: plan.outputs.len(),
+        source: source.to_string(),
+        target_schema: t.schema.clone(),
+        target_name: t.name.clone(),
+        columns,
+        key,
+        kind,
+    });
+    plan.outputs.push(o.clone());
+    o
+}
+
+fn source_key(m: &TableMapping, s: &TableInfo, problems: &mut Problems) -> Option<Vec<String>> {
+    let table = s.qualified();
+    let key = match &m.key {
+        Some(k) => {
+            for c in k {
+                match s.column(c) {
+                    None => problems.add(&table, format!("key column {c} does not exist on the source"), "fix [[tables]].key"),
+                    Some(col) if !col.not_null => problems.add(
+                        &table,
+                        format!("key column {c} is nullable: rows with a NULL key cannot be identified or paged by backfill"),
+                        format!("ALTER TABLE {table} ALTER COLUMN {c} SET NOT NULL, or choose a NOT NULL unique key"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            k.clone()
+        }
+        None if !s.primary_key.is_empty() => s.primary_key.clone(),
+        None => {
+            problems.add(
+                &table,
+                "has no primary key, so its rows cannot be identified",
+                "add a primary key on the source, or set key = [\"col\", ...] to a unique not-null key",
+            );
+            return None;
+        }
+    };
+    let outside: Vec<&str> = key
+        .iter()
+        .filter(|k| !s.identity_columns.contains(k))
+        .map(String::as_str)
+        .collect();
+    if s.replica_identity == 'n' {
+        problems.add(
+            &table,
+            "has REPLICA IDENTITY NOTHING: updates and deletes cannot be identified",
+            format!("ALTER TABLE {table} REPLICA IDENTITY DEFAULT (or FULL)"),
+        );
+    } else if !outside.is_empty() {
+        problems.add(
+            &table,
+            format!(
+                "key column(s) {} are not in the replica identity ({}), so updates and deletes cannot name the row",
+                outside.join(", "),
+                if s.identity_columns.is_empty() { "none".to_string() } else { s.identity_columns.join(", ") }
+            ),
+            format!("ALTER TABLE {table} REPLICA IDENTITY FULL, or REPLICA IDENTITY USING INDEX on a unique index over the key"),
+        );
+    }
+    Some(key)
+}
+
+/// A split output: columns from the item fields and the parent, keyed per child.
+async fn split_output(
+    sm: &SplitMapping,
+    s: &TableInfo,
+    t: &TableInfo,
+    source_key: &[String],
+    env: &Env<'_>,
+    problems: &mut Problems,
+) -> Option<(Vec<TargetColumn>, Vec<usize>, SplitPlan)> {
+    let table = s.qualified();
+    let tgt = t.qualified();
+    let before = problems.0.len();
+    if s.column(&sm.column).is_none() {
+        problems.add(&table, format!("split column {} does not exist on the source", sm.column), "fix [[tables.split]].column");
+    }
+    let defaults = SplitSpec::default();
+    let spec = SplitSpec {
+        separators: sm.separators.clone().unwrap_or(defaults.separators),
+        enumerators: sm.enumerators.unwrap_or(defaults.enumerators),
+        protected: sm.protected.clone().unwrap_or(defaults.protected),
+        annotations: sm.annotations.clone(),
+        dedupe: sm.dedupe.unwrap_or(defaults.dedupe),
+    };
+    let splitter = match Splitter::new(&spec) {
+        Ok(sp) => Some(sp),
+        Err(e) => {
+            problems.add(&table, format!("split into {tgt}: {e}"), "fix [[tables.split]]");
+            None
+        }
+    };
+    let namespace = match &sm.namespace {
+        None => default_namespace(),
+        Some(n) => match uuid::Uuid::parse_str(n) {
+            Ok(u) => u,
+            Err(e) => {
+                problems.add(&table, format!("split into {tgt}: namespace {n:?} is not a UUID: {e}"), "set namespace to a UUID, or leave it out");
+                default_namespace()
+            }
+        },
+    };
+    let names: Vec<String> = splitter.as_ref().map(|s| s.annotation_names().to_vec()).unwrap_or_default();
+    let mut columns = Vec::new();
+    let mut parent: Vec<Option<usize>> = vec![None; source_key.len()];
+    for (tname, what) in &sm.columns {
+        let Some(tc) = t.column(tname) else {
+            problems.add(&table, format!("split column {tgt}.{tname} does not exist"), "fix [tables.split.columns]");
+            continue;
+        };
+        let (expr, src_type) = if let Some(p) = what.strip_prefix("parent.") {
+            let Some(sc) = s.column(p) else {
+                problems.add(&table, format!("split column {tname} = {what:?}: source column {p} does not exist"), "fix [tables.split.columns]");
+                continue;
+            };
+            if let Some(k) = source_key.iter().position(|k| k == p) {
+                parent[k] = Some(columns.len());
+            }
+            let via = super::compile_row::via(&sc.sql_type, &tc.sql_type, env.target_client).await;
+            (Expr::Column { name: p.to_string(), via }, sc.sql_type.clone())
+        } else if what.len() >= 2 && what.starts_with('\'') && what.ends_with('\'') {
+            (Expr::Constant(what[1..what.len() - 1].replace("''", "'")), "text".to_string())
+        } else {
+            let field = match what.as_str() {
+                "child_id" => ChildField::Id,
+                "position" => ChildField::Position,
+                "name" => ChildField::Name,
+                a => match names.iter().position(|n| n == a) {
+                    Some(i) => ChildField::Annotation(i),
+                    None => {
+                        problems.add(
+                            &table,
+                            format!("split column {tname} = {what:?} is not child_id, position, name, an annotation ({}), parent.<column> or a 'constant'", names.join(", ")),
+                            "fix [tables.split.columns]",
+                        );
+                        continue;
+                    }
+                },
+            };
+            let ty = match field {
+                ChildField::Id => "uuid",
+                ChildField::Position => "integer",
+                ChildField::Name => "text",
+                ChildField::Annotation(_) => "boolean",
+            };
+            (Expr::Child(field), ty.to_string())
+        };
+        if src_type != tc.sql_type && !matches!(expr, Expr::Column { .. }) {
+            let ok = env
+                .target_client
+                .prepare(&format!("SELECT NULL::{src_type}::text::{}", tc.sql_type))
+                .await
+                .is_ok();
+            if !ok {
+                problems.add(&table, format!("split column {tgt}.{tname} is {} and cannot hold {what} ({src_type})", tc.sql_type), "change the column type or map another field to it");
+                continue;
+            }
+        }
+        columns.push(TargetColumn { name: tname.clone(), sql_type: tc.sql_type.clone(), expr });
+    }
+    let parent: Vec<usize> = match parent.iter().copied().collect::<Option<Vec<_>>>() {
+        Some(p) => p,
+        None => {
+            problems.add(
+                &table,
+                format!("split into {tgt} does not map the parent key ({}) to a column, so a parent's child set cannot be found to replace or delete", source_key.iter().map(|k| format!("parent.{k}")).collect::<Vec<_>>().join(", ")),
+                format!("add e.g. loan_id = \"parent.{}\" under [tables.split.columns]", source_key.first().map(String::as_str).unwrap_or("id")),
+            );
+            vec![]
+        }
+    };
+    for tc in &t.columns {
+        if tc.not_null && !tc.has_default && !tc.generated && !columns.iter().any(|c| c.name == tc.name) {
+            problems.add(&table, format!("split target column {tgt}.{} is NOT NULL without a default and nothing fills it", tc.name), "map a field to it under [tables.split.columns], or give it a default");
+        }
+    }
+    // What identifies one child: its id, or the parent plus its position (or its name, deduped).
+    let col_of = |n: &str| columns.iter().find(|c| c.name == n);
+    let identifies = |cols: &[String]| -> bool {
+        let has = |f: &dyn Fn(&Expr) -> bool| cols.iter().any(|n| col_of(n).is_some_and(|c| f(&c.expr)));
+        let all_parent = !parent.is_empty() && parent.iter().all(|&i| cols.contains(&columns[i].name));
+        has(&|e| matches!(e, Expr::Child(ChildField::Id)))
+            || (all_parent && has(&|e| matches!(e, Expr::Child(ChildField::Position))))
+            || (all_parent && spec.dedupe && has(&|e| matches!(e, Expr::Child(ChildField::Name))))
+    };
+    if t.primary_key.is_empty() {
+        problems.add(&table, format!("split target table {tgt} has no primary key"), format!("add a primary key to {tgt} (e.g. the child_id column)"));
+    } else if !identifies(&t.primary_key) {
+        problems.add(
+            &table,
+            format!("the primary key of {tgt} ({}) does not identify a child: it must contain child_id, or the parent key with position (or name, deduped)", t.primary_key.join(", ")),
+            "map child_id to the primary key column",
+        );
+    }
+    for u in &t.unique_keys {
+        if !identifies(u) {
+            problems.add(
+                &table,
+                format!("unique index ({}) on {tgt} could be violated by the split: two items (of one parent or of different parents) can give it the same values", u.join(", ")),
+                "include child_id, or the parent key with position, in that index, or drop it",
+            );
+        }
+    }
+    if sm.key == ChildKey::Name && !spec.dedupe {
+        problems.add(&table, format!("split into {tgt}: key = \"name\" needs dedupe (two items with one name would get one id)"), "leave dedupe on, or set key = \"position\"");
+    }
+    let key: Vec<usize> = t
+        .primary_key
+        .iter()
+        .filter_map(|k| columns.iter().position(|c| &c.name == k))
+        .collect();
+    if problems.0.len() > before || key.len() != t.primary_key.len() {
+        return None;
+    }
+    Some((
+        columns,
+        key,
+        SplitPlan {
+            column: sm.column.clone(),
+            splitter: splitter?,
+            key: sm.key,
+            namespace,
+            parent,
+        },
+    ))
+}
+
+/// Resolve each key map's sequence: the target sequence of the column filled from a table's
+/// own key through the map, else one remodel creates in the state schema.
+async fn keymaps(
+    lookups: &[(String, String, String)],
+    plan: &Plan,
+    env: &Env<'_>,
+    problems: &mut Problems,
+) -> Vec<KeyMap> {
+    let mut out: Vec<KeyMap> = Vec::new();
+    let names: BTreeSet<&str> = lookups.iter().map(|l| l.0.as_str()).collect();
+    for name in names {
+        let mut seq = None;
+        for (map, src, from) in lookups.iter().filter(|l| l.0 == name) {
+            let Some(tp) = plan.tables.get(src) else { continue };
+            if tp.source_key.len() != 1 || tp.source_key[0] != *from {
+                continue;
+            }
+            for o in tp.outputs.iter().filter(|o| matches!(o.kind, OutputKind::Row)) {
+                for c in &o.columns {
+                    if matches!(&c.expr, Expr::Lookup { map: m2, from: f2, .. } if m2 == map && f2 == from) {
+                        let found = env
+                            .target_client
+                            .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&o.quoted_target(), &c.name])
+                            .await
+                            .ok()
+                            .and_then(|r| r.get::<_, Option<String>>(0));
+                        if let Some(s) = found {
+                            if seq.as_ref().is_some_and(|(prev, _)| *prev != s) {
+                                problems.add(src, format!("key map {name} is owned by two sequences ({} and {s})", seq.as_ref().map(|p: &(String, bool)| p.0.clone()).unwrap_or_default()), "use one map per key");
+                            }
+                            seq = Some((s, false));
+                        }
+                    }
+                }
+            }
+        }
+        let (seq, own) = seq.unwrap_or_else(|| {
+            (
+                format!("{}.{}", quote_ident(env.state_schema), quote_ident(&format!("keymap_{name}_seq"))),
+                true,
+            )
+        });
+        out.push(KeyMap { name: name.to_string(), seq, own });
+    }
+    out
+}
+
