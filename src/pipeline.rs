@@ -103,7 +103,7 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
                 .await?;
             let plan = compile_plan(config, &src, &tgt).await?;
             drop((src, tgt));
-            crate::backfill::run(config, control, metrics, &plan).await?;
+            crate::backfill::run(config, control, metrics, &Arc::new(plan)).await?;
             Ok::<(), Error>(())
         };
         retry.attempt();

@@ -30,7 +30,7 @@ use crate::change::{Event, Op};
 use crate::control::Control;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
-use crate::source::replication::pg_ts_to_unix_secs;
+use crate::source::replication::{pg_ts_to_unix_secs, quote_ident};
 use crate::source::stream::FlushHandle;
 use crate::state::StateSchema;
 use crate::transform::{Guard, TargetOp, TransformError, Transformer, Value};
@@ -790,6 +790,19 @@ impl Applier {
                 continue;
             }
             for o in outputs {
+                if matches!(o.kind, crate::transform::plan::OutputKind::Merge) {
+                    // A merged target's rows belong to another table: clear this one's columns.
+                    let sets: Vec<String> = (0..o.columns.len())
+                        .filter(|i| !o.key.contains(i))
+                        .map(|i| format!("{} = NULL", quote_ident(&o.columns[i].name)))
+                        .collect();
+                    if !sets.is_empty() {
+                        self.client
+                            .batch_execute(&format!("UPDATE {} SET {}", o.quoted_target(), sets.join(", ")))
+                            .await?;
+                    }
+                    continue;
+                }
                 let t = o.quoted_target();
                 if !targets.contains(&t) {
                     targets.push(t);

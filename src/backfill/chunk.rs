@@ -244,7 +244,7 @@ async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError>
 }
 
 /// Test hook: wait while a test holds the barrier lock (see [`super::test_barrier`]).
-async fn pass_barrier(target: &Client, barrier: Option<i64>) -> Result<(), BackfillError> {
+pub(super) async fn pass_barrier(target: &Client, barrier: Option<i64>) -> Result<(), BackfillError> {
     if let Some(k) = barrier {
         target
             .batch_execute(&format!(
@@ -286,8 +286,12 @@ pub(super) async fn copy_table(
             reason: e.to_string(),
         })?),
     };
+    let stages = match &job.rows {
+        Some(rj) => rj.create_stages(),
+        None => job.sql.create_stage(),
+    };
     target
-        .batch_execute(&job.sql.create_stage())
+        .batch_execute(&stages)
         .await
         .map_err(sql("creating the staging table"))?;
     let version = p.to_string();
@@ -344,9 +348,16 @@ pub(super) async fn copy_table(
                 version: &version,
                 barrier,
             };
-            let written = match try_direct(&inputs).await? {
-                Some(p) => Some(p),
-                None => staged(&inputs).await?,
+            let written = match &job.rows {
+                Some(rj) => {
+                    let copy_out = job.sql.copy_out(cursor.as_deref(), limit);
+                    super::rows::staged(shared, source, target, job, rj, &copy_out, &version, barrier)
+                        .await?
+                }
+                None => match try_direct(&inputs).await? {
+                    Some(p) => Some(p),
+                    None => staged(&inputs).await?,
+                },
             };
             let Some(piped) = written else {
                 return Ok(None);

@@ -22,6 +22,7 @@
 mod chunk;
 pub mod copy;
 pub mod progress;
+mod rows;
 pub mod sql;
 
 use std::collections::{HashMap, VecDeque};
@@ -74,6 +75,12 @@ pub enum BackfillError {
         cursor: String,
         reason: String,
     },
+    #[error("backfill of {table} (snapshot rows): {source}")]
+    Transform {
+        table: String,
+        #[source]
+        source: crate::transform::TransformError,
+    },
     #[error("backfill: unexpected reply to CREATE_REPLICATION_SLOT: {0}")]
     SlotReply(String),
 }
@@ -103,6 +110,8 @@ pub(crate) struct Job {
     pub(crate) outputs: Vec<Arc<OutputPlan>>,
     /// Set when chunks may go straight into the target table (see `chunk::try_direct`).
     pub(crate) direct: Option<String>,
+    /// Set when rows go through the transform (see `rows`).
+    pub(crate) rows: Option<rows::RowsJob>,
 }
 
 /// Shared by the workers of a run.
@@ -122,7 +131,7 @@ pub async fn run(
     config: &Config,
     control: &Control,
     metrics: &Arc<Metrics>,
-    plan: &Plan,
+    plan: &Arc<Plan>,
 ) -> Result<(), BackfillError> {
     let src_info = config.source_conn().map_err(ConnectError::from)?;
     let tgt_info = config.target_conn().map_err(ConnectError::from)?;
@@ -150,7 +159,10 @@ pub async fn run(
     for (i, (rel, tp)) in plan.tables.iter().enumerate() {
         let info = tables.get(rel);
         let types = |c: &str| info.and_then(|t| t.column(c)).map(|c| c.sql_type.clone());
-        let ts = TableSql::new(tp, &types, i).ok_or_else(|| BackfillError::Table {
+        let all: Vec<String> = info
+            .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        let ts = TableSql::new(tp, &types, i, (!tp.sql_only()).then_some(&all[..])).ok_or_else(|| BackfillError::Table {
             table: rel.clone(),
             column: tp.source_key.join(", "),
         })?;
@@ -173,7 +185,15 @@ pub async fn run(
             )
             .await
             .map_err(sql("registering tables"))?;
-        let direct = ts.direct_copy_in(&tp.outputs);
+        let rows = if tp.sql_only() {
+            None
+        } else {
+            rows::RowsJob::new(tp.clone(), plan.clone(), &ts.columns, ts.key_len, i)
+        };
+        let direct = match (&rows, shared_target(plan, tp)) {
+            (None, false) => ts.direct_copy_in(&tp.outputs),
+            _ => None,
+        };
         jobs.insert(
             rel.clone(),
             Arc::new(Job {
@@ -181,6 +201,7 @@ pub async fn run(
                 sql: ts,
                 outputs: tp.outputs.clone(),
                 direct,
+                rows,
             }),
         );
     }
@@ -201,6 +222,16 @@ pub async fn run(
     let result = passes(&shared, &source, &target, &src_info, &tgt_info).await;
     reporter.abort();
     result
+}
+
+/// Whether a table's target is also fed by another source table (N→1): a chunk may then meet
+/// rows the other table wrote, so it cannot COPY straight in.
+fn shared_target(plan: &Plan, tp: &crate::transform::plan::TablePlan) -> bool {
+    tp.outputs.iter().any(|o| {
+        plan.outputs
+            .iter()
+            .any(|x| x.source != o.source && x.target() == o.target())
+    })
 }
 
 async fn pending(shared: &Shared, target: &Client) -> Result<Vec<String>, BackfillError> {

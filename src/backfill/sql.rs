@@ -29,8 +29,14 @@ impl TableSql {
         plan: &TablePlan,
         source_types: &dyn Fn(&str) -> Option<String>,
         oid_hint: usize,
+        all: Option<&[String]>,
     ) -> Option<TableSql> {
         let mut columns: Vec<String> = plan.source_key.clone();
+        for c in all.unwrap_or_default() {
+            if !columns.contains(c) {
+                columns.push(c.clone());
+            }
+        }
         for o in &plan.outputs {
             for c in &o.columns {
                 if let Expr::Column { name, .. } | Expr::Lookup { from: name, .. } = &c.expr {
@@ -216,6 +222,19 @@ impl TableSql {
     /// older ones are already in the snapshot. All staged keys' entries are removed.
     /// `$1` source table, `$2` P. Returns one row: how many entries were folded in or dropped.
     pub fn merge_deferred(&self, state: &StateSchema, o: &OutputPlan) -> String {
+        let staged = format!("SELECT {} AS skey FROM {} s", self.skey("s"), self.stage);
+        merge_deferred(state, o, &staged)
+    }
+
+    /// [`TableSql::merge_deferred`] for a stage of transformed rows (with an `skey` column).
+    pub fn merge_deferred_from(&self, state: &StateSchema, o: &OutputPlan, stage: &str) -> String {
+        merge_deferred(state, o, &format!("SELECT s.skey FROM {stage} s"))
+    }
+}
+
+/// Fold deferred partial updates of the keys `staged` (a query giving `skey`) into `o`.
+fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
+    {
         let from_json = |name: &str| format!("(live.columns->>{})", quote_literal(name));
         let sets: Vec<String> = o
             .columns
@@ -257,7 +276,7 @@ impl TableSql {
             )
         };
         format!(
-            "WITH staged AS (SELECT {skey} AS skey FROM {stage} s),
+            "WITH staged AS ({staged}),
              d AS (DELETE FROM {deferred} d USING staged
                    WHERE d.rel = $1 AND d.skey = staged.skey AND d.target = {target_lit}
                    RETURNING d.skey, d.version, d.columns),
@@ -273,8 +292,6 @@ impl TableSql {
                      ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
                        WHERE l.version <= EXCLUDED.version)
              SELECT count(*) FROM d",
-            skey = self.skey("s"),
-            stage = self.stage,
             deferred = state.table("deferred"),
             ledger = state.table("ledger"),
             trunc = state.table("truncations"),
