@@ -256,12 +256,12 @@ async fn compile_table(
         return None;
     };
     let row = super::compile_row::row_output(m, s, t, &source_key, &refs, custom.as_ref(), env, &mut problems.0).await;
+    let (row, filled) = row;
+    feeds
+        .entry(tgt_name.clone())
+        .or_default()
+        .push((src_name.clone(), m.merge, filled));
     if let Some((cols, key)) = row {
-        feeds.entry(tgt_name.clone()).or_default().push((
-            src_name.clone(),
-            m.merge,
-            cols.iter().map(|c| c.name.clone()).collect(),
-        ));
         outputs.push(output(plan, &src_name, t, cols, key, if m.merge { OutputKind::Merge } else { OutputKind::Row }));
     }
     for sm in &m.split {

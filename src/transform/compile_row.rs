@@ -16,7 +16,9 @@ use crate::source::replication::quote_ident;
 
 type Problems = super::compile::ProblemSink;
 
-/// The columns and key (indices into the columns) of `m`'s own output into `t`.
+/// The columns and key (indices into the columns) of `m`'s own output into `t` (None after a
+/// problem), and the target columns it fills either way (for the NOT NULL check across the
+/// mappings feeding one target).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn row_output(
     m: &TableMapping,
@@ -27,7 +29,7 @@ pub(super) async fn row_output(
     custom: Option<&CustomPlan>,
     env: &Env<'_>,
     problems: &mut Problems,
-) -> Option<(Vec<TargetColumn>, Vec<usize>)> {
+) -> (Option<(Vec<TargetColumn>, Vec<usize>)>, Vec<String>) {
     let table = s.qualified();
     let tgt_name = t.qualified();
     let before = problems.len();
@@ -158,9 +160,10 @@ pub(super) async fn row_output(
             columns.push(TargetColumn { name: tname.clone(), sql_type: ttype, expr: Expr::Custom { slot } });
         }
     }
+    let names: Vec<String> = filled.keys().cloned().collect();
     if t.primary_key.is_empty() {
         p(format!("target table {tgt_name} has no primary key"), format!("add a primary key to {tgt_name}: remodel upserts on it"));
-        return None;
+        return (None, names);
     }
     // The target key must come from source columns (or lookups of them) that every change
     // carries: the source key, or the replica identity for a merge.
@@ -201,9 +204,9 @@ pub(super) async fn row_output(
         }
     }
     if problems.len() > before {
-        return None;
+        return (None, names);
     }
-    Some((columns, key))
+    (Some((columns, key)), names)
 }
 
 fn type_name(t: Type) -> &'static str {

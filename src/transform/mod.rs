@@ -26,7 +26,7 @@ use crate::change::SourceKey;
 use crate::lsn::Lsn;
 pub use compile::{compile, Env};
 pub use plan::{OutputPlan, Plan, Problem, TablePlan};
-pub use transformer::Transformer;
+pub use transformer::{child_id, Transformer};
 
 /// A target column value as text for the target's input functions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

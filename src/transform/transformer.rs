@@ -512,6 +512,22 @@ fn parent_values(sp: &SplitPlan, row: &[Value]) -> Vec<Value> {
     sp.parent.iter().map(|&i| row[i].clone()).collect()
 }
 
+/// The id of a split output's child: UUID v5 in `namespace` of the parent's encoded source key
+/// ([`SourceKey::encode`]) and the item's normalised name or position. Deterministic, so
+/// replays, restarts and backfill give a child the same id.
+pub fn child_id(
+    namespace: &uuid::Uuid,
+    parent_key: &str,
+    key: ChildKey,
+    part: &super::split::Part,
+) -> uuid::Uuid {
+    let item = match key {
+        ChildKey::Name => format!("name:{}", part.normalized),
+        ChildKey::Position => format!("position:{}", part.position),
+    };
+    uuid::Uuid::new_v5(namespace, format!("{parent_key}\u{1f}{item}").as_bytes())
+}
+
 /// The child rows of one parent: one per item of `list`.
 fn children(
     o: &OutputPlan,
@@ -530,15 +546,7 @@ fn children(
                 .enumerate()
                 .map(|(i, c)| match &c.expr {
                     Expr::Child(ChildField::Id) => {
-                        let item = match sp.key {
-                            ChildKey::Name => format!("name:{}", part.normalized),
-                            ChildKey::Position => format!("position:{}", part.position),
-                        };
-                        let id = uuid::Uuid::new_v5(
-                            &sp.namespace,
-                            format!("{pkey}\u{1f}{item}").as_bytes(),
-                        );
-                        Value::Text(id.to_string())
+                        Value::Text(child_id(&sp.namespace, &pkey, sp.key, part).to_string())
                     }
                     Expr::Child(ChildField::Position) => Value::Text(part.position.to_string()),
                     Expr::Child(ChildField::Name) => Value::Text(part.name.clone()),
