@@ -1,0 +1,164 @@
+//! N→1: `config/examples/merge.toml` run as shipped, stream and backfill together under
+//! concurrent writes that move the primary email between rows.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use support::compare::{converge_with, rng, seed};
+use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
+use support::{fresh_db, pair};
+
+const SOURCE: &str = "
+CREATE TABLE contacts (id bigint PRIMARY KEY, name text);
+CREATE TABLE contact_emails (id bigint PRIMARY KEY, contact_id bigint NOT NULL REFERENCES contacts ON DELETE CASCADE,
+                             email text, is_primary boolean NOT NULL DEFAULT false);
+CREATE UNIQUE INDEX ON contact_emails (contact_id) WHERE is_primary;
+ALTER TABLE contact_emails REPLICA IDENTITY FULL;";
+const TARGET: &str = "CREATE TABLE people (id bigint PRIMARY KEY, name text, email text);";
+
+const EXPECTED: &str = "SELECT c.id || '|' || coalesce(c.name, '-') || '|' || coalesce(e.email, '-')
+    FROM contacts c LEFT JOIN contact_emails e ON e.contact_id = c.id AND e.is_primary ORDER BY c.id";
+const ACTUAL: &str = "SELECT id || '|' || coalesce(name, '-') || '|' || coalesce(email, '-') FROM people ORDER BY id";
+
+fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
+    [
+        ("REMODEL__SOURCE__URL", db.source_url.clone()),
+        ("REMODEL__TARGET__URL", db.target_url.clone()),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
+        ("REMODEL__METRICS__LISTEN", listen.to_string()),
+        ("REMODEL__BACKFILL__CHUNK_ROWS", "300".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Make email `e` the primary of contact `c` the way an app does: unset, then set.
+async fn make_primary(c: &tokio_postgres::Client, contact: i64, email: i64) {
+    c.batch_execute(&format!(
+        "BEGIN;
+         UPDATE contact_emails SET is_primary = false WHERE contact_id = {contact} AND is_primary;
+         UPDATE contact_emails SET is_primary = true WHERE id = {email} AND contact_id = {contact};
+         COMMIT;"
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn merge_of_two_tables_converges_under_writes() {
+    let seed = seed("merge_of_two_tables_converges_under_writes");
+    let mut r = rng(seed);
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    let mut email_id = 0i64;
+    let contacts = 1500i64;
+    for c in 0..contacts {
+        db.source
+            .execute("INSERT INTO contacts VALUES ($1, $2)", &[&c, &format!("person {c}")])
+            .await
+            .unwrap();
+        let n = r.gen_range(0..4);
+        for k in 0..n {
+            email_id += 1;
+            db.source
+                .execute(
+                    "INSERT INTO contact_emails VALUES ($1, $2, $3, $4)",
+                    &[&email_id, &c, &format!("p{c}.{k}@example.com"), &(k == 0)],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/merge.toml");
+    let listen = free_listen();
+    let env = env(&db, &listen);
+    let (code, out) = remodel_cmd(&["check", "--config", &file.display().to_string()], &env);
+    assert_eq!(code, Some(0), "check: {out}");
+    let mut d = Daemon::start_file(&file, &listen, env.clone());
+    d.wait_ready().await;
+    let mut next_contact = contacts;
+    for _ in 0..400 {
+        let c = r.gen_range(0..next_contact);
+        match r.gen_range(0..10) {
+            0..=3 => {
+                // Move the primary flag to another of the contact's emails (if any).
+                let ids: Vec<i64> = db
+                    .source
+                    .query("SELECT id FROM contact_emails WHERE contact_id = $1", &[&c])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                if !ids.is_empty() {
+                    make_primary(&db.source, c, ids[r.gen_range(0..ids.len())]).await;
+                }
+            }
+            4 | 5 => {
+                email_id += 1;
+                db.source
+                    .execute(
+                        "INSERT INTO contact_emails SELECT $1, id, $2, false FROM contacts WHERE id = $3",
+                        &[&email_id, &format!("new{email_id}@example.com"), &c],
+                    )
+                    .await
+                    .unwrap();
+            }
+            6 => {
+                db.source
+                    .execute("UPDATE contact_emails SET email = upper(email) WHERE contact_id = $1", &[&c])
+                    .await
+                    .unwrap();
+            }
+            7 => {
+                db.source
+                    .execute("UPDATE contacts SET name = name || '!' WHERE id = $1", &[&c])
+                    .await
+                    .unwrap();
+            }
+            8 => {
+                db.source.execute("DELETE FROM contacts WHERE id = $1", &[&c]).await.unwrap();
+            }
+            _ => {
+                email_id += 1;
+                db.source
+                    .batch_execute(&format!(
+                        "BEGIN; INSERT INTO contacts VALUES ({next_contact}, 'new {next_contact}');
+                         INSERT INTO contact_emails VALUES ({email_id}, {next_contact}, 'n{email_id}@example.com', true); COMMIT;"
+                    ))
+                    .await
+                    .unwrap();
+                next_contact += 1;
+            }
+        }
+    }
+    converge_with(&db, EXPECTED, ACTUAL, Duration::from_secs(90)).await;
+    d.stop();
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn check_requires_one_owner_and_nullable_merged_columns() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target
+        .batch_execute("CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, email text);")
+        .await
+        .unwrap();
+    let (code, out) = support::daemon::check(
+        &db,
+        "[[tables]]\nsource = \"public.contacts\"\ntarget = \"public.people\"\n\
+         [[tables]]\nsource = \"public.contact_emails\"\ntarget = \"public.people\"\n\
+         [tables.columns]\nid = \"drop\"\ncontact_id = { rename = \"id\" }\nis_primary = \"drop\"\n",
+    );
+    assert_eq!(code, Some(1), "{out}");
+    for needle in ["of which own its rows", "set merge = true", "NOT NULL without a default, but public.contact_emails does not fill it"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
