@@ -51,6 +51,19 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Rows the mapping could not transform (on_error = "dead_letter"); --retry re-runs them
+    /// through the current mapping (after fixing it) and removes the ones that now apply.
+    DeadLetters {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        retry: bool,
+        /// How many to list.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause the running daemon (SIGUSR1 via its pidfile).
     Pause {
         #[arg(long, short)]
@@ -209,6 +222,50 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::from(1))
             }
+        }
+        Cmd::DeadLetters {
+            config,
+            retry,
+            limit,
+            json,
+        } => {
+            let cfg = load(&config)?;
+            if retry {
+                let report = remodel::deadletter::retry(&cfg).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    println!(
+                        "retried {}: {} applied (or superseded by newer writes), {} still failing",
+                        report.resolved + report.failing,
+                        report.resolved,
+                        report.failing
+                    );
+                }
+                return Ok(if report.failing == 0 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let (rows, counts) = remodel::deadletter::list(&cfg, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if counts.is_empty() {
+                println!("no dead letters");
+            }
+            for (table, n) in &counts {
+                println!("{table}: {n} dead letter(s)");
+            }
+            for d in &rows {
+                println!(
+                    "- {} key {} at {} ({}, {} retries): {}",
+                    d.table, d.key, d.lsn, d.op, d.attempts, d.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Pause { config } => {
             let cfg = load(&config)?;

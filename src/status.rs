@@ -25,6 +25,8 @@ pub struct Status {
     pub lag_seconds: Option<f64>,
     /// Backfill per source table.
     pub backfill: Vec<BackfillStatus>,
+    /// Rows set aside per source table (on_error = "dead_letter").
+    pub dead_letters: Vec<(String, i64)>,
     pub errors: Vec<String>,
 }
 
@@ -96,8 +98,13 @@ pub async fn gather(config: &Config) -> Status {
         lag_bytes: None,
         lag_seconds: None,
         backfill: vec![],
+        dead_letters: vec![],
         errors: vec![],
     };
+    match dead_letters(config).await {
+        Ok(d) => st.dead_letters = d,
+        Err(e) => errors.push(e.to_string()),
+    }
     match backfill_tables(config).await {
         Ok(b) => st.backfill = b,
         Err(e) => errors.push(e.to_string()),
@@ -134,6 +141,24 @@ pub async fn gather(config: &Config) -> Status {
     }
     st.errors = errors;
     st
+}
+
+async fn dead_letters(config: &Config) -> Result<Vec<(String, i64)>, Error> {
+    let client = config
+        .target_conn()
+        .map_err(crate::source::conninfo::ConnectError::from)?
+        .connect()
+        .await?;
+    let st = StateSchema::new(&config.target.state_schema);
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&st.table("dead_letters")])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    if !exists {
+        return Ok(vec![]);
+    }
+    Ok(st.dead_letter_counts(&client).await?)
 }
 
 async fn target_progress(config: &Config) -> Result<Option<crate::state::Progress>, Error> {
@@ -289,6 +314,12 @@ impl std::fmt::Display for Status {
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "?".into()),
                 b.chunks
+            )?;
+        }
+        for (table, n) in &self.dead_letters {
+            writeln!(
+                f,
+                "dead letters:  {table:<32} {n} (see them: remodel dead-letters --config ...)"
             )?;
         }
         for e in &self.errors {

@@ -199,6 +199,52 @@ impl Applier {
         }
     }
 
+    /// Apply `ops` in a target transaction of their own, together with `also` (one statement,
+    /// text parameters), then commit: for work outside the stream (dead-letter retries). No
+    /// progress row is written.
+    pub async fn apply_alone(
+        &mut self,
+        ops: Vec<TargetOp>,
+        also: &str,
+        params: &[&str],
+    ) -> Result<(), ApplyError> {
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        self.txn = Some(OpenTxn {
+            started: Instant::now(),
+            rows: 0,
+            last_commit: None,
+            source_txns: 0,
+            begun: 1,
+            max_commit_lsn: Lsn::default(),
+            locked: Default::default(),
+            counts: HashMap::new(),
+            dead_letters: HashMap::new(),
+        });
+        self.pending = ops;
+        let result = async {
+            self.flush_pending().await?;
+            let p: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            self.client
+                .execute(also, &p)
+                .await
+                .map_err(db("recording the retry"))?;
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(db("committing"))
+        }
+        .await;
+        if result.is_err() {
+            self.abort().await;
+        }
+        self.txn = None;
+        result
+    }
+
     /// When the open target transaction holds more than one source transaction: the last one's
     /// commit LSN (see [`ApplyError::Isolate`]).
     fn shared_txn(&self) -> Option<Lsn> {
