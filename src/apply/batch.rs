@@ -175,8 +175,61 @@ fn kind(op: &TargetOp) -> RunKind {
     }
 }
 
-/// Cut `ops` into runs and merge each run into statement groups, preserving order.
+/// Where an op may move inside a window: writes go first in plan order (a row before the rows
+/// that reference it), removals after them in reverse plan order (children before their
+/// parent). None: the op stays where it is (a window of its own).
+fn phase(op: &TargetOp) -> Option<(u8, i64)> {
+    match op {
+        TargetOp::Upsert { from: None, output, .. } => Some((0, output.id as i64)),
+        TargetOp::Children { deleted: false, output, .. } => Some((0, output.id as i64)),
+        TargetOp::Children { deleted: true, output, .. } | TargetOp::Delete { output, .. } => {
+            Some((1, -(output.id as i64)))
+        }
+        _ => None,
+    }
+}
+
+/// Reorder `ops` so that one source transaction's many changes of one table make few large
+/// statements instead of one per output per row (a split table otherwise alternates parent and
+/// child ops). Only inside windows of one source table where no key appears in two changes;
+/// inside a window ops are stably sorted by [`phase`], which keeps each change's own order.
+fn reorder(ops: Vec<TargetOp>) -> Vec<TargetOp> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut window: Vec<TargetOp> = Vec::new();
+    let mut keys: HashMap<crate::change::SourceKey, u64> = HashMap::new();
+    let flush = |window: &mut Vec<TargetOp>, out: &mut Vec<TargetOp>| {
+        window.sort_by_key(|op| phase(op).unwrap_or((2, 0)));
+        out.append(window);
+    };
+    for op in ops {
+        let fits = match (phase(&op), op.guard(), window.first().and_then(|w| w.guard())) {
+            (Some(_), Some(g), first) => {
+                first.is_none_or(|f| f.source_rel == g.source_rel)
+                    && keys.get(&g.key).is_none_or(|&c| c == g.change)
+            }
+            _ => false,
+        };
+        if !fits {
+            flush(&mut window, &mut out);
+            keys.clear();
+            if phase(&op).is_none() {
+                out.push(op);
+                continue;
+            }
+        }
+        if let Some(g) = op.guard() {
+            keys.insert(g.key.clone(), g.change);
+        }
+        window.push(op);
+    }
+    flush(&mut window, &mut out);
+    out
+}
+
+/// Cut `ops` into runs and merge each run into statement groups, preserving order (up to
+/// [`reorder`]).
 pub fn groups(ops: Vec<TargetOp>) -> Vec<Group> {
+    let ops = reorder(ops);
     let mut out = Vec::new();
     let mut run: Vec<TargetOp> = Vec::new();
     for op in ops {
@@ -438,6 +491,7 @@ mod tests {
             source_rel: Arc::from("public.s"),
             key: SourceKey(vec![Some(k.into())]),
             version: Lsn(v),
+            change: v,
         }
     }
     fn t(s: &str) -> Value {

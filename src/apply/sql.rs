@@ -404,7 +404,7 @@ pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
                 .collect::<Vec<_>>()
                 .join(", "),
             own.iter()
-                .map(|&i| o.columns[i].sql_value(&format!("i.v{i}")))
+                .map(|&i| o.columns[i].sql_match(&format!("i.v{i}")))
                 .collect::<Vec<_>>()
                 .join(", ")
         )

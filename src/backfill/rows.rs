@@ -354,7 +354,8 @@ fn writable(st: &StateSchema, o: &OutputPlan, alias: &str) -> String {
         "(NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
           OR EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {tgt}
                        AND d.version >= $2::text::pg_lsn
-                       AND NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)))
+                       AND NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = d.skey
+                                         AND (l.version > d.version OR (l.version = d.version AND l.deleted)))))
          AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
         ledger = st.table("ledger"),
         deferred = st.table("deferred"),

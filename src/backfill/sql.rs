@@ -283,7 +283,8 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
              live AS (SELECT d.* FROM d
                       WHERE d.version >= $2::text::pg_lsn
                         AND NOT EXISTS (SELECT 1 FROM {ledger} l
-                                        WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)
+                                        WHERE l.rel = $1 AND l.skey = d.skey
+                                          AND (l.version > d.version OR (l.version = d.version AND l.deleted)))
                         AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)),
              upd AS ({update}),
              led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)

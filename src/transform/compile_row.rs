@@ -194,6 +194,16 @@ pub(super) async fn row_output(
             ),
         }
     }
+    if m.merge && s.replica_identity != 'f' {
+        let key_fed_by_source_key = fed.len() == t.primary_key.len()
+            && fed.iter().all(|f| source_key.iter().any(|k| k == f));
+        if m.filter.is_some() || m.transform.is_some() || !key_fed_by_source_key {
+            p(
+                format!("merges into {tgt_name} with a filter, a transform or a target key that is not its own key: its updates and deletes must carry the old row to know which values to clear"),
+                format!("ALTER TABLE {table} REPLICA IDENTITY FULL"),
+            );
+        }
+    }
     if key.len() == t.primary_key.len() && !m.merge {
         let uncovered: Vec<&str> = source_key.iter().map(String::as_str).filter(|k| !fed.contains(k)).collect();
         if !uncovered.is_empty() {

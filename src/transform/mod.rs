@@ -43,6 +43,9 @@ pub struct Guard {
     pub source_rel: Arc<str>,
     pub key: SourceKey,
     pub version: Lsn,
+    /// Which transformed change this op came from (a counter per [`Transformer`]): apply may
+    /// reorder ops of different changes of different keys, never ops of one key across changes.
+    pub change: u64,
 }
 
 #[derive(Debug, Clone)]

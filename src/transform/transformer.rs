@@ -58,6 +58,7 @@ struct Bound {
 pub struct Transformer {
     plan: Arc<Plan>,
     bound: HashMap<u32, Bound>,
+    changes: u64,
 }
 
 type RowResult<T> = Result<T, String>;
@@ -67,6 +68,7 @@ impl Transformer {
         Transformer {
             plan,
             bound: HashMap::new(),
+            changes: 0,
         }
     }
 
@@ -99,9 +101,11 @@ impl Transformer {
         out: &mut Vec<TargetOp>,
     ) -> Result<(), TransformError> {
         let lsn = change.commit_lsn;
+        self.changes += 1;
+        let seq = self.changes;
         let b = self.bind(&change.rel, lsn)?;
         let mark = out.len();
-        let Err((key, reason)) = ops(b, change, out) else {
+        let Err((key, reason)) = ops(b, change, seq, out) else {
             return Ok(());
         };
         out.truncate(mark);
@@ -295,7 +299,14 @@ fn evaluate(b: &Bound, cells: &[Cell<'_>]) -> RowResult<Eval> {
     }
     let mut custom = None;
     if let (true, Some(c)) = (keep, &t.custom) {
-        if c.reads.iter().any(|&i| cells[i] == Cell::Unchanged) {
+        let unchanged = c.reads.iter().filter(|&&i| cells[i] == Cell::Unchanged).count();
+        if unchanged > 0 && unchanged < c.reads.len() {
+            return Err(format!(
+                "transform {} reads an unchanged TOASTed value the stream did not send, next to changed ones; set REPLICA IDENTITY FULL on the source table",
+                c.name
+            ));
+        }
+        if unchanged > 0 {
             custom = Some(vec![Value::Unchanged; c.width]);
         } else {
             let names: Vec<String> = t.columns.iter().map(|(n, _)| n.clone()).collect();
@@ -334,8 +345,17 @@ fn values(
             (Expr::Column { .. } | Expr::Lookup { .. }, Some(i)) => Ok(cells[*i].value()),
             (Expr::Constant(v), _) => Ok(Value::Text(v.clone())),
             (Expr::Computed { expr, .. }, _) => {
-                if expr.columns_used().iter().any(|&i| cells[i] == Cell::Unchanged) {
+                let used = expr.columns_used();
+                let unchanged = used.iter().filter(|&&i| cells[i] == Cell::Unchanged).count();
+                if unchanged > 0 && unchanged == used.len() {
+                    // Nothing it reads changed: the target keeps its value.
                     return Ok(Value::Unchanged);
+                }
+                if unchanged > 0 {
+                    return Err(format!(
+                        "computing {}: it reads an unchanged TOASTed value the stream did not send, next to changed ones; set REPLICA IDENTITY FULL on the source table",
+                        c.name
+                    ));
                 }
                 match expr.eval(&texts) {
                     Ok(v) => Ok(v.map_or(Value::Null, Value::Text)),
@@ -359,12 +379,18 @@ fn target_key(o: &OutputPlan, row: &[Value]) -> Vec<Value> {
 }
 
 /// The ops of one change, or the key and reason it cannot be transformed.
-fn ops(b: &Bound, change: &Change, out: &mut Vec<TargetOp>) -> Result<(), (Option<SourceKey>, String)> {
+fn ops(
+    b: &Bound,
+    change: &Change,
+    seq: u64,
+    out: &mut Vec<TargetOp>,
+) -> Result<(), (Option<SourceKey>, String)> {
     let lsn = change.commit_lsn;
     let guard = |key: &SourceKey| Guard {
         source_rel: b.name.clone(),
         key: key.clone(),
         version: lsn,
+        change: seq,
     };
     let full = change.rel.replica_identity == b'f';
     match change.op {

@@ -1,0 +1,237 @@
+//! `cargo bench --bench mapping`: the guarantor split (1 loan → ~2.2 guarantor rows) next to
+//! the identity mapping of the same table, in one run, between the same two clusters:
+//!
+//! 1. backfill of REMODEL_BENCH_ROWS loans (default 1 000 000), stream running beside it;
+//! 2. stream: REMODEL_BENCH_UPDATES guarantor updates (default 200 000, 1 000 per source
+//!    transaction) made while the daemon is paused, then the time to apply them after resume;
+//! 3. the transform alone, in process (no database): how fast the splitter and the plan run,
+//!    to show whether the transform is what limits throughput.
+//!
+//! Prints rows/s per mapping and phase, and remodel's peak RSS.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remodel::change::{Change, Datum, Op, Relation, RelationColumn};
+use remodel::cluster::{Cluster, ClusterOptions};
+use remodel::transform::mapping::TableMapping;
+
+mod common;
+
+const SOURCE_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text)";
+const SPLIT_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
+    CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans, position int NOT NULL,
+                             name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
+    CREATE INDEX ON guarantors (loan_id);";
+const SPLIT_MAPPING: &str = "[[tables]]\nsource = \"public.loans\"\n[tables.columns]\nguarantor = \"drop\"\n\
+    [[tables.split]]\ntarget = \"public.guarantors\"\ncolumn = \"guarantor\"\n\
+    protected = [\"& Co.\", \"Inc.\", \"LLC\", \"L.P.\"]\n\
+    [tables.split.annotations]\npledge = \"(Pledge)\"\n\
+    [tables.split.columns]\nid = \"child_id\"\nloan_id = \"parent.id\"\nposition = \"position\"\nname = \"name\"\npledge = \"pledge\"\n";
+
+/// A guarantor text in one of the issue's five styles, with a per-row suffix.
+const TEXT: &str = "CASE g % 5
+    WHEN 0 THEN 'Meridian Capital Advisors ' || g
+    WHEN 1 THEN 'Oakridge Asset Holdings, Zenith Equity Management, Atlas Property Holdings ' || g
+    WHEN 2 THEN 'Redwood Holdings & Co. & NorthStar Investment Trust ' || g
+    WHEN 3 THEN '(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe ' || g
+    ELSE 'Atlas Property Holdings; BlueRock Investment Solutions ' || g || ' (Pledge)' END";
+
+fn env_num(name: &str, default: i64) -> i64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Run {
+    backfill: Duration,
+    stream: Duration,
+    rss_mib: u64,
+    target_rows: i64,
+}
+
+async fn wait_sql(t: &tokio_postgres::Client, sql: &str, child: &mut Child) {
+    loop {
+        let ok: Option<bool> = t.query_opt(sql, &[]).await.ok().flatten().map(|r| r.get(0));
+        if ok == Some(true) {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "remodel exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run(source: &Cluster, target: &Cluster, db: &str, mapping: &str, n: i64, updates: i64) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let cfg = dir.path().join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\nurl = \"{}\"\nslot = \"{db}\"\npublication = \"{db}\"\ntables = [\"public.loans\"]\n[target]\nurl = \"{}\"\n[metrics]\nlisten = \"{listen}\"\n[log]\nlevel = \"warn\"\n[control]\npidfile = \"{}\"\n{mapping}",
+            source.url("bench", "postgres"),
+            target.url(db, "postgres"),
+            dir.path().join("pid").display()
+        ),
+    )
+    .unwrap();
+    let s = source.client("bench").await.unwrap();
+    let t = target.client(db).await.unwrap();
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_sql(&t, "SELECT state = 'done' FROM remodel.backfill_tables WHERE rel = 'public.loans'", &mut child).await;
+    let backfill = started.elapsed();
+    // Stream: write while paused, then time the catch-up.
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_sql(&t, "SELECT true", &mut child).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_txn = 1000;
+    for b in 0..(updates / per_txn) {
+        s.batch_execute(&format!(
+            "UPDATE loans SET guarantor = guarantor || ' v{b}' WHERE id IN (SELECT id FROM loans ORDER BY id OFFSET {} LIMIT {per_txn})",
+            (b * per_txn) % n.max(1)
+        ))
+        .await
+        .unwrap();
+    }
+    let end: String = s.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let resumed = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
+    wait_sql(&t, &format!("SELECT applied_lsn >= '{end}'::pg_lsn FROM remodel.progress"), &mut child).await;
+    let stream = resumed.elapsed();
+    let rss_mib = common::rss_kib(child.id(), "VmHWM:") / 1024;
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
+    s.execute("SELECT pg_drop_replication_slot($1)", &[&db]).await.ok();
+    let target_rows: i64 = t
+        .query_one("SELECT (SELECT count(*) FROM loans) + coalesce((SELECT count(*) FROM guarantors WHERE to_regclass('guarantors') IS NOT NULL), 0)", &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1);
+    Run { backfill, stream, rss_mib, target_rows }
+}
+
+/// The split transform alone: the plan compiled against the live schemas, then `n` changes.
+async fn transform_only(source: &Cluster, target: &Cluster, n: i64) -> (Duration, usize) {
+    let mapping: Vec<TableMapping> = toml_tables(SPLIT_MAPPING);
+    let s = source.client("bench").await.unwrap();
+    let t = target.client("split").await.unwrap();
+    let src = remodel::transform::catalog::load(&s).await.unwrap();
+    let tgt = remodel::transform::catalog::load(&t).await.unwrap();
+    let published = vec!["public.loans".to_string()];
+    let registry = Default::default();
+    let env = remodel::transform::Env {
+        published: &published,
+        source: &src,
+        target: &tgt,
+        target_client: &t,
+        state_schema: "remodel",
+        registry: &registry,
+    };
+    let plan = Arc::new(remodel::transform::compile(&mapping, &env).await.unwrap());
+    let rel = Arc::new(Relation {
+        oid: 1,
+        schema: "public".into(),
+        name: "loans".into(),
+        replica_identity: b'd',
+        columns: ["id", "amount", "guarantor"]
+            .iter()
+            .map(|c| RelationColumn { is_key: *c == "id", name: c.to_string(), type_oid: 25, type_modifier: -1 })
+            .collect(),
+    });
+    let texts = [
+        "Meridian Capital Advisors 7",
+        "Oakridge Asset Holdings, Zenith Equity Management, Atlas Property Holdings 7",
+        "Redwood Holdings & Co. & NorthStar Investment Trust 7",
+        "(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe 7",
+        "Atlas Property Holdings; BlueRock Investment Solutions 7 (Pledge)",
+    ];
+    let mut tr = remodel::transform::Transformer::new(plan);
+    let mut out = Vec::new();
+    let mut ops = 0usize;
+    let started = Instant::now();
+    for i in 0..n {
+        let id = format!("00000000-0000-0000-0000-{:012}", i);
+        let change = Change {
+            rel: rel.clone(),
+            op: Op::Update,
+            key: remodel::SourceKey(vec![Some(id.clone())]),
+            old: None,
+            new: Some(vec![Datum::Text(id), Datum::Text("1.00".into()), Datum::Text(texts[i as usize % 5].into())]),
+            commit_lsn: remodel::Lsn(1),
+            xid: 1,
+        };
+        tr.transform(&change, &mut out).unwrap();
+        ops += out.len();
+        out.clear();
+    }
+    (started.elapsed(), ops)
+}
+
+fn toml_tables(s: &str) -> Vec<TableMapping> {
+    #[derive(serde::Deserialize)]
+    struct T {
+        tables: Vec<TableMapping>,
+    }
+    let t: T = config::Config::builder()
+        .add_source(config::File::from_str(s, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    t.tables
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_num("REMODEL_BENCH_ROWS", 1_000_000);
+    let updates = env_num("REMODEL_BENCH_UPDATES", 200_000);
+    let opts = ClusterOptions {
+        extra_conf: vec![("max_wal_size".into(), "4GB".into()), ("checkpoint_timeout".into(), "30min".into())],
+        ..ClusterOptions::default()
+    };
+    let source = Cluster::start(opts.clone()).await.expect("source");
+    let target = Cluster::start(opts).await.expect("target");
+    source.create_database("bench").await.unwrap();
+    let s = source.client("bench").await.unwrap();
+    s.batch_execute(SOURCE_DDL).await.unwrap();
+    let t0 = Instant::now();
+    s.batch_execute(&format!(
+        "INSERT INTO loans SELECT md5(g::text)::uuid, (g % 100000) / 100.0, {TEXT} FROM generate_series(1, {n}) g; ANALYZE loans;"
+    ))
+    .await
+    .unwrap();
+    println!("loans: {n} rows, filled in {:.0} s; stream phase: {updates} updates in transactions of 1000\n", t0.elapsed().as_secs_f64());
+    target.create_database("identity").await.unwrap();
+    target.client("identity").await.unwrap().batch_execute(SOURCE_DDL).await.unwrap();
+    target.create_database("split").await.unwrap();
+    target.client("split").await.unwrap().batch_execute(SPLIT_DDL).await.unwrap();
+
+    let (tt, ops) = transform_only(&source, &target, n).await;
+    let identity = run(&source, &target, "identity", "", n, updates).await;
+    let split = run(&source, &target, "split", SPLIT_MAPPING, n, updates).await;
+    let line = |name: &str, r: &Run| {
+        println!(
+            "{name:<28} backfill {:>6.1} s {:>9.0} loans/s   stream {:>6.1} s {:>9.0} updates/s   target rows {:>9}   peak RSS {} MiB",
+            r.backfill.as_secs_f64(),
+            n as f64 / r.backfill.as_secs_f64(),
+            r.stream.as_secs_f64(),
+            updates as f64 / r.stream.as_secs_f64(),
+            r.target_rows,
+            r.rss_mib
+        )
+    };
+    line("identity mapping", &identity);
+    line("guarantor split", &split);
+    println!(
+        "{:<28} {:>6.1} s for {n} loan updates in process: {:>9.0} loans/s ({ops} target ops)",
+        "split transform alone",
+        tt.as_secs_f64(),
+        n as f64 / tt.as_secs_f64()
+    );
+}

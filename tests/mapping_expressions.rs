@@ -1,0 +1,182 @@
+//! Computed columns, filters and dead letters: `config/examples/expressions.toml` run as
+//! shipped, then fixed and retried; and the default `halt` policy.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use support::compare::{converge_with, rng, rows, seed};
+use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use support::{fresh_db, pair, wait_until};
+
+const SOURCE: &str = "
+CREATE TABLE customers (id bigint PRIMARY KEY, first_name text, last_name text, email text,
+                        profile jsonb, signed_up timestamptz, status text, age_text text);";
+const TARGET: &str = "
+CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text, email_domain text,
+                        city text, signup_year int, age int);";
+
+/// transform(source) in SQL, for rows whose age is a number (or, `fixed`, any age).
+fn expected(fixed: bool) -> String {
+    let (age, good) = if fixed {
+        ("nullif(regexp_replace(age_text, '[^0-9]', '', 'g'), '')::int", "true")
+    } else {
+        ("age_text::int", "age_text ~ '^[0-9]+$'")
+    };
+    format!(
+        "SELECT id || '|' || coalesce(trim(concat(first_name, ' ', last_name)), '-') || '|' || coalesce(lower(trim(email)), '-')
+                || '|' || coalesce(split_part(lower(trim(email)), '@', 2), '-') || '|' || coalesce(profile->'address'->>'city', '-')
+                || '|' || coalesce(extract(year from signed_up)::int::text, '-') || '|' || coalesce(({age})::text, '-')
+         FROM customers WHERE status <> 'draft' AND (age_text IS NULL OR {good}) ORDER BY id"
+    )
+}
+const ACTUAL: &str = "SELECT id || '|' || coalesce(full_name, '-') || '|' || coalesce(email, '-') || '|' || coalesce(email_domain, '-')
+    || '|' || coalesce(city, '-') || '|' || coalesce(signup_year::text, '-') || '|' || coalesce(age::text, '-') FROM customers ORDER BY id";
+
+fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
+    [
+        ("REMODEL__SOURCE__URL", db.source_url.clone()),
+        ("REMODEL__TARGET__URL", db.target_url.clone()),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
+        ("REMODEL__METRICS__LISTEN", listen.to_string()),
+        ("REMODEL__BACKFILL__CHUNK_ROWS", "200".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+async fn insert(c: &tokio_postgres::Client, id: i64, r: &mut impl Rng) {
+    let age = if r.gen_ratio(1, 25) { "thirty".to_string() } else { r.gen_range(18..90).to_string() };
+    let status = if r.gen_ratio(1, 4) { "draft" } else { "active" };
+    let city = ["Lisbon", "Oslo", "Quito"][r.gen_range(0..3)];
+    c.execute(
+        "INSERT INTO customers VALUES ($1, $2, $3, $4, $5::text::jsonb, $6::text::timestamptz, $7, $8)",
+        &[
+            &id,
+            &format!("First{id}"),
+            &if r.gen_ratio(1, 10) { None } else { Some(format!("Last{id}")) },
+            &format!("  User{id}@Example{}.COM ", id % 3),
+            &format!("{{\"address\": {{\"city\": \"{city}\"}}}}"),
+            &format!("20{:02}-0{}-15 10:00:00+00", 10 + id % 15, 1 + id % 9),
+            &status,
+            &age,
+        ],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn computed_columns_filters_and_dead_letters_then_retry() {
+    let seed = seed("computed_columns_filters_and_dead_letters_then_retry");
+    let mut r = rng(seed);
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    for id in 0..1000 {
+        insert(&db.source, id, &mut r).await;
+    }
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/expressions.toml");
+    let listen = free_listen();
+    let env = env(&db, &listen);
+    let path = file.display().to_string();
+    let (code, out) = remodel_cmd(&["check", "--config", &path], &env);
+    assert_eq!(code, Some(0), "check: {out}");
+    let mut d = Daemon::start_file(&file, &listen, env.clone());
+    d.wait_ready().await;
+    for i in 0..300 {
+        let id = r.gen_range(0..1000 + i);
+        match r.gen_range(0..4) {
+            0 => insert(&db.source, 1000 + i, &mut r).await,
+            1 => {
+                db.source
+                    .execute("UPDATE customers SET status = CASE status WHEN 'draft' THEN 'active' ELSE 'draft' END WHERE id = $1", &[&id])
+                    .await
+                    .unwrap();
+            }
+            2 => {
+                db.source.execute("UPDATE customers SET email = ' NEW' || email WHERE id = $1", &[&id]).await.unwrap();
+            }
+            _ => {
+                db.source.execute("DELETE FROM customers WHERE id = $1", &[&id]).await.unwrap();
+            }
+        }
+    }
+    converge_with(&db, &expected(false), ACTUAL, Duration::from_secs(90)).await;
+    // Every transformable-but-bad row the source still has waits in the dead-letter table.
+    let bad = rows(&db.source, "SELECT id::text FROM customers WHERE status <> 'draft' AND age_text = 'thirty' ORDER BY id").await;
+    assert!(!bad.is_empty(), "seed made no bad rows");
+    let lettered = rows(&db.target, "SELECT DISTINCT (skey::jsonb->>0) FROM remodel.dead_letters WHERE rel = 'public.customers'").await;
+    for id in &bad {
+        assert!(lettered.contains(id), "row {id} is neither in the target nor a dead letter");
+    }
+    let reasons = rows(&db.target, "SELECT reason FROM remodel.dead_letters LIMIT 1").await;
+    assert!(reasons[0].contains("age") && reasons[0].contains("thirty"), "{reasons:?}");
+    assert!(d.metric("remodel_dead_letters_total{table=\"public.customers\"}").await >= 1.0);
+    let (code, out) = remodel_cmd(&["status", "--config", &path], &env);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("dead letters:  public.customers"), "{out}");
+    d.stop();
+    // Fix the mapping, retry: every dead letter applies, and the target is complete.
+    let fixed_dir = tempfile::tempdir().unwrap();
+    let fixed = fixed_dir.path().join("fixed.toml");
+    std::fs::write(
+        &fixed,
+        std::fs::read_to_string(&file).unwrap().replace(
+            "age = \"age_text::integer\"",
+            "age = \"nullif(regex_replace(age_text, '[^0-9]', ''), '')::integer\"",
+        ),
+    )
+    .unwrap();
+    let fixed_path = fixed.display().to_string();
+    let (code, out) = remodel_cmd(&["dead-letters", "--config", &fixed_path, "--retry"], &env);
+    assert_eq!(code, Some(0), "retry: {out}");
+    assert!(out.contains("0 still failing"), "{out}");
+    assert_eq!(rows(&db.target, "SELECT count(*)::text FROM remodel.dead_letters").await, ["0"]);
+    let mut d = Daemon::start_file(&fixed, &listen, env.clone());
+    d.wait_ready().await;
+    converge_with(&db, &expected(true), ACTUAL, Duration::from_secs(60)).await;
+    d.stop();
+    drop_slot(&db).await;
+}
+
+#[tokio::test]
+async fn halt_names_table_key_lsn_value_and_reason() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(
+        &config(
+            &db,
+            &listen,
+            "[[tables]]\nsource = \"public.customers\"\n\
+             [tables.columns]\nfirst_name = \"drop\"\nlast_name = \"drop\"\nemail = \"keep\"\nprofile = \"drop\"\nsigned_up = \"drop\"\nstatus = \"drop\"\nage_text = \"drop\"\n\
+             [tables.computed]\nage = \"age_text::integer\"\n",
+        ),
+        &listen,
+    );
+    d.wait_ready().await;
+    db.source
+        .batch_execute("INSERT INTO customers (id, email, age_text) VALUES (1, 'a@b', '41'), (7, 'c@d', 'forty-two')")
+        .await
+        .unwrap();
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    for needle in ["public.customers", "key (7)", "forty-two", "age", "dead_letter"] {
+        assert!(log.contains(needle), "missing {needle:?} in {log}");
+    }
+    // Nothing of the failing transaction landed (atomicity), nothing after it either.
+    let t = &db.target;
+    wait_until("target untouched", Duration::from_secs(5), || async {
+        let n = rows(t, "SELECT count(*)::text FROM customers").await;
+        if n == ["0"] { Ok(()) } else { Err(format!("{n:?}")) }
+    })
+    .await;
+    drop_slot(&db).await;
+}
