@@ -123,7 +123,7 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
     );
     let mut report = RetryReport::default();
     let delete = format!(
-        "DELETE FROM {} WHERE rel = $1 AND skey = $2 AND version = $3::pg_lsn",
+        "DELETE FROM {} WHERE rel = $1 AND skey = $2 AND version = $3::text::pg_lsn",
         st.table("dead_letters")
     );
     for d in letters {
@@ -162,7 +162,7 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
                     .execute(
                         &format!(
                             "UPDATE {} SET reason = $4, attempts = attempts + 1, updated_at = now()
-                             WHERE rel = $1 AND skey = $2 AND version = $3::pg_lsn",
+                             WHERE rel = $1 AND skey = $2 AND version = $3::text::pg_lsn",
                             st.table("dead_letters")
                         ),
                         &[&d.table, &d.key, &d.lsn, &why],

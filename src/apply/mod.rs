@@ -748,10 +748,17 @@ impl Applier {
         &mut self,
         rows: &[crate::transform::DeadLetter],
     ) -> Result<(), tokio_postgres::Error> {
-        let state = self.state.clone();
-        let stmt = self
-            .stmt(StmtKey::DeadLetters, || sql::dead_letters(&state), 6)
-            .await?;
+        let stmt = match self.stmts.get(&StmtKey::DeadLetters) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare_typed(&sql::dead_letters(&self.state), &[Type::TEXT_ARRAY; 6])
+                    .await?;
+                self.stmts.insert(StmtKey::DeadLetters, s.clone());
+                s
+            }
+        };
         let rels: Vec<&str> = rows.iter().map(|d| d.source_rel.as_ref()).collect();
         let keys: Vec<String> = rows.iter().map(|d| d.key.encode()).collect();
         let vers: Vec<String> = rows.iter().map(|d| d.version.to_string()).collect();
