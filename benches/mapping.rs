@@ -19,7 +19,8 @@ use remodel::transform::mapping::TableMapping;
 
 mod common;
 
-const SOURCE_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text)";
+const SOURCE_DDL: &str =
+    "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text)";
 const SPLIT_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
     CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans, position int NOT NULL,
                              name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
@@ -39,7 +40,10 @@ const TEXT: &str = "CASE g % 5
     ELSE 'Atlas Property Holdings; BlueRock Investment Solutions ' || g || ' (Pledge)' END";
 
 fn env_num(name: &str, default: i64) -> i64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Run {
@@ -60,9 +64,20 @@ async fn wait_sql(t: &tokio_postgres::Client, sql: &str, child: &mut Child) {
     }
 }
 
-async fn run(source: &Cluster, target: &Cluster, db: &str, mapping: &str, n: i64, updates: i64) -> Run {
+async fn run(
+    source: &Cluster,
+    target: &Cluster,
+    db: &str,
+    mapping: &str,
+    n: i64,
+    updates: i64,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(
         &cfg,
@@ -83,7 +98,12 @@ async fn run(source: &Cluster, target: &Cluster, db: &str, mapping: &str, n: i64
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_sql(&t, "SELECT state = 'done' FROM remodel.backfill_tables WHERE rel = 'public.loans'", &mut child).await;
+    wait_sql(
+        &t,
+        "SELECT state = 'done' FROM remodel.backfill_tables WHERE rel = 'public.loans'",
+        &mut child,
+    )
+    .await;
     let backfill = started.elapsed();
     // Stream: write while paused, then time the catch-up.
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -99,21 +119,37 @@ async fn run(source: &Cluster, target: &Cluster, db: &str, mapping: &str, n: i64
         .await
         .unwrap();
     }
-    let end: String = s.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let end: String = s
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let resumed = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR2).unwrap();
-    wait_sql(&t, &format!("SELECT applied_lsn >= '{end}'::pg_lsn FROM remodel.progress"), &mut child).await;
+    wait_sql(
+        &t,
+        &format!("SELECT applied_lsn >= '{end}'::pg_lsn FROM remodel.progress"),
+        &mut child,
+    )
+    .await;
     let stream = resumed.elapsed();
     let rss_mib = common::rss_kib(child.id(), "VmHWM:") / 1024;
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let _ = child.wait();
-    s.execute("SELECT pg_drop_replication_slot($1)", &[&db]).await.ok();
+    s.execute("SELECT pg_drop_replication_slot($1)", &[&db])
+        .await
+        .ok();
     let target_rows: i64 = t
         .query_one("SELECT (SELECT count(*) FROM loans) + coalesce((SELECT count(*) FROM guarantors WHERE to_regclass('guarantors') IS NOT NULL), 0)", &[])
         .await
         .map(|r| r.get(0))
         .unwrap_or(-1);
-    Run { backfill, stream, rss_mib, target_rows }
+    Run {
+        backfill,
+        stream,
+        rss_mib,
+        target_rows,
+    }
 }
 
 /// The split transform alone: the plan compiled against the live schemas, then `n` changes.
@@ -141,7 +177,12 @@ async fn transform_only(source: &Cluster, target: &Cluster, n: i64) -> (Duration
         replica_identity: b'd',
         columns: ["id", "amount", "guarantor"]
             .iter()
-            .map(|c| RelationColumn { is_key: *c == "id", name: c.to_string(), type_oid: 25, type_modifier: -1 })
+            .map(|c| RelationColumn {
+                is_key: *c == "id",
+                name: c.to_string(),
+                type_oid: 25,
+                type_modifier: -1,
+            })
             .collect(),
     });
     let texts = [
@@ -162,7 +203,11 @@ async fn transform_only(source: &Cluster, target: &Cluster, n: i64) -> (Duration
             op: Op::Update,
             key: remodel::SourceKey(vec![Some(id.clone())]),
             old: None,
-            new: Some(vec![Datum::Text(id), Datum::Text("1.00".into()), Datum::Text(texts[i as usize % 5].into())]),
+            new: Some(vec![
+                Datum::Text(id),
+                Datum::Text("1.00".into()),
+                Datum::Text(texts[i as usize % 5].into()),
+            ]),
             commit_lsn: remodel::Lsn(1),
             xid: 1,
         };
@@ -192,7 +237,10 @@ async fn main() {
     let n = env_num("REMODEL_BENCH_ROWS", 1_000_000);
     let updates = env_num("REMODEL_BENCH_UPDATES", 200_000);
     let opts = ClusterOptions {
-        extra_conf: vec![("max_wal_size".into(), "4GB".into()), ("checkpoint_timeout".into(), "30min".into())],
+        extra_conf: vec![
+            ("max_wal_size".into(), "4GB".into()),
+            ("checkpoint_timeout".into(), "30min".into()),
+        ],
         ..ClusterOptions::default()
     };
     let source = Cluster::start(opts.clone()).await.expect("source");
@@ -208,9 +256,21 @@ async fn main() {
     .unwrap();
     println!("loans: {n} rows, filled in {:.0} s; stream phase: {updates} updates in transactions of 1000\n", t0.elapsed().as_secs_f64());
     target.create_database("identity").await.unwrap();
-    target.client("identity").await.unwrap().batch_execute(SOURCE_DDL).await.unwrap();
+    target
+        .client("identity")
+        .await
+        .unwrap()
+        .batch_execute(SOURCE_DDL)
+        .await
+        .unwrap();
     target.create_database("split").await.unwrap();
-    target.client("split").await.unwrap().batch_execute(SPLIT_DDL).await.unwrap();
+    target
+        .client("split")
+        .await
+        .unwrap()
+        .batch_execute(SPLIT_DDL)
+        .await
+        .unwrap();
 
     let (tt, ops) = transform_only(&source, &target, n).await;
     let identity = run(&source, &target, "identity", "", n, updates).await;

@@ -81,7 +81,10 @@ pub async fn list(
     let mut client = target(config).await?;
     let st = StateSchema::new(&config.target.state_schema);
     st.migrate(&mut client).await?;
-    Ok((load(&client, &st, limit).await?, st.dead_letter_counts(&client).await?))
+    Ok((
+        load(&client, &st, limit).await?,
+        st.dead_letter_counts(&client).await?,
+    ))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -134,15 +137,13 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
                 let mut ops = Vec::new();
                 match transformer.transform(&change, &mut ops) {
                     Err(e) => Err(e.to_string()),
-                    Ok(()) if ops.iter().any(|o| matches!(o, TargetOp::DeadLetter(_))) => {
-                        Err(ops
-                            .iter()
-                            .find_map(|o| match o {
-                                TargetOp::DeadLetter(x) => Some(x.reason.clone()),
-                                _ => None,
-                            })
-                            .unwrap_or_default())
-                    }
+                    Ok(()) if ops.iter().any(|o| matches!(o, TargetOp::DeadLetter(_))) => Err(ops
+                        .iter()
+                        .find_map(|o| match o {
+                            TargetOp::DeadLetter(x) => Some(x.reason.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or_default()),
                     Ok(()) => applier
                         .apply_alone(ops, &delete, &[&d.table, &d.key, &d.lsn])
                         .await
@@ -214,7 +215,10 @@ fn change_of(plan: &Plan, d: &DeadLetterRow) -> Result<Change, String> {
         .collect();
     let key: Vec<Option<String>> =
         serde_json::from_str(&d.key).map_err(|e| format!("unreadable key {}: {e}", d.key))?;
-    let version: Lsn = d.lsn.parse().map_err(|_| format!("unreadable LSN {}", d.lsn))?;
+    let version: Lsn = d
+        .lsn
+        .parse()
+        .map_err(|_| format!("unreadable LSN {}", d.lsn))?;
     let (op, old, new) = match d.op.as_str() {
         "delete" => (Op::Delete, Some(tuple), None),
         "update" => (Op::Update, None, Some(tuple)),

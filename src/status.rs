@@ -151,7 +151,10 @@ async fn dead_letters(config: &Config) -> Result<Vec<(String, i64)>, Error> {
         .await?;
     let st = StateSchema::new(&config.target.state_schema);
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&st.table("dead_letters")])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&st.table("dead_letters")],
+        )
         .await
         .map(|r| r.get(0))
         .unwrap_or(false);

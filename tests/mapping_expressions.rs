@@ -21,7 +21,10 @@ CREATE TABLE customers (id bigint PRIMARY KEY, full_name text, email text, email
 /// transform(source) in SQL, for rows whose age is a number (or, `fixed`, any age).
 fn expected(fixed: bool) -> String {
     let (age, good) = if fixed {
-        ("nullif(regexp_replace(age_text, '[^0-9]', '', 'g'), '')::int", "true")
+        (
+            "nullif(regexp_replace(age_text, '[^0-9]', '', 'g'), '')::int",
+            "true",
+        )
     } else {
         ("age_text::int", "age_text ~ '^[0-9]+$'")
     };
@@ -50,7 +53,11 @@ fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
 }
 
 async fn insert(c: &tokio_postgres::Client, id: i64, r: &mut impl Rng) {
-    let age = if r.gen_ratio(1, 25) { "thirty".to_string() } else { r.gen_range(18..90).to_string() };
+    let age = if r.gen_ratio(1, 25) {
+        "thirty".to_string()
+    } else {
+        r.gen_range(18..90).to_string()
+    };
     let status = if r.gen_ratio(1, 4) { "draft" } else { "active" };
     let city = ["Lisbon", "Oslo", "Quito"][r.gen_range(0..3)];
     c.execute(
@@ -99,10 +106,19 @@ async fn computed_columns_filters_and_dead_letters_then_retry() {
                     .unwrap();
             }
             2 => {
-                db.source.execute("UPDATE customers SET email = ' NEW' || email WHERE id = $1", &[&id]).await.unwrap();
+                db.source
+                    .execute(
+                        "UPDATE customers SET email = ' NEW' || email WHERE id = $1",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap();
             }
             _ => {
-                db.source.execute("DELETE FROM customers WHERE id = $1", &[&id]).await.unwrap();
+                db.source
+                    .execute("DELETE FROM customers WHERE id = $1", &[&id])
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -112,11 +128,25 @@ async fn computed_columns_filters_and_dead_letters_then_retry() {
     assert!(!bad.is_empty(), "seed made no bad rows");
     let lettered = rows(&db.target, "SELECT DISTINCT (skey::jsonb->>0) FROM remodel.dead_letters WHERE rel = 'public.customers'").await;
     for id in &bad {
-        assert!(lettered.contains(id), "row {id} is neither in the target nor a dead letter");
+        assert!(
+            lettered.contains(id),
+            "row {id} is neither in the target nor a dead letter"
+        );
     }
-    let reasons = rows(&db.target, "SELECT reason FROM remodel.dead_letters LIMIT 1").await;
-    assert!(reasons[0].contains("age") && reasons[0].contains("thirty"), "{reasons:?}");
-    assert!(d.metric("remodel_dead_letters_total{table=\"public.customers\"}").await >= 1.0);
+    let reasons = rows(
+        &db.target,
+        "SELECT reason FROM remodel.dead_letters LIMIT 1",
+    )
+    .await;
+    assert!(
+        reasons[0].contains("age") && reasons[0].contains("thirty"),
+        "{reasons:?}"
+    );
+    assert!(
+        d.metric("remodel_dead_letters_total{table=\"public.customers\"}")
+            .await
+            >= 1.0
+    );
     let (code, out) = remodel_cmd(&["status", "--config", &path], &env);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("dead letters:  public.customers"), "{out}");
@@ -136,7 +166,14 @@ async fn computed_columns_filters_and_dead_letters_then_retry() {
     let (code, out) = remodel_cmd(&["dead-letters", "--config", &fixed_path, "--retry"], &env);
     assert_eq!(code, Some(0), "retry: {out}");
     assert!(out.contains("0 still failing"), "{out}");
-    assert_eq!(rows(&db.target, "SELECT count(*)::text FROM remodel.dead_letters").await, ["0"]);
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM remodel.dead_letters"
+        )
+        .await,
+        ["0"]
+    );
     let mut d = Daemon::start_file(&fixed, &listen, env.clone());
     d.wait_ready().await;
     converge_with(&db, &expected(true), ACTUAL, Duration::from_secs(60)).await;
@@ -168,14 +205,24 @@ async fn halt_names_table_key_lsn_value_and_reason() {
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
-    for needle in ["public.customers", "key (7)", "forty-two", "age", "dead_letter"] {
+    for needle in [
+        "public.customers",
+        "key (7)",
+        "forty-two",
+        "age",
+        "dead_letter",
+    ] {
         assert!(log.contains(needle), "missing {needle:?} in {log}");
     }
     // Nothing of the failing transaction landed (atomicity), nothing after it either.
     let t = &db.target;
     wait_until("target untouched", Duration::from_secs(5), || async {
         let n = rows(t, "SELECT count(*)::text FROM customers").await;
-        if n == ["0"] { Ok(()) } else { Err(format!("{n:?}")) }
+        if n == ["0"] {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
     })
     .await;
     drop_slot(&db).await;

@@ -34,7 +34,14 @@ fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
 }
 
 fn uuid(r: &mut impl Rng) -> String {
-    format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", r.gen::<u32>(), r.gen::<u16>(), r.gen_range(0..0xfff), r.gen_range(0..0xfff), r.gen::<u64>() & 0xffff_ffff_ffff)
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        r.gen::<u32>(),
+        r.gen::<u16>(),
+        r.gen_range(0..0xfff),
+        r.gen_range(0..0xfff),
+        r.gen::<u64>() & 0xffff_ffff_ffff
+    )
 }
 
 #[tokio::test]
@@ -48,14 +55,23 @@ async fn uuid_keys_become_bigints_and_references_follow() {
     let mut orders: Vec<String> = Vec::new();
     for i in 0..800 {
         let a = uuid(&mut r);
-        db.source.execute("INSERT INTO accounts VALUES ($1::text::uuid, $2)", &[&a, &format!("acct {i}")]).await.unwrap();
+        db.source
+            .execute(
+                "INSERT INTO accounts VALUES ($1::text::uuid, $2)",
+                &[&a, &format!("acct {i}")],
+            )
+            .await
+            .unwrap();
         accounts.push(a);
     }
     for i in 0..2000 {
         let o = uuid(&mut r);
         let a = &accounts[r.gen_range(0..accounts.len())];
         db.source
-            .execute("INSERT INTO orders VALUES ($1::text::uuid, $2::text::uuid, $3::text::numeric)", &[&o, a, &format!("{i}.25")])
+            .execute(
+                "INSERT INTO orders VALUES ($1::text::uuid, $2::text::uuid, $3::text::numeric)",
+                &[&o, a, &format!("{i}.25")],
+            )
             .await
             .unwrap();
         orders.push(o);
@@ -71,25 +87,49 @@ async fn uuid_keys_become_bigints_and_references_follow() {
         match r.gen_range(0..6) {
             0 => {
                 let a = uuid(&mut r);
-                db.source.execute("INSERT INTO accounts VALUES ($1::text::uuid, 'new')", &[&a]).await.unwrap();
+                db.source
+                    .execute("INSERT INTO accounts VALUES ($1::text::uuid, 'new')", &[&a])
+                    .await
+                    .unwrap();
                 accounts.push(a);
             }
             1 | 2 => {
-                let (o, a) = (uuid(&mut r), accounts[r.gen_range(0..accounts.len())].clone());
-                db.source.execute("INSERT INTO orders VALUES ($1::text::uuid, $2::text::uuid, 1)", &[&o, &a]).await.unwrap();
+                let (o, a) = (
+                    uuid(&mut r),
+                    accounts[r.gen_range(0..accounts.len())].clone(),
+                );
+                db.source
+                    .execute(
+                        "INSERT INTO orders VALUES ($1::text::uuid, $2::text::uuid, 1)",
+                        &[&o, &a],
+                    )
+                    .await
+                    .unwrap();
                 orders.push(o);
             }
             3 => {
-                let (o, a) = (orders[r.gen_range(0..orders.len())].clone(), accounts[r.gen_range(0..accounts.len())].clone());
+                let (o, a) = (
+                    orders[r.gen_range(0..orders.len())].clone(),
+                    accounts[r.gen_range(0..accounts.len())].clone(),
+                );
                 db.source.execute("UPDATE orders SET account_id = $2::text::uuid, amount = amount + 1 WHERE id = $1::text::uuid", &[&o, &a]).await.unwrap();
             }
             4 => {
                 let a = accounts[r.gen_range(0..accounts.len())].clone();
-                db.source.execute("UPDATE accounts SET name = name || '+' WHERE id = $1::text::uuid", &[&a]).await.unwrap();
+                db.source
+                    .execute(
+                        "UPDATE accounts SET name = name || '+' WHERE id = $1::text::uuid",
+                        &[&a],
+                    )
+                    .await
+                    .unwrap();
             }
             _ => {
                 let o = orders[r.gen_range(0..orders.len())].clone();
-                db.source.execute("DELETE FROM orders WHERE id = $1::text::uuid", &[&o]).await.unwrap();
+                db.source
+                    .execute("DELETE FROM orders WHERE id = $1::text::uuid", &[&o])
+                    .await
+                    .unwrap();
             }
         }
         if round == 100 {
@@ -114,14 +154,24 @@ async fn uuid_keys_become_bigints_and_references_follow() {
     for t in ["accounts", "orders"] {
         let past = rows(
             &db.target,
-            &format!("SELECT (nextval(pg_get_serial_sequence('{t}', 'id')) > max(id))::text FROM {t}"),
+            &format!(
+                "SELECT (nextval(pg_get_serial_sequence('{t}', 'id')) > max(id))::text FROM {t}"
+            ),
         )
         .await;
         assert_eq!(past, ["true"], "{t}: sequence not past the highest id");
     }
     assert_eq!(
-        rows(&db.target, "SELECT count(DISTINCT new)::text FROM remodel.keymap WHERE map = 'accounts'").await,
-        rows(&db.target, "SELECT count(*)::text FROM remodel.keymap WHERE map = 'accounts'").await,
+        rows(
+            &db.target,
+            "SELECT count(DISTINCT new)::text FROM remodel.keymap WHERE map = 'accounts'"
+        )
+        .await,
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM remodel.keymap WHERE map = 'accounts'"
+        )
+        .await,
     );
     d.stop();
     drop_slot(&db).await;

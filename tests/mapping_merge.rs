@@ -60,7 +60,10 @@ async fn merge_of_two_tables_converges_under_writes() {
     let contacts = 1500i64;
     for c in 0..contacts {
         db.source
-            .execute("INSERT INTO contacts VALUES ($1, $2)", &[&c, &format!("person {c}")])
+            .execute(
+                "INSERT INTO contacts VALUES ($1, $2)",
+                &[&c, &format!("person {c}")],
+            )
             .await
             .unwrap();
         let n = r.gen_range(0..4);
@@ -112,18 +115,27 @@ async fn merge_of_two_tables_converges_under_writes() {
             }
             6 => {
                 db.source
-                    .execute("UPDATE contact_emails SET email = upper(email) WHERE contact_id = $1", &[&c])
+                    .execute(
+                        "UPDATE contact_emails SET email = upper(email) WHERE contact_id = $1",
+                        &[&c],
+                    )
                     .await
                     .unwrap();
             }
             7 => {
                 db.source
-                    .execute("UPDATE contacts SET name = name || '!' WHERE id = $1", &[&c])
+                    .execute(
+                        "UPDATE contacts SET name = name || '!' WHERE id = $1",
+                        &[&c],
+                    )
                     .await
                     .unwrap();
             }
             8 => {
-                db.source.execute("DELETE FROM contacts WHERE id = $1", &[&c]).await.unwrap();
+                db.source
+                    .execute("DELETE FROM contacts WHERE id = $1", &[&c])
+                    .await
+                    .unwrap();
             }
             _ => {
                 email_id += 1;
@@ -148,7 +160,9 @@ async fn check_requires_one_owner_and_nullable_merged_columns() {
     let db = fresh_db(pair()).await;
     db.source.batch_execute(SOURCE).await.unwrap();
     db.target
-        .batch_execute("CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, email text);")
+        .batch_execute(
+            "CREATE TABLE people (id bigint PRIMARY KEY, name text NOT NULL, email text);",
+        )
         .await
         .unwrap();
     let (code, out) = support::daemon::check(
@@ -158,7 +172,11 @@ async fn check_requires_one_owner_and_nullable_merged_columns() {
          [tables.columns]\nid = \"drop\"\ncontact_id = { rename = \"id\" }\nis_primary = \"drop\"\n",
     );
     assert_eq!(code, Some(1), "{out}");
-    for needle in ["of which own its rows", "set merge = true", "NOT NULL without a default, but public.contact_emails does not fill it"] {
+    for needle in [
+        "of which own its rows",
+        "set merge = true",
+        "NOT NULL without a default, but public.contact_emails does not fill it",
+    ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
 }

@@ -23,36 +23,65 @@ CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES l
                          position int NOT NULL, name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
 CREATE INDEX ON guarantors (loan_id);";
 
-/// The issue's examples, with what they must become (name, pledge) in order.
-const EXAMPLES: &[(&str, &str, &[(&str, bool)])] = &[
-    ("00000000-0000-0000-0000-000000000001", "Meridian Capital Advisors", &[("Meridian Capital Advisors", false)]),
+/// A loan id, its guarantor text, and the guarantors (name, pledge) it must become, in order.
+type Example = (&'static str, &'static str, &'static [(&'static str, bool)]);
+
+/// The issue's examples.
+const EXAMPLES: &[Example] = &[
+    (
+        "00000000-0000-0000-0000-000000000001",
+        "Meridian Capital Advisors",
+        &[("Meridian Capital Advisors", false)],
+    ),
     (
         "00000000-0000-0000-0000-000000000002",
         "Oakridge Asset Holdings, Zenith Equity Management, Atlas Property Holdings",
-        &[("Oakridge Asset Holdings", false), ("Zenith Equity Management", false), ("Atlas Property Holdings", false)],
+        &[
+            ("Oakridge Asset Holdings", false),
+            ("Zenith Equity Management", false),
+            ("Atlas Property Holdings", false),
+        ],
     ),
     (
         "00000000-0000-0000-0000-000000000003",
         "Redwood Holdings & Co. & NorthStar Investment Trust",
-        &[("Redwood Holdings & Co.", false), ("NorthStar Investment Trust", false)],
+        &[
+            ("Redwood Holdings & Co.", false),
+            ("NorthStar Investment Trust", false),
+        ],
     ),
     (
         "00000000-0000-0000-0000-000000000004",
         "(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe",
-        &[("Fortress Capital Advisors", false), ("Endeavor Capital Ventures", false), ("John Doe", false)],
+        &[
+            ("Fortress Capital Advisors", false),
+            ("Endeavor Capital Ventures", false),
+            ("John Doe", false),
+        ],
     ),
     (
         "00000000-0000-0000-0000-000000000005",
         "Atlas Property Holdings; BlueRock Investment Solutions (Pledge)",
-        &[("Atlas Property Holdings", false), ("BlueRock Investment Solutions", true)],
+        &[
+            ("Atlas Property Holdings", false),
+            ("BlueRock Investment Solutions", true),
+        ],
     ),
     ("00000000-0000-0000-0000-000000000006", "   ", &[]),
 ];
 
 const NAMES: &[&str] = &[
-    "Meridian Capital Advisors", "Oakridge Asset Holdings", "Zenith Equity Management",
-    "Redwood Holdings & Co.", "NorthStar Investment Trust", "John Doe", "Smith Holdings Inc.",
-    "Brown L.P.", "Jones LLC", "BlueRock Investment Solutions", "Fortress Capital Advisors",
+    "Meridian Capital Advisors",
+    "Oakridge Asset Holdings",
+    "Zenith Equity Management",
+    "Redwood Holdings & Co.",
+    "NorthStar Investment Trust",
+    "John Doe",
+    "Smith Holdings Inc.",
+    "Brown L.P.",
+    "Jones LLC",
+    "BlueRock Investment Solutions",
+    "Fortress Capital Advisors",
 ];
 
 /// A random guarantor text in one of the styles the splitter handles.
@@ -69,7 +98,12 @@ fn random_text(r: &mut impl Rng) -> Option<String> {
     Some(match r.gen_range(0..4) {
         0 => names.join(", "),
         1 => names.join("; "),
-        2 => names.iter().enumerate().map(|(i, s)| format!("({}) {s}", (b'a' + i as u8) as char)).collect::<Vec<_>>().join(" "),
+        2 => names
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("({}) {s}", (b'a' + i as u8) as char))
+            .collect::<Vec<_>>()
+            .join(" "),
         _ => names.join(" and "),
     })
 }
@@ -78,7 +112,9 @@ fn spec() -> SplitSpec {
     SplitSpec {
         separators: [",", ";", "&", " and "].map(String::from).to_vec(),
         enumerators: true,
-        protected: ["& Co.", "& Sons", "Inc.", "LLC", "L.P.", "Ltd."].map(String::from).to_vec(),
+        protected: ["& Co.", "& Sons", "Inc.", "LLC", "L.P.", "Ltd."]
+            .map(String::from)
+            .to_vec(),
         annotations: BTreeMap::from([("pledge".to_string(), "(Pledge)".to_string())]),
         dedupe: true,
     }
@@ -89,13 +125,21 @@ async fn expected(db: &support::TestDb) -> Vec<String> {
     let splitter = Splitter::new(&spec()).unwrap();
     let ns = remodel::transform::compile::default_namespace();
     let mut out = Vec::new();
-    for r in db.source.query("SELECT id::text, guarantor FROM loans", &[]).await.unwrap() {
+    for r in db
+        .source
+        .query("SELECT id::text, guarantor FROM loans", &[])
+        .await
+        .unwrap()
+    {
         let id: String = r.get(0);
         let text: Option<String> = r.get(1);
         let pkey = remodel::SourceKey(vec![Some(id.clone())]).encode();
         for p in splitter.split(text.as_deref()) {
             let cid = remodel::transform::child_id(&ns, &pkey, ChildKey::Name, &p);
-            out.push(format!("{id}|{}|{}|{}|{cid}", p.position, p.name, p.annotations[0]));
+            out.push(format!(
+                "{id}|{}|{}|{}|{cid}",
+                p.position, p.name, p.annotations[0]
+            ));
         }
     }
     out.sort();
@@ -127,7 +171,10 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
     db.target.batch_execute(TARGET).await.unwrap();
     for (id, text, _) in EXAMPLES {
         db.source
-            .execute("INSERT INTO loans VALUES ($1::text::uuid, 100, $2)", &[id, text])
+            .execute(
+                "INSERT INTO loans VALUES ($1::text::uuid, 100, $2)",
+                &[id, text],
+            )
             .await
             .unwrap();
     }
@@ -135,7 +182,10 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
     for i in 0..3000 {
         let id = format!("10000000-0000-0000-0000-{i:012}");
         db.source
-            .execute("INSERT INTO loans VALUES ($1::text::uuid, $2::text::numeric, $3)", &[&id, &format!("{}.50", i), &random_text(&mut r)])
+            .execute(
+                "INSERT INTO loans VALUES ($1::text::uuid, $2::text::numeric, $3)",
+                &[&id, &format!("{}.50", i), &random_text(&mut r)],
+            )
             .await
             .unwrap();
         ids.push(id);
@@ -154,7 +204,10 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
         match r.gen_range(0..10) {
             0..=5 => {
                 db.source
-                    .execute("UPDATE loans SET guarantor = $2 WHERE id = $1::text::uuid", &[&id, &random_text(&mut r)])
+                    .execute(
+                        "UPDATE loans SET guarantor = $2 WHERE id = $1::text::uuid",
+                        &[&id, &random_text(&mut r)],
+                    )
                     .await
                     .unwrap();
             }
@@ -162,13 +215,19 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
                 let id = format!("10000000-0000-0000-0000-{next:012}");
                 next += 1;
                 db.source
-                    .execute("INSERT INTO loans VALUES ($1::text::uuid, 1, $2)", &[&id, &random_text(&mut r)])
+                    .execute(
+                        "INSERT INTO loans VALUES ($1::text::uuid, 1, $2)",
+                        &[&id, &random_text(&mut r)],
+                    )
                     .await
                     .unwrap();
                 ids.push(id);
             }
             _ => {
-                db.source.execute("DELETE FROM loans WHERE id = $1::text::uuid", &[&id]).await.unwrap();
+                db.source
+                    .execute("DELETE FROM loans WHERE id = $1::text::uuid", &[&id])
+                    .await
+                    .unwrap();
             }
         }
         if round == 150 {
@@ -179,17 +238,26 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
     }
     let want = expected(&db).await;
     let t = &db.target;
-    wait_until("guarantors = split(loans.guarantor)", Duration::from_secs(90), || {
-        let want = want.clone();
-        async move {
-            let got = rows(t, ACTUAL).await;
-            if got == want {
-                Ok(())
-            } else {
-                Err(format!("{} rows, want {}; first difference {:?}", got.len(), want.len(), got.iter().zip(&want).find(|(a, b)| a != b)))
+    wait_until(
+        "guarantors = split(loans.guarantor)",
+        Duration::from_secs(90),
+        || {
+            let want = want.clone();
+            async move {
+                let got = rows(t, ACTUAL).await;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} rows, want {}; first difference {:?}",
+                        got.len(),
+                        want.len(),
+                        got.iter().zip(&want).find(|(a, b)| a != b)
+                    ))
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(
         rows(t, "SELECT count(*)::text FROM loans").await,
@@ -211,17 +279,44 @@ async fn guarantor_split_converges_under_writes_and_a_crash() {
         .await
         .unwrap();
     wait_until("the new set", Duration::from_secs(30), || async {
-        let got = rows(t, &format!("SELECT name FROM guarantors WHERE loan_id = '{loan}' ORDER BY position")).await;
-        if got == ["Oakridge Asset Holdings", "Gamma Trust"] { Ok(()) } else { Err(format!("{got:?}")) }
+        let got = rows(
+            t,
+            &format!("SELECT name FROM guarantors WHERE loan_id = '{loan}' ORDER BY position"),
+        )
+        .await;
+        if got == ["Oakridge Asset Holdings", "Gamma Trust"] {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
     })
     .await;
-    assert_eq!(rows(t, &xmin_sql).await, before, "an unchanged child was rewritten");
+    assert_eq!(
+        rows(t, &xmin_sql).await,
+        before,
+        "an unchanged child was rewritten"
+    );
     // Deleting the loan deletes its guarantors (before the loan: the foreign key holds).
-    db.source.execute("DELETE FROM loans WHERE id = $1::text::uuid", &[&loan]).await.unwrap();
-    wait_until("children gone with the parent", Duration::from_secs(30), || async {
-        let n = rows(t, &format!("SELECT count(*)::text FROM guarantors WHERE loan_id = '{loan}'")).await;
-        if n == ["0"] { Ok(()) } else { Err(format!("{n:?}")) }
-    })
+    db.source
+        .execute("DELETE FROM loans WHERE id = $1::text::uuid", &[&loan])
+        .await
+        .unwrap();
+    wait_until(
+        "children gone with the parent",
+        Duration::from_secs(30),
+        || async {
+            let n = rows(
+                t,
+                &format!("SELECT count(*)::text FROM guarantors WHERE loan_id = '{loan}'"),
+            )
+            .await;
+            if n == ["0"] {
+                Ok(())
+            } else {
+                Err(format!("{n:?}"))
+            }
+        },
+    )
     .await;
     d.stop();
     drop_slot(&db).await;

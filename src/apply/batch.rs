@@ -14,6 +14,8 @@ use crate::transform::{DeadLetter, Guard, OutputPlan, TargetOp, Value};
 
 /// A truncated source table: name, version, and the target outputs it feeds.
 pub type TruncatedTable = (Arc<str>, Lsn, Vec<Arc<OutputPlan>>);
+/// Merge-output clears: guard, target key, the values they must still hold.
+pub type ClearRows = Vec<(Guard, Vec<Value>, Option<Vec<Value>>)>;
 /// Rows of one statement: the version guard and the values.
 pub type GuardedRows = Vec<(Guard, Vec<Value>)>;
 
@@ -42,7 +44,7 @@ pub enum Group {
     /// Merge-output columns to clear: (guard, target key, values they must still hold).
     Clear {
         output: Arc<OutputPlan>,
-        rows: Vec<(Guard, Vec<Value>, Option<Vec<Value>>)>,
+        rows: ClearRows,
     },
     /// Child sets to replace: per parent (guard, parent values, deleted) and its rows.
     Children {
@@ -180,11 +182,20 @@ fn kind(op: &TargetOp) -> RunKind {
 /// parent). None: the op stays where it is (a window of its own).
 fn phase(op: &TargetOp) -> Option<(u8, i64)> {
     match op {
-        TargetOp::Upsert { from: None, output, .. } => Some((0, output.id as i64)),
-        TargetOp::Children { deleted: false, output, .. } => Some((0, output.id as i64)),
-        TargetOp::Children { deleted: true, output, .. } | TargetOp::Delete { output, .. } => {
-            Some((1, -(output.id as i64)))
+        TargetOp::Upsert {
+            from: None, output, ..
+        } => Some((0, output.id as i64)),
+        TargetOp::Children {
+            deleted: false,
+            output,
+            ..
+        } => Some((0, output.id as i64)),
+        TargetOp::Children {
+            deleted: true,
+            output,
+            ..
         }
+        | TargetOp::Delete { output, .. } => Some((1, -(output.id as i64))),
         _ => None,
     }
 }
@@ -202,7 +213,11 @@ fn reorder(ops: Vec<TargetOp>) -> Vec<TargetOp> {
         out.append(window);
     };
     for op in ops {
-        let fits = match (phase(&op), op.guard(), window.first().and_then(|w| w.guard())) {
+        let fits = match (
+            phase(&op),
+            op.guard(),
+            window.first().and_then(|w| w.guard()),
+        ) {
             (Some(_), Some(g), first) => {
                 first.is_none_or(|f| f.source_rel == g.source_rel)
                     && keys.get(&g.key).is_none_or(|&c| c == g.change)
@@ -314,10 +329,7 @@ fn finish_run(run: Vec<TargetOp>, out: &mut Vec<Group>) {
                     }
                     part.push(r);
                 }
-                out.push(Group::Clear {
-                    output,
-                    rows: part,
-                });
+                out.push(Group::Clear { output, rows: part });
             }
         }
         RunKind::Children(_) => {

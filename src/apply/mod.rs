@@ -667,7 +667,7 @@ impl Applier {
     async fn clear(
         &mut self,
         o: &Arc<crate::transform::OutputPlan>,
-        rows: &[(Guard, Vec<Value>, Option<Vec<Value>>)],
+        rows: &batch::ClearRows,
     ) -> Result<(), tokio_postgres::Error> {
         let own = o.columns.len() - o.key.len();
         let n = 4 + o.key.len() + own;
@@ -711,7 +711,10 @@ impl Applier {
             .stmt(StmtKey::Children(o.id), || sql::children(&state, o), n)
             .await?;
         let skeys: Vec<String> = parents.iter().map(|p| p.guard.key.encode()).collect();
-        let vers: Vec<String> = parents.iter().map(|p| p.guard.version.to_string()).collect();
+        let vers: Vec<String> = parents
+            .iter()
+            .map(|p| p.guard.version.to_string())
+            .collect();
         let del: Vec<&str> = parents
             .iter()
             .map(|p| if p.deleted { "t" } else { "f" })
@@ -851,7 +854,11 @@ impl Applier {
                         .collect();
                     if !sets.is_empty() {
                         self.client
-                            .batch_execute(&format!("UPDATE {} SET {}", o.quoted_target(), sets.join(", ")))
+                            .batch_execute(&format!(
+                                "UPDATE {} SET {}",
+                                o.quoted_target(),
+                                sets.join(", ")
+                            ))
                             .await?;
                     }
                     continue;

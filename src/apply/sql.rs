@@ -323,8 +323,16 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
     if !non_key.is_empty() {
         on_conflict.push_str(&format!(
             " WHERE ({}) IS DISTINCT FROM ({})",
-            non_key.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", "),
-            non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+            non_key
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            non_key
+                .iter()
+                .map(|c| format!("EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ));
     }
     format!(
@@ -364,9 +372,15 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
 /// values (`$4` 't' to compare, 'f' not to). Parameters: `$1` source table, `$2` skeys, `$3`
 /// versions, `$4` compare flags, `$5..` key columns, then one text[] per own (non-key) column.
 pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
-    let own: Vec<usize> = (0..o.columns.len()).filter(|i| !o.key.contains(i)).collect();
+    let own: Vec<usize> = (0..o.columns.len())
+        .filter(|i| !o.key.contains(i))
+        .collect();
     let mut names = vec!["skey".to_string(), "ver".to_string(), "cmp".to_string()];
-    let mut params = vec!["$2::text[]".to_string(), "$3::text[]".to_string(), "$4::text[]".to_string()];
+    let mut params = vec![
+        "$2::text[]".to_string(),
+        "$3::text[]".to_string(),
+        "$4::text[]".to_string(),
+    ];
     let mut n = 5;
     for j in 0..o.key.len() {
         names.push(format!("k{j}"));

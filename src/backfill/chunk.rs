@@ -244,7 +244,10 @@ async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError>
 }
 
 /// Test hook: wait while a test holds the barrier lock (see [`super::test_barrier`]).
-pub(super) async fn pass_barrier(target: &Client, barrier: Option<i64>) -> Result<(), BackfillError> {
+pub(super) async fn pass_barrier(
+    target: &Client,
+    barrier: Option<i64>,
+) -> Result<(), BackfillError> {
     if let Some(k) = barrier {
         target
             .batch_execute(&format!(
@@ -351,8 +354,10 @@ pub(super) async fn copy_table(
             let written = match &job.rows {
                 Some(rj) => {
                     let copy_out = job.sql.copy_out(cursor.as_deref(), limit);
-                    super::rows::staged(shared, source, target, job, rj, &copy_out, &version, barrier)
-                        .await?
+                    super::rows::staged(
+                        shared, source, target, job, rj, &copy_out, &version, barrier,
+                    )
+                    .await?
                 }
                 None => match try_direct(&inputs).await? {
                     Some(p) => Some(p),

@@ -162,10 +162,12 @@ pub async fn run(
         let all: Vec<String> = info
             .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
             .unwrap_or_default();
-        let ts = TableSql::new(tp, &types, i, (!tp.sql_only()).then_some(&all[..])).ok_or_else(|| BackfillError::Table {
-            table: rel.clone(),
-            column: tp.source_key.join(", "),
-        })?;
+        let ts = TableSql::new(tp, &types, i, (!tp.sql_only()).then_some(&all[..])).ok_or_else(
+            || BackfillError::Table {
+                table: rel.clone(),
+                column: tp.source_key.join(", "),
+            },
+        )?;
         let estimate: i64 = source
             .query_one(
                 "SELECT GREATEST(c.reltuples, 0)::int8 FROM pg_class c WHERE c.oid = $1::text::regclass",

@@ -214,7 +214,11 @@ async fn read(
             for op in ops.drain(..) {
                 match op {
                     TargetOp::Upsert { output, row, .. } => {
-                        push_row(&mut t.stages[stage_of(rj, &output)], &skey, row.iter().map(text));
+                        push_row(
+                            &mut t.stages[stage_of(rj, &output)],
+                            &skey,
+                            row.iter().map(text),
+                        );
                     }
                     TargetOp::Children { output, rows, .. } => {
                         let buf = &mut t.stages[stage_of(rj, &output)];
@@ -256,6 +260,7 @@ async fn copy_in(target: &Client, sql: &str, data: Vec<u8>) -> Result<(), tokio_
 }
 
 /// The whole transformed chunk: read, stage, lock, merge. None when paused meanwhile.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn staged(
     shared: &Shared,
     source: &Client,
@@ -267,7 +272,9 @@ pub(super) async fn staged(
     barrier: Option<i64>,
 ) -> Result<Option<Piped>, BackfillError> {
     let st = &shared.state;
-    let version: Lsn = p.parse().map_err(|_| BackfillError::SlotReply(p.to_string()))?;
+    let version: Lsn = p
+        .parse()
+        .map_err(|_| BackfillError::SlotReply(p.to_string()))?;
     let t = read(source, copy_out, rj, Lsn(version.0.saturating_sub(1))).await?;
     let cerr = |e: tokio_postgres::Error| BackfillError::Copy {
         table: job.rel.clone(),
@@ -278,15 +285,25 @@ pub(super) async fn staged(
             continue;
         }
         let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
-        copy_in(target, &format!("COPY {stage} (skey, {}) FROM STDIN", cols.join(", ")), data)
-            .await
-            .map_err(cerr)?;
+        copy_in(
+            target,
+            &format!("COPY {stage} (skey, {}) FROM STDIN", cols.join(", ")),
+            data,
+        )
+        .await
+        .map_err(cerr)?;
     }
     if !t.parents.is_empty() {
-        let keys: Vec<String> = (0..rj.table.source_key.len()).map(|j| format!("k{j}")).collect();
-        copy_in(target, &format!("COPY {} (skey, {}) FROM STDIN", rj.parents, keys.join(", ")), t.parents)
-            .await
-            .map_err(cerr)?;
+        let keys: Vec<String> = (0..rj.table.source_key.len())
+            .map(|j| format!("k{j}"))
+            .collect();
+        copy_in(
+            target,
+            &format!("COPY {} (skey, {}) FROM STDIN", rj.parents, keys.join(", ")),
+            t.parents,
+        )
+        .await
+        .map_err(cerr)?;
     }
     super::chunk::pass_barrier(target, barrier).await?;
     target
@@ -390,12 +407,24 @@ fn split_merge(st: &StateSchema, o: &OutputPlan, stage: &str, parents: &str) -> 
         .parent
         .iter()
         .enumerate()
-        .map(|(j, &c)| format!("t.{} = {}", quote_ident(&o.columns[c].name), o.columns[c].sql_match(&format!("p.k{j}"))))
+        .map(|(j, &c)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[c].name),
+                o.columns[c].sql_match(&format!("p.k{j}"))
+            )
+        })
         .collect();
     let kid_match: Vec<String> = o
         .key
         .iter()
-        .map(|&k| format!("t.{} = {}", quote_ident(&o.columns[k].name), o.columns[k].sql_match(&format!("k.c{k}"))))
+        .map(|&k| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[k].name),
+                o.columns[k].sql_match(&format!("k.c{k}"))
+            )
+        })
         .collect();
     let values: Vec<String> = o
         .columns
@@ -414,8 +443,16 @@ fn split_merge(st: &StateSchema, o: &OutputPlan, stage: &str, parents: &str) -> 
     if !non_key.is_empty() {
         on_conflict.push_str(&format!(
             " WHERE ({}) IS DISTINCT FROM ({})",
-            non_key.iter().map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", "),
-            non_key.iter().map(|c| format!("EXCLUDED.{c}")).collect::<Vec<_>>().join(", "),
+            non_key
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            non_key
+                .iter()
+                .map(|c| format!("EXCLUDED.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         ));
     }
     format!(

@@ -34,6 +34,9 @@ fn qualify(name: &str) -> String {
     }
 }
 
+/// Target table → the mappings feeding it: (source table, merge?, target columns it fills).
+type Feeds = BTreeMap<String, Vec<(String, bool, Vec<String>)>>;
+
 /// Everything compile needs besides the mapping.
 pub struct Env<'a> {
     pub published: &'a [String],
@@ -87,7 +90,7 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
     };
     let mut plan = Plan::default();
     // target table → (source, merge?, columns it fills)
-    let mut feeds: BTreeMap<String, Vec<(String, bool, Vec<String>)>> = BTreeMap::new();
+    let mut feeds: Feeds = BTreeMap::new();
     let mut lookups: Vec<(String, String, String)> = Vec::new(); // (map, source table, from)
     for m in mappings {
         if let Some(tp) = compile_table(m, env, &mut problems, &mut plan, &mut feeds).await {
@@ -112,11 +115,7 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
 
 /// N→1: exactly one mapping owns a shared target; the others set `merge = true`; NOT NULL
 /// columns must be fillable by whichever source writes a row first.
-fn check_shared_targets(
-    feeds: &BTreeMap<String, Vec<(String, bool, Vec<String>)>>,
-    env: &Env<'_>,
-    problems: &mut Problems,
-) {
+fn check_shared_targets(feeds: &Feeds, env: &Env<'_>, problems: &mut Problems) {
     for (target, fed) in feeds {
         let owners: Vec<&str> = fed.iter().filter(|f| !f.1).map(|f| f.0.as_str()).collect();
         if fed.len() > 1 && owners.len() != 1 {
@@ -127,8 +126,13 @@ fn check_shared_targets(
                 "exactly one mapping owns a merged target's rows; set merge = true on each mapping that only contributes columns",
             );
         }
-        let Some(t) = env.target.get(target) else { continue };
-        let all: BTreeSet<&str> = fed.iter().flat_map(|f| f.2.iter().map(String::as_str)).collect();
+        let Some(t) = env.target.get(target) else {
+            continue;
+        };
+        let all: BTreeSet<&str> = fed
+            .iter()
+            .flat_map(|f| f.2.iter().map(String::as_str))
+            .collect();
         for tc in &t.columns {
             if !(tc.not_null && !tc.has_default && !tc.generated) {
                 continue;
@@ -159,7 +163,7 @@ async fn compile_table(
     env: &Env<'_>,
     problems: &mut Problems,
     plan: &mut Plan,
-    feeds: &mut BTreeMap<String, Vec<(String, bool, Vec<String>)>>,
+    feeds: &mut Feeds,
 ) -> Option<TablePlan> {
     let src_name = qualify(&m.source);
     let tgt_name = qualify(m.target.as_deref().unwrap_or(&src_name));
@@ -255,14 +259,35 @@ async fn compile_table(
         );
         return None;
     };
-    let row = super::compile_row::row_output(m, s, t, &source_key, &refs, custom.as_ref(), env, &mut problems.0).await;
+    let row = super::compile_row::row_output(
+        m,
+        s,
+        t,
+        &source_key,
+        &refs,
+        custom.as_ref(),
+        env,
+        &mut problems.0,
+    )
+    .await;
     let (row, filled) = row;
     feeds
         .entry(tgt_name.clone())
         .or_default()
         .push((src_name.clone(), m.merge, filled));
     if let Some((cols, key)) = row {
-        outputs.push(output(plan, &src_name, t, cols, key, if m.merge { OutputKind::Merge } else { OutputKind::Row }));
+        outputs.push(output(
+            plan,
+            &src_name,
+            t,
+            cols,
+            key,
+            if m.merge {
+                OutputKind::Merge
+            } else {
+                OutputKind::Row
+            },
+        ));
     }
     for sm in &m.split {
         let child_tgt = qualify(&sm.target);
@@ -270,7 +295,9 @@ async fn compile_table(
             problems.add(
                 table,
                 format!("split target table {child_tgt} does not exist on the target"),
-                format!("create {child_tgt} in the target database, or fix [[tables.split]].target"),
+                format!(
+                    "create {child_tgt} in the target database, or fix [[tables.split]].target"
+                ),
             );
             continue;
         };
@@ -280,7 +307,14 @@ async fn compile_table(
                 false,
                 cols.iter().map(|c| c.name.clone()).collect(),
             ));
-            outputs.push(output(plan, &src_name, ct, cols, key, OutputKind::Split(Arc::new(sp))));
+            outputs.push(output(
+                plan,
+                &src_name,
+                ct,
+                cols,
+                key,
+                OutputKind::Split(Arc::new(sp)),
+            ));
         }
     }
     Some(TablePlan {
@@ -382,7 +416,11 @@ async fn split_output(
     let tgt = t.qualified();
     let before = problems.0.len();
     if s.column(&sm.column).is_none() {
-        problems.add(&table, format!("split column {} does not exist on the source", sm.column), "fix [[tables.split]].column");
+        problems.add(
+            &table,
+            format!("split column {} does not exist on the source", sm.column),
+            "fix [[tables.split]].column",
+        );
     }
     let defaults = SplitSpec::default();
     let spec = SplitSpec {
@@ -395,7 +433,11 @@ async fn split_output(
     let splitter = match Splitter::new(&spec) {
         Ok(sp) => Some(sp),
         Err(e) => {
-            problems.add(&table, format!("split into {tgt}: {e}"), "fix [[tables.split]]");
+            problems.add(
+                &table,
+                format!("split into {tgt}: {e}"),
+                "fix [[tables.split]]",
+            );
             None
         }
     };
@@ -404,31 +446,55 @@ async fn split_output(
         Some(n) => match uuid::Uuid::parse_str(n) {
             Ok(u) => u,
             Err(e) => {
-                problems.add(&table, format!("split into {tgt}: namespace {n:?} is not a UUID: {e}"), "set namespace to a UUID, or leave it out");
+                problems.add(
+                    &table,
+                    format!("split into {tgt}: namespace {n:?} is not a UUID: {e}"),
+                    "set namespace to a UUID, or leave it out",
+                );
                 default_namespace()
             }
         },
     };
-    let names: Vec<String> = splitter.as_ref().map(|s| s.annotation_names().to_vec()).unwrap_or_default();
+    let names: Vec<String> = splitter
+        .as_ref()
+        .map(|s| s.annotation_names().to_vec())
+        .unwrap_or_default();
     let mut columns = Vec::new();
     let mut parent: Vec<Option<usize>> = vec![None; source_key.len()];
     for (tname, what) in &sm.columns {
         let Some(tc) = t.column(tname) else {
-            problems.add(&table, format!("split column {tgt}.{tname} does not exist"), "fix [tables.split.columns]");
+            problems.add(
+                &table,
+                format!("split column {tgt}.{tname} does not exist"),
+                "fix [tables.split.columns]",
+            );
             continue;
         };
         let (expr, src_type) = if let Some(p) = what.strip_prefix("parent.") {
             let Some(sc) = s.column(p) else {
-                problems.add(&table, format!("split column {tname} = {what:?}: source column {p} does not exist"), "fix [tables.split.columns]");
+                problems.add(
+                    &table,
+                    format!("split column {tname} = {what:?}: source column {p} does not exist"),
+                    "fix [tables.split.columns]",
+                );
                 continue;
             };
             if let Some(k) = source_key.iter().position(|k| k == p) {
                 parent[k] = Some(columns.len());
             }
             let via = super::compile_row::via(&sc.sql_type, &tc.sql_type, env.target_client).await;
-            (Expr::Column { name: p.to_string(), via }, sc.sql_type.clone())
+            (
+                Expr::Column {
+                    name: p.to_string(),
+                    via,
+                },
+                sc.sql_type.clone(),
+            )
         } else if what.len() >= 2 && what.starts_with('\'') && what.ends_with('\'') {
-            (Expr::Constant(what[1..what.len() - 1].replace("''", "'")), "text".to_string())
+            (
+                Expr::Constant(what[1..what.len() - 1].replace("''", "'")),
+                "text".to_string(),
+            )
         } else {
             let field = match what.as_str() {
                 "child_id" => ChildField::Id,
@@ -461,11 +527,22 @@ async fn split_output(
                 .await
                 .is_ok();
             if !ok {
-                problems.add(&table, format!("split column {tgt}.{tname} is {} and cannot hold {what} ({src_type})", tc.sql_type), "change the column type or map another field to it");
+                problems.add(
+                    &table,
+                    format!(
+                        "split column {tgt}.{tname} is {} and cannot hold {what} ({src_type})",
+                        tc.sql_type
+                    ),
+                    "change the column type or map another field to it",
+                );
                 continue;
             }
         }
-        columns.push(TargetColumn { name: tname.clone(), sql_type: tc.sql_type.clone(), expr });
+        columns.push(TargetColumn {
+            name: tname.clone(),
+            sql_type: tc.sql_type.clone(),
+            expr,
+        });
     }
     let parent: Vec<usize> = match parent.iter().copied().collect::<Option<Vec<_>>>() {
         Some(p) => p,
@@ -479,21 +556,31 @@ async fn split_output(
         }
     };
     for tc in &t.columns {
-        if tc.not_null && !tc.has_default && !tc.generated && !columns.iter().any(|c| c.name == tc.name) {
+        if tc.not_null
+            && !tc.has_default
+            && !tc.generated
+            && !columns.iter().any(|c| c.name == tc.name)
+        {
             problems.add(&table, format!("split target column {tgt}.{} is NOT NULL without a default and nothing fills it", tc.name), "map a field to it under [tables.split.columns], or give it a default");
         }
     }
     // What identifies one child: its id, or the parent plus its position (or its name, deduped).
     let col_of = |n: &str| columns.iter().find(|c| c.name == n);
     let identifies = |cols: &[String]| -> bool {
-        let has = |f: &dyn Fn(&Expr) -> bool| cols.iter().any(|n| col_of(n).is_some_and(|c| f(&c.expr)));
-        let all_parent = !parent.is_empty() && parent.iter().all(|&i| cols.contains(&columns[i].name));
+        let has =
+            |f: &dyn Fn(&Expr) -> bool| cols.iter().any(|n| col_of(n).is_some_and(|c| f(&c.expr)));
+        let all_parent =
+            !parent.is_empty() && parent.iter().all(|&i| cols.contains(&columns[i].name));
         has(&|e| matches!(e, Expr::Child(ChildField::Id)))
             || (all_parent && has(&|e| matches!(e, Expr::Child(ChildField::Position))))
             || (all_parent && spec.dedupe && has(&|e| matches!(e, Expr::Child(ChildField::Name))))
     };
     if t.primary_key.is_empty() {
-        problems.add(&table, format!("split target table {tgt} has no primary key"), format!("add a primary key to {tgt} (e.g. the child_id column)"));
+        problems.add(
+            &table,
+            format!("split target table {tgt} has no primary key"),
+            format!("add a primary key to {tgt} (e.g. the child_id column)"),
+        );
     } else if !identifies(&t.primary_key) {
         problems.add(
             &table,
@@ -547,22 +634,41 @@ async fn keymaps(
     for name in names {
         let mut seq = None;
         for (map, src, from) in lookups.iter().filter(|l| l.0 == name) {
-            let Some(tp) = plan.tables.get(src) else { continue };
+            let Some(tp) = plan.tables.get(src) else {
+                continue;
+            };
             if tp.source_key.len() != 1 || tp.source_key[0] != *from {
                 continue;
             }
-            for o in tp.outputs.iter().filter(|o| matches!(o.kind, OutputKind::Row)) {
+            for o in tp
+                .outputs
+                .iter()
+                .filter(|o| matches!(o.kind, OutputKind::Row))
+            {
                 for c in &o.columns {
-                    if matches!(&c.expr, Expr::Lookup { map: m2, from: f2, .. } if m2 == map && f2 == from) {
+                    if matches!(&c.expr, Expr::Lookup { map: m2, from: f2, .. } if m2 == map && f2 == from)
+                    {
                         let found = env
                             .target_client
-                            .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&o.quoted_target(), &c.name])
+                            .query_one(
+                                "SELECT pg_get_serial_sequence($1, $2)",
+                                &[&o.quoted_target(), &c.name],
+                            )
                             .await
                             .ok()
                             .and_then(|r| r.get::<_, Option<String>>(0));
                         if let Some(s) = found {
                             if seq.as_ref().is_some_and(|(prev, _)| *prev != s) {
-                                problems.add(src, format!("key map {name} is owned by two sequences ({} and {s})", seq.as_ref().map(|p: &(String, bool)| p.0.clone()).unwrap_or_default()), "use one map per key");
+                                problems.add(
+                                    src,
+                                    format!(
+                                        "key map {name} is owned by two sequences ({} and {s})",
+                                        seq.as_ref()
+                                            .map(|p: &(String, bool)| p.0.clone())
+                                            .unwrap_or_default()
+                                    ),
+                                    "use one map per key",
+                                );
                             }
                             seq = Some((s, false));
                         }
@@ -572,12 +678,19 @@ async fn keymaps(
         }
         let (seq, own) = seq.unwrap_or_else(|| {
             (
-                format!("{}.{}", quote_ident(env.state_schema), quote_ident(&format!("keymap_{name}_seq"))),
+                format!(
+                    "{}.{}",
+                    quote_ident(env.state_schema),
+                    quote_ident(&format!("keymap_{name}_seq"))
+                ),
                 true,
             )
         });
-        out.push(KeyMap { name: name.to_string(), seq, own });
+        out.push(KeyMap {
+            name: name.to_string(),
+            seq,
+            own,
+        });
     }
     out
 }
-

@@ -34,12 +34,21 @@ pub(super) async fn row_output(
     let tgt_name = t.qualified();
     let before = problems.len();
     let client = env.target_client;
-    let mut p = |message: String, fix: String| problems.push(Problem { table: table.clone(), message, fix });
+    let mut p = |message: String, fix: String| {
+        problems.push(Problem {
+            table: table.clone(),
+            message,
+            fix,
+        })
+    };
     let mut columns: Vec<TargetColumn> = Vec::new();
     let mut filled: HashMap<String, String> = HashMap::new();
     let mut fill = |tname: &str, by: String, p: &mut dyn FnMut(String, String)| {
         if let Some(prev) = filled.insert(tname.to_string(), by.clone()) {
-            p(format!("target column {tgt_name}.{tname} is filled by both {prev} and {by}"), "keep one of them".into());
+            p(
+                format!("target column {tgt_name}.{tname} is filled by both {prev} and {by}"),
+                "keep one of them".into(),
+            );
             return false;
         }
         true
@@ -47,7 +56,10 @@ pub(super) async fn row_output(
     let writable = |tname: &str, p: &mut dyn FnMut(String, String)| -> Option<String> {
         match t.column(tname) {
             None => {
-                p(format!("target column {tgt_name}.{tname} does not exist"), format!("add the column to {tgt_name} or fix the mapping"));
+                p(
+                    format!("target column {tgt_name}.{tname} does not exist"),
+                    format!("add the column to {tgt_name} or fix the mapping"),
+                );
                 None
             }
             Some(tc) if tc.generated || tc.identity_always => {
@@ -61,7 +73,10 @@ pub(super) async fn row_output(
         let (tname, cast) = match m.columns.get(&sc.name) {
             Some(ColumnSpec::Action(ColumnAction::Drop)) => continue,
             None | Some(ColumnSpec::Action(ColumnAction::Keep)) => (sc.name.clone(), None),
-            Some(ColumnSpec::Map(cm)) => (cm.rename.clone().unwrap_or_else(|| sc.name.clone()), cm.cast.clone()),
+            Some(ColumnSpec::Map(cm)) => (
+                cm.rename.clone().unwrap_or_else(|| sc.name.clone()),
+                cm.cast.clone(),
+            ),
         };
         if t.column(&tname).is_none() {
             p(
@@ -70,13 +85,21 @@ pub(super) async fn row_output(
             );
             continue;
         }
-        let Some(ttype) = writable(&tname, &mut p) else { continue };
+        let Some(ttype) = writable(&tname, &mut p) else {
+            continue;
+        };
         if !fill(&tname, format!("source column {}", sc.name), &mut p) {
             continue;
         }
         if let Some(c) = &cast {
             if !same_type(c, &ttype, client).await {
-                p(format!("column {} casts to {c} but target column {tgt_name}.{tname} is {ttype}", sc.name), format!("set cast = \"{ttype}\""));
+                p(
+                    format!(
+                        "column {} casts to {c} but target column {tgt_name}.{tname} is {ttype}",
+                        sc.name
+                    ),
+                    format!("set cast = \"{ttype}\""),
+                );
                 continue;
             }
         }
@@ -87,58 +110,119 @@ pub(super) async fn row_output(
                 Ok(via) => {
                     if cast.is_none() && !assignable(&sc.sql_type, &ttype, client).await {
                         p(
-                            format!("column {} is {} on the source but {tgt_name}.{tname} is {ttype}", sc.name, sc.sql_type),
-                            format!("declare the conversion: {} = {{ cast = \"{ttype}\" }}", sc.name),
+                            format!(
+                                "column {} is {} on the source but {tgt_name}.{tname} is {ttype}",
+                                sc.name, sc.sql_type
+                            ),
+                            format!(
+                                "declare the conversion: {} = {{ cast = \"{ttype}\" }}",
+                                sc.name
+                            ),
                         );
                         continue;
                     }
                     via
                 }
                 Err(why) => {
-                    p(format!("no cast from {} ({}) to {ttype} ({tgt_name}.{tname}): {why}", sc.sql_type, sc.name), "change the target column type or drop the column".into());
+                    p(
+                        format!(
+                            "no cast from {} ({}) to {ttype} ({tgt_name}.{tname}): {why}",
+                            sc.sql_type, sc.name
+                        ),
+                        "change the target column type or drop the column".into(),
+                    );
                     continue;
                 }
             }
         };
-        columns.push(TargetColumn { name: tname, sql_type: ttype, expr: Expr::Column { name: sc.name.clone(), via } });
+        columns.push(TargetColumn {
+            name: tname,
+            sql_type: ttype,
+            expr: Expr::Column {
+                name: sc.name.clone(),
+                via,
+            },
+        });
     }
     for (tname, value) in &m.constants {
-        let Some(ttype) = writable(tname, &mut p) else { continue };
+        let Some(ttype) = writable(tname, &mut p) else {
+            continue;
+        };
         if !fill(tname, "a constant".into(), &mut p) {
             continue;
         }
-        if let Err(e) = client.query_one(&format!("SELECT $1::text::{ttype}"), &[value]).await {
-            p(format!("constant {value:?} is not a valid {ttype} for {tname}: {}", db_message(&e)), "fix the value under [tables.constants]".into());
+        if let Err(e) = client
+            .query_one(&format!("SELECT $1::text::{ttype}"), &[value])
+            .await
+        {
+            p(
+                format!(
+                    "constant {value:?} is not a valid {ttype} for {tname}: {}",
+                    db_message(&e)
+                ),
+                "fix the value under [tables.constants]".into(),
+            );
             continue;
         }
-        columns.push(TargetColumn { name: tname.clone(), sql_type: ttype, expr: Expr::Constant(value.clone()) });
+        columns.push(TargetColumn {
+            name: tname.clone(),
+            sql_type: ttype,
+            expr: Expr::Constant(value.clone()),
+        });
     }
     for (tname, text) in &m.computed {
-        let Some(ttype) = writable(tname, &mut p) else { continue };
+        let Some(ttype) = writable(tname, &mut p) else {
+            continue;
+        };
         if !fill(tname, format!("computed {text:?}"), &mut p) {
             continue;
         }
         let compiled = match Compiled::compile(text, refs) {
             Ok(c) => c,
             Err(e) => {
-                p(format!("[tables.computed] {tname}: {e}"), format!("fix the expression for {tname}")); 
+                p(
+                    format!("[tables.computed] {tname}: {e}"),
+                    format!("fix the expression for {tname}"),
+                );
                 continue;
             }
         };
         let from = type_name(compiled.result_type());
-        if client.prepare(&format!("SELECT NULL::{from}::{ttype}")).await.is_err() {
-            p(format!("[tables.computed] {tname}: the expression gives {from}, which does not convert to {tgt_name}.{tname} ({ttype})"), format!("add a cast, e.g. ({text})::text, or change the column type")); 
+        if client
+            .prepare(&format!("SELECT NULL::{from}::{ttype}"))
+            .await
+            .is_err()
+        {
+            p(format!("[tables.computed] {tname}: the expression gives {from}, which does not convert to {tgt_name}.{tname} ({ttype})"), format!("add a cast, e.g. ({text})::text, or change the column type"));
             continue;
         }
-        columns.push(TargetColumn { name: tname.clone(), sql_type: ttype, expr: Expr::Computed { expr: Arc::new(compiled), text: text.clone() } });
+        columns.push(TargetColumn {
+            name: tname.clone(),
+            sql_type: ttype,
+            expr: Expr::Computed {
+                expr: Arc::new(compiled),
+                text: text.clone(),
+            },
+        });
     }
     for (tname, l) in &m.lookups {
-        let Some(ttype) = writable(tname, &mut p) else { continue };
+        let Some(ttype) = writable(tname, &mut p) else {
+            continue;
+        };
         if s.column(&l.from).is_none() {
-            p(format!("[tables.lookups] {tname}: source column {} does not exist", l.from), "fix from = ...".into());
+            p(
+                format!(
+                    "[tables.lookups] {tname}: source column {} does not exist",
+                    l.from
+                ),
+                "fix from = ...".into(),
+            );
             continue;
         }
-        if !matches!(ttype.as_str(), "bigint" | "integer" | "smallint" | "numeric") {
+        if !matches!(
+            ttype.as_str(),
+            "bigint" | "integer" | "smallint" | "numeric"
+        ) {
             p(format!("[tables.lookups] {tname}: target column {tgt_name}.{tname} is {ttype}, not an integer type"), "key maps give bigint values: make the column bigint (or integer)".into());
             continue;
         }
@@ -148,21 +232,34 @@ pub(super) async fn row_output(
         columns.push(TargetColumn {
             name: tname.clone(),
             sql_type: ttype,
-            expr: Expr::Lookup { map: l.map.clone(), from: l.from.clone(), state: quote_ident(env.state_schema) },
+            expr: Expr::Lookup {
+                map: l.map.clone(),
+                from: l.from.clone(),
+                state: quote_ident(env.state_schema),
+            },
         });
     }
     if let Some(c) = custom {
         for (slot, tname) in c.transform.columns().iter().enumerate() {
-            let Some(ttype) = writable(tname, &mut p) else { continue };
+            let Some(ttype) = writable(tname, &mut p) else {
+                continue;
+            };
             if !fill(tname, format!("transform {}", c.name), &mut p) {
                 continue;
             }
-            columns.push(TargetColumn { name: tname.clone(), sql_type: ttype, expr: Expr::Custom { slot } });
+            columns.push(TargetColumn {
+                name: tname.clone(),
+                sql_type: ttype,
+                expr: Expr::Custom { slot },
+            });
         }
     }
     let names: Vec<String> = filled.keys().cloned().collect();
     if t.primary_key.is_empty() {
-        p(format!("target table {tgt_name} has no primary key"), format!("add a primary key to {tgt_name}: remodel upserts on it"));
+        p(
+            format!("target table {tgt_name} has no primary key"),
+            format!("add a primary key to {tgt_name}: remodel upserts on it"),
+        );
         return (None, names);
     }
     // The target key must come from source columns (or lookups of them) that every change
@@ -175,10 +272,15 @@ pub(super) async fn row_output(
     let mut key = Vec::new();
     let mut fed: Vec<&str> = Vec::new();
     for k in &t.primary_key {
-        let from = columns.iter().position(|c| &c.name == k).and_then(|i| match &columns[i].expr {
-            Expr::Column { name, .. } | Expr::Lookup { from: name, .. } => Some((i, name.as_str())),
-            _ => None,
-        });
+        let from = columns
+            .iter()
+            .position(|c| &c.name == k)
+            .and_then(|i| match &columns[i].expr {
+                Expr::Column { name, .. } | Expr::Lookup { from: name, .. } => {
+                    Some((i, name.as_str()))
+                }
+                _ => None,
+            });
         match from {
             Some((i, name)) if identity.contains(&name) => {
                 key.push(i);
@@ -205,7 +307,11 @@ pub(super) async fn row_output(
         }
     }
     if key.len() == t.primary_key.len() && !m.merge {
-        let uncovered: Vec<&str> = source_key.iter().map(String::as_str).filter(|k| !fed.contains(k)).collect();
+        let uncovered: Vec<&str> = source_key
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !fed.contains(k))
+            .collect();
         if !uncovered.is_empty() {
             p(
                 format!("source key column(s) {} do not feed the primary key of {tgt_name}: several source rows would share one target row", uncovered.join(", ")),
@@ -232,7 +338,9 @@ fn type_name(t: Type) -> &'static str {
 }
 
 pub(super) fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// The type to cast a source column's text through on the way to `to` (see [`conversion`]);
@@ -248,7 +356,10 @@ async fn same_type(a: &str, b: &str, client: &Client) -> bool {
     if a == b {
         return true;
     }
-    match client.query_one("SELECT $1::text::regtype = $2::text::regtype", &[&a, &b]).await {
+    match client
+        .query_one("SELECT $1::text::regtype = $2::text::regtype", &[&a, &b])
+        .await
+    {
         Ok(r) => r.get(0),
         Err(_) => false,
     }
@@ -263,9 +374,17 @@ async fn conversion(from: &str, to: &str, client: &Client) -> Result<Option<Stri
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
     if known {
-        client.prepare(&format!("SELECT NULL::{from}::{to}")).await.map(|_| Some(from.to_string())).map_err(|e| db_message(&e))
+        client
+            .prepare(&format!("SELECT NULL::{from}::{to}"))
+            .await
+            .map(|_| Some(from.to_string()))
+            .map_err(|e| db_message(&e))
     } else {
-        client.prepare(&format!("SELECT NULL::text::{to}")).await.map(|_| None).map_err(|e| db_message(&e))
+        client
+            .prepare(&format!("SELECT NULL::text::{to}"))
+            .await
+            .map(|_| None)
+            .map_err(|e| db_message(&e))
     }
 }
 

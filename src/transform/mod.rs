@@ -144,4 +144,3 @@ pub enum TransformError {
         reason: String,
     },
 }
-

@@ -264,7 +264,9 @@ fn cells<'a>(b: &Bound, t: &'a Tuple, fallback: Option<&'a Tuple>) -> RowResult<
         .map(|p| {
             let Some(p) = *p else { return Ok(Cell::Null) };
             let d = match t.get(p) {
-                Some(Datum::Unchanged) => fallback.and_then(|f| f.get(p)).unwrap_or(&Datum::Unchanged),
+                Some(Datum::Unchanged) => {
+                    fallback.and_then(|f| f.get(p)).unwrap_or(&Datum::Unchanged)
+                }
                 Some(d) => d,
                 None => return Err(format!("tuple has no column #{p}")),
             };
@@ -289,7 +291,11 @@ fn evaluate(b: &Bound, cells: &[Cell<'_>]) -> RowResult<Eval> {
     let texts: Vec<Option<&str>> = cells.iter().map(|c| c.text()).collect();
     let mut keep = true;
     if let Some(f) = &t.filter {
-        if let Some(&i) = f.columns_used().iter().find(|&&i| cells[i] == Cell::Unchanged) {
+        if let Some(&i) = f
+            .columns_used()
+            .iter()
+            .find(|&&i| cells[i] == Cell::Unchanged)
+        {
             return Err(format!(
                 "the filter reads {}, an unchanged TOASTed value the stream did not send; set REPLICA IDENTITY FULL on the source table",
                 t.columns[i].0
@@ -299,7 +305,11 @@ fn evaluate(b: &Bound, cells: &[Cell<'_>]) -> RowResult<Eval> {
     }
     let mut custom = None;
     if let (true, Some(c)) = (keep, &t.custom) {
-        let unchanged = c.reads.iter().filter(|&&i| cells[i] == Cell::Unchanged).count();
+        let unchanged = c
+            .reads
+            .iter()
+            .filter(|&&i| cells[i] == Cell::Unchanged)
+            .count();
         if unchanged > 0 && unchanged < c.reads.len() {
             return Err(format!(
                 "transform {} reads an unchanged TOASTed value the stream did not send, next to changed ones; set REPLICA IDENTITY FULL on the source table",
@@ -330,12 +340,7 @@ fn evaluate(b: &Bound, cells: &[Cell<'_>]) -> RowResult<Eval> {
 }
 
 /// The values of output `oi`'s columns for a row.
-fn values(
-    b: &Bound,
-    oi: usize,
-    cells: &[Cell<'_>],
-    eval: &Eval,
-) -> RowResult<Vec<Value>> {
+fn values(b: &Bound, oi: usize, cells: &[Cell<'_>], eval: &Eval) -> RowResult<Vec<Value>> {
     let o = &b.table.outputs[oi];
     let texts: Vec<Option<&str>> = cells.iter().map(|c| c.text()).collect();
     o.columns
@@ -400,11 +405,16 @@ fn ops(
             outputs: b.table.outputs.clone(),
         }),
         Op::Insert | Op::Update => {
-            let new = change.new.as_ref().ok_or((None, "no new tuple".to_string()))?;
+            let new = change
+                .new
+                .as_ref()
+                .ok_or((None, "no new tuple".to_string()))?;
             let new_key = key_of(&b.key_pos, new, change.old.as_ref()).map_err(|r| (None, r))?;
             let e = |r: String| (Some(new_key.clone()), r);
             let old_key = match &change.old {
-                Some(old) => Some(key_of(&b.key_pos, old, None).map_err(|r| e(format!("old tuple: {r}")))?),
+                Some(old) => {
+                    Some(key_of(&b.key_pos, old, None).map_err(|r| e(format!("old tuple: {r}")))?)
+                }
                 None => None,
             };
             let moved = old_key.filter(|k| *k != new_key);
@@ -434,25 +444,57 @@ fn ops(
                             if change.op == Op::Update {
                                 let mut key = target_key(o, &row);
                                 if let (Some(old_key), Some(old)) = (&moved, &change.old) {
-                                    key = target_key(o, &values(b, oi, &cells(b, old, None).map_err(e)?, &eval).map_err(e)?);
-                                    out.push(TargetOp::Delete { output: o.clone(), guard: guard(old_key), key });
+                                    key = target_key(
+                                        o,
+                                        &values(b, oi, &cells(b, old, None).map_err(e)?, &eval)
+                                            .map_err(e)?,
+                                    );
+                                    out.push(TargetOp::Delete {
+                                        output: o.clone(),
+                                        guard: guard(old_key),
+                                        key,
+                                    });
                                     key = target_key(o, &row);
                                 }
-                                out.push(TargetOp::Delete { output: o.clone(), guard: guard(&new_key), key });
+                                out.push(TargetOp::Delete {
+                                    output: o.clone(),
+                                    guard: guard(&new_key),
+                                    key,
+                                });
                             }
                             continue;
                         }
                         let Some(old_key) = &moved else {
-                            out.push(TargetOp::Upsert { output: o.clone(), guard: guard(&new_key), row, from: None });
+                            out.push(TargetOp::Upsert {
+                                output: o.clone(),
+                                guard: guard(&new_key),
+                                row,
+                                from: None,
+                            });
                             continue;
                         };
                         // The key changed: the old row is gone (tombstone under the old key)
                         // and the row lives on under the new key.
-                        let old = change.old.as_ref().ok_or_else(|| e("no old tuple".into()))?;
-                        let from = target_key(o, &values(b, oi, &cells(b, old, None).map_err(e)?, &eval).map_err(e)?);
+                        let old = change
+                            .old
+                            .as_ref()
+                            .ok_or_else(|| e("no old tuple".into()))?;
+                        let from = target_key(
+                            o,
+                            &values(b, oi, &cells(b, old, None).map_err(e)?, &eval).map_err(e)?,
+                        );
                         let partial = row.contains(&Value::Unchanged);
-                        out.push(TargetOp::Upsert { output: o.clone(), guard: guard(&new_key), row, from: partial.then(|| from.clone()) });
-                        out.push(TargetOp::Delete { output: o.clone(), guard: guard(old_key), key: from });
+                        out.push(TargetOp::Upsert {
+                            output: o.clone(),
+                            guard: guard(&new_key),
+                            row,
+                            from: partial.then(|| from.clone()),
+                        });
+                        out.push(TargetOp::Delete {
+                            output: o.clone(),
+                            guard: guard(old_key),
+                            key: from,
+                        });
                     }
                     OutputKind::Merge => {
                         let new_tkey = target_key(o, &row);
@@ -466,25 +508,59 @@ fn ops(
                         if let Some((tkey, vals)) = old_contrib {
                             if removal || tkey != new_tkey || moved.is_some() {
                                 let g = guard(moved.as_ref().unwrap_or(&new_key));
-                                out.push(TargetOp::Clear { output: o.clone(), guard: g, key: tkey, values: Some(vals) });
+                                out.push(TargetOp::Clear {
+                                    output: o.clone(),
+                                    guard: g,
+                                    key: tkey,
+                                    values: Some(vals),
+                                });
                             }
                         } else if removal && change.op == Op::Update && old_cells.is_none() {
-                            out.push(TargetOp::Clear { output: o.clone(), guard: guard(&new_key), key: new_tkey, values: None });
+                            out.push(TargetOp::Clear {
+                                output: o.clone(),
+                                guard: guard(&new_key),
+                                key: new_tkey,
+                                values: None,
+                            });
                         }
                         if !removal {
-                            out.push(TargetOp::Upsert { output: o.clone(), guard: guard(&new_key), row, from: None });
+                            out.push(TargetOp::Upsert {
+                                output: o.clone(),
+                                guard: guard(&new_key),
+                                row,
+                                from: None,
+                            });
                         }
                     }
                     OutputKind::Split(sp) => {
                         if let Some(old_key) = &moved {
-                            let old = change.old.as_ref().ok_or_else(|| e("no old tuple".into()))?;
-                            let parent = parent_values(sp, &values(b, oi, &cells(b, old, None).map_err(e)?, &eval).map_err(e)?);
-                            out.push(TargetOp::Children { output: o.clone(), guard: guard(old_key), parent, rows: vec![], deleted: true });
+                            let old = change
+                                .old
+                                .as_ref()
+                                .ok_or_else(|| e("no old tuple".into()))?;
+                            let parent = parent_values(
+                                sp,
+                                &values(b, oi, &cells(b, old, None).map_err(e)?, &eval)
+                                    .map_err(e)?,
+                            );
+                            out.push(TargetOp::Children {
+                                output: o.clone(),
+                                guard: guard(old_key),
+                                parent,
+                                rows: vec![],
+                                deleted: true,
+                            });
                         }
                         let parent = parent_values(sp, &row);
                         if removal {
                             if change.op == Op::Update {
-                                out.push(TargetOp::Children { output: o.clone(), guard: guard(&new_key), parent, rows: vec![], deleted: true });
+                                out.push(TargetOp::Children {
+                                    output: o.clone(),
+                                    guard: guard(&new_key),
+                                    parent,
+                                    rows: vec![],
+                                    deleted: true,
+                                });
                             }
                             continue;
                         }
@@ -494,31 +570,63 @@ fn ops(
                             continue;
                         }
                         let rows = children(o, sp, &new_key, &row, list.text());
-                        out.push(TargetOp::Children { output: o.clone(), guard: guard(&new_key), parent, rows, deleted: false });
+                        out.push(TargetOp::Children {
+                            output: o.clone(),
+                            guard: guard(&new_key),
+                            parent,
+                            rows,
+                            deleted: false,
+                        });
                     }
                 }
             }
         }
         Op::Delete => {
-            let old = change.old.as_ref().ok_or((None, "no old tuple".to_string()))?;
+            let old = change
+                .old
+                .as_ref()
+                .ok_or((None, "no old tuple".to_string()))?;
             let key = key_of(&b.key_pos, old, None).map_err(|r| (None, r))?;
             let e = |r: String| (Some(key.clone()), r);
             let old_cells = cells(b, old, None).map_err(e)?;
-            let no_eval = Eval { keep: true, custom: None };
+            let no_eval = Eval {
+                keep: true,
+                custom: None,
+            };
             for oi in (0..b.table.outputs.len()).rev() {
                 let o = &b.table.outputs[oi];
                 let row = values(b, oi, &old_cells, &no_eval).map_err(e)?;
                 match &o.kind {
-                    OutputKind::Row => out.push(TargetOp::Delete { output: o.clone(), guard: guard(&key), key: target_key(o, &row) }),
+                    OutputKind::Row => out.push(TargetOp::Delete {
+                        output: o.clone(),
+                        guard: guard(&key),
+                        key: target_key(o, &row),
+                    }),
                     OutputKind::Merge if full => {
                         let ev = evaluate(b, &old_cells).map_err(e)?;
                         if ev.keep {
                             let r = values(b, oi, &old_cells, &ev).map_err(e)?;
-                            out.push(TargetOp::Clear { output: o.clone(), guard: guard(&key), key: target_key(o, &r), values: Some(own_values(o, &r)) });
+                            out.push(TargetOp::Clear {
+                                output: o.clone(),
+                                guard: guard(&key),
+                                key: target_key(o, &r),
+                                values: Some(own_values(o, &r)),
+                            });
                         }
                     }
-                    OutputKind::Merge => out.push(TargetOp::Clear { output: o.clone(), guard: guard(&key), key: target_key(o, &row), values: None }),
-                    OutputKind::Split(sp) => out.push(TargetOp::Children { output: o.clone(), guard: guard(&key), parent: parent_values(sp, &row), rows: vec![], deleted: true }),
+                    OutputKind::Merge => out.push(TargetOp::Clear {
+                        output: o.clone(),
+                        guard: guard(&key),
+                        key: target_key(o, &row),
+                        values: None,
+                    }),
+                    OutputKind::Split(sp) => out.push(TargetOp::Children {
+                        output: o.clone(),
+                        guard: guard(&key),
+                        parent: parent_values(sp, &row),
+                        rows: vec![],
+                        deleted: true,
+                    }),
                 }
             }
         }
