@@ -139,11 +139,21 @@ async fn run(
     s.execute("SELECT pg_drop_replication_slot($1)", &[&db])
         .await
         .ok();
-    let target_rows: i64 = t
-        .query_one("SELECT (SELECT count(*) FROM loans) + coalesce((SELECT count(*) FROM guarantors WHERE to_regclass('guarantors') IS NOT NULL), 0)", &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(-1);
+    let count = |sql: &'static str| {
+        let t = &t;
+        async move {
+            t.query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        }
+    };
+    let target_rows = count("SELECT count(*) FROM loans").await
+        + if mapping.is_empty() {
+            0
+        } else {
+            count("SELECT count(*) FROM guarantors").await
+        };
     Run {
         backfill,
         stream,

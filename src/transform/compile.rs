@@ -224,7 +224,7 @@ async fn compile_table(
                 problems.add(
                     table,
                     format!("transform {name:?} is not registered (registered: {:?})", env.registry.names()),
-                    "register it with Registry::register before pipeline::run_with, or remove transform = ...",
+                    "register it (config.transforms.register(name, transform)) before pipeline::run, or remove transform = ...",
                 );
                 None
             }

@@ -64,7 +64,7 @@ impl<'a> SourceRow<'a> {
     }
 }
 
-/// Named transforms, passed to [`crate::pipeline::run_with`].
+/// Named transforms: `config.transforms.register(name, t)` before [`crate::pipeline::run`].
 #[derive(Clone, Default)]
 pub struct Registry {
     map: HashMap<String, Arc<dyn Transform>>,
