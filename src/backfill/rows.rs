@@ -313,10 +313,25 @@ pub(super) async fn staged(
     if shared.control.is_paused() {
         return Ok(None);
     }
+    // Under the lock nothing else writes this table: when nothing of it is newer than P and
+    // nothing is deferred, no staged key can be, and the per-row probes can go.
+    let probe: bool = target
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)
+                     OR EXISTS (SELECT 1 FROM {} WHERE rel = $1)",
+                st.table("ledger"),
+                st.table("deferred")
+            ),
+            &[&job.rel, &p],
+        )
+        .await
+        .map_err(sql("checking the ledger"))?
+        .get(0);
     for (o, stage) in rj.table.outputs.iter().zip(&rj.stages) {
         let merge = match &o.kind {
-            OutputKind::Split(_) => split_merge(st, o, stage, &rj.parents),
-            _ => row_merge(st, o, stage),
+            OutputKind::Split(_) => split_merge(st, o, stage, &rj.parents, probe),
+            _ => row_merge(st, o, stage, probe),
         };
         target
             .execute(&merge, &[&job.rel, &p])
@@ -366,7 +381,15 @@ async fn record_dead(
 
 /// Whether the staged row `alias` may be written at P (`$2`): nothing of its source key is
 /// newer in the ledger — or a deferred partial update of this very output waits for the row.
-fn writable(st: &StateSchema, o: &OutputPlan, alias: &str) -> String {
+/// Without `probe` (nothing of the table is newer than P, nothing deferred) only the table-wide
+/// tombstone is checked.
+fn writable(st: &StateSchema, o: &OutputPlan, alias: &str, probe: bool) -> String {
+    if !probe {
+        return format!(
+            "NOT EXISTS (SELECT 1 FROM {} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
+            st.table("truncations")
+        );
+    }
     format!(
         "(NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
           OR EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {tgt}
@@ -381,7 +404,7 @@ fn writable(st: &StateSchema, o: &OutputPlan, alias: &str) -> String {
     )
 }
 
-fn row_merge(st: &StateSchema, o: &OutputPlan, stage: &str) -> String {
+fn row_merge(st: &StateSchema, o: &OutputPlan, stage: &str, probe: bool) -> String {
     let values: Vec<String> = o
         .columns
         .iter()
@@ -395,11 +418,17 @@ fn row_merge(st: &StateSchema, o: &OutputPlan, stage: &str) -> String {
          {on_conflict}",
         target = o.quoted_target(),
         values = values.join(", "),
-        ok = writable(st, o, "s"),
+        ok = writable(st, o, "s", probe),
     )
 }
 
-fn split_merge(st: &StateSchema, o: &OutputPlan, stage: &str, parents: &str) -> String {
+fn split_merge(
+    st: &StateSchema,
+    o: &OutputPlan,
+    stage: &str,
+    parents: &str,
+    probe: bool,
+) -> String {
     let Some(sp) = o.split() else {
         return String::new();
     };
@@ -464,7 +493,11 @@ fn split_merge(st: &StateSchema, o: &OutputPlan, stage: &str, parents: &str) -> 
          INSERT INTO {target} AS t ({targets})
          SELECT {values} FROM {stage} k JOIN parents p ON p.skey = k.skey
          {on_conflict}",
-        ok = writable_parent(st),
+        ok = if probe {
+            writable_parent(st)
+        } else {
+            writable(st, o, "p", false)
+        },
         target = o.quoted_target(),
         parent_match = parent_match.join(" AND "),
         kid_match = kid_match.join(" AND "),
