@@ -15,7 +15,6 @@ const SOURCE: &str = "
 CREATE TABLE contacts (id bigint PRIMARY KEY, name text);
 CREATE TABLE contact_emails (id bigint PRIMARY KEY, contact_id bigint NOT NULL REFERENCES contacts ON DELETE CASCADE,
                              email text, is_primary boolean NOT NULL DEFAULT false);
-CREATE UNIQUE INDEX ON contact_emails (contact_id) WHERE is_primary;
 ALTER TABLE contact_emails REPLICA IDENTITY FULL;";
 const TARGET: &str = "CREATE TABLE people (id bigint PRIMARY KEY, name text, email text);";
 
@@ -151,6 +150,30 @@ async fn merge_of_two_tables_converges_under_writes() {
         }
     }
     converge_with(&db, EXPECTED, ACTUAL, Duration::from_secs(90)).await;
+    // The primary moves with the new one set *before* the old one is unset (no unique index
+    // here to forbid the moment with two): the old row's clear must not wipe the new value.
+    let swaps = db
+        .source
+        .query(
+            "SELECT DISTINCT ON (e.contact_id) e.contact_id, e.id, o.id FROM contact_emails e JOIN contact_emails o
+               ON o.contact_id = e.contact_id AND o.is_primary AND o.id <> e.id
+             WHERE NOT e.is_primary ORDER BY e.contact_id, e.id LIMIT 50",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!swaps.is_empty());
+    for row in &swaps {
+        let (c, new, old): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        db.source
+            .batch_execute(&format!(
+                "BEGIN; UPDATE contact_emails SET is_primary = true WHERE id = {new};
+                 UPDATE contact_emails SET is_primary = false WHERE id = {old} AND contact_id = {c}; COMMIT;"
+            ))
+            .await
+            .unwrap();
+    }
+    converge_with(&db, EXPECTED, ACTUAL, Duration::from_secs(60)).await;
     d.stop();
     drop_slot(&db).await;
 }
