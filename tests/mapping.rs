@@ -20,16 +20,7 @@ CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(1
 
 /// Connection settings for running a shipped example against `db`.
 fn example_env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    support::daemon::example_env(db, listen, &[])
 }
 
 fn example(name: &str) -> String {

@@ -39,17 +39,7 @@ const ACTUAL: &str = "SELECT id || '|' || coalesce(full_name, '-') || '|' || coa
     || '|' || coalesce(city, '-') || '|' || coalesce(signup_year::text, '-') || '|' || coalesce(age::text, '-') FROM customers ORDER BY id";
 
 fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.to_string()),
-        ("REMODEL__BACKFILL__CHUNK_ROWS", "200".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "200")])
 }
 
 async fn insert(c: &tokio_postgres::Client, id: i64, r: &mut impl Rng) {

@@ -23,17 +23,7 @@ const EXPECTED: &str = "SELECT c.id || '|' || coalesce(c.name, '-') || '|' || co
 const ACTUAL: &str = "SELECT id || '|' || coalesce(name, '-') || '|' || coalesce(email, '-') FROM people ORDER BY id";
 
 fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.to_string()),
-        ("REMODEL__BACKFILL__CHUNK_ROWS", "300".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "300")])
 }
 
 /// Make email `e` the primary of contact `c` the way an app does: unset, then set.

@@ -149,17 +149,7 @@ async fn expected(db: &support::TestDb) -> Vec<String> {
 const ACTUAL: &str = "SELECT loan_id || '|' || position || '|' || name || '|' || pledge || '|' || id FROM guarantors ORDER BY 1";
 
 fn example_env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    [
-        ("REMODEL__SOURCE__URL", db.source_url.clone()),
-        ("REMODEL__TARGET__URL", db.target_url.clone()),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", db.name.clone()),
-        ("REMODEL__METRICS__LISTEN", listen.to_string()),
-        ("REMODEL__BACKFILL__CHUNK_ROWS", "400".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "400")])
 }
 
 #[tokio::test]

@@ -263,35 +263,28 @@ pub fn progress(state: &StateSchema) -> String {
     )
 }
 
-/// Replace the child sets of parents (a split output). Parameters: `$1` source table,
-/// `$2` parent skeys, `$3` versions, `$4` deleted flags ('t'/'f'), `$5..` one text[] per parent
-/// column; then the children: skey[] and one text[] per output column.
-///
-/// Parents pass the ledger guard as a whole; for those that pass, children no longer in the set
-/// are deleted and the others upserted — a child whose values are unchanged is not written.
-pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
-    let Some(sp) = o.split() else {
-        return String::new();
-    };
-    let np = sp.parent.len();
-    let parent_params: Vec<String> = (0..np).map(|j| format!("${}::text[]", j + 5)).collect();
-    let parent_names: Vec<String> = (0..np).map(|j| format!("p{j}")).collect();
-    let first_kid = 5 + np;
-    let kid_params: Vec<String> = (0..=o.columns.len())
-        .map(|j| format!("${}::text[]", first_kid + j))
-        .collect();
-    let kid_names: Vec<String> = std::iter::once("skey".to_string())
-        .chain((0..o.columns.len()).map(|i| format!("c{i}")))
-        .collect();
-    let parent_match: Vec<String> = sp
-        .parent
+/// The pieces of a child-set replacement the stream's statement and backfill's merge share:
+/// matching a target row `t` to its parent (whose key values are `{parents}.{prefix}{j}`) and to
+/// a child `k` (values `k.c{i}`), the child values, and the upsert clause that leaves unchanged
+/// children alone.
+pub struct ChildSql {
+    pub parent_match: String,
+    pub kid_match: String,
+    pub values: String,
+    pub targets: String,
+    pub on_conflict: String,
+}
+
+pub fn child_sql(o: &OutputPlan, parents: &str, prefix: &str) -> ChildSql {
+    let parent = o.split().map(|s| s.parent.as_slice()).unwrap_or_default();
+    let parent_match: Vec<String> = parent
         .iter()
         .enumerate()
         .map(|(j, &c)| {
             format!(
                 "t.{} = {}",
                 quote_ident(&o.columns[c].name),
-                o.columns[c].sql_match(&format!("p.p{j}"))
+                o.columns[c].sql_match(&format!("{parents}.{prefix}{j}"))
             )
         })
         .collect();
@@ -321,20 +314,46 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
         .map(|(_, c)| quote_ident(&c.name))
         .collect();
     if !non_key.is_empty() {
+        let cols = |alias: &str| {
+            non_key
+                .iter()
+                .map(|c| format!("{alias}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         on_conflict.push_str(&format!(
             " WHERE ({}) IS DISTINCT FROM ({})",
-            non_key
-                .iter()
-                .map(|c| format!("t.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            non_key
-                .iter()
-                .map(|c| format!("EXCLUDED.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            cols("t"),
+            cols("EXCLUDED")
         ));
     }
+    ChildSql {
+        parent_match: parent_match.join(" AND "),
+        kid_match: kid_match.join(" AND "),
+        values: values.join(", "),
+        targets,
+        on_conflict,
+    }
+}
+
+/// Replace the child sets of parents (a split output). Parameters: `$1` source table,
+/// `$2` parent skeys, `$3` versions, `$4` deleted flags ('t'/'f'), `$5..` one text[] per parent
+/// column; then the children: skey[] and one text[] per output column.
+///
+/// Parents pass the ledger guard as a whole; for those that pass, children no longer in the set
+/// are deleted and the others upserted — a child whose values are unchanged is not written.
+pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
+    let np = o.split().map_or(0, |s| s.parent.len());
+    let parent_params: Vec<String> = (0..np).map(|j| format!("${}::text[]", j + 5)).collect();
+    let parent_names: Vec<String> = (0..np).map(|j| format!("p{j}")).collect();
+    let first_kid = 5 + np;
+    let kid_params: Vec<String> = (0..=o.columns.len())
+        .map(|j| format!("${}::text[]", first_kid + j))
+        .collect();
+    let kid_names: Vec<String> = std::iter::once("skey".to_string())
+        .chain((0..o.columns.len()).map(|i| format!("c{i}")))
+        .collect();
+    let c = child_sql(o, "p", "p");
     format!(
         "WITH parents AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], {pp}) AS p(skey, ver, del, {pn})),
          kids AS (SELECT * FROM unnest({kp}) AS k({kn})),
@@ -362,9 +381,11 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
         ledger = state.table("ledger"),
         trunc = state.table("truncations"),
         target = o.quoted_target(),
-        parent_match = parent_match.join(" AND "),
-        kid_match = kid_match.join(" AND "),
-        values = values.join(", "),
+        parent_match = c.parent_match,
+        kid_match = c.kid_match,
+        values = c.values,
+        targets = c.targets,
+        on_conflict = c.on_conflict,
     )
 }
 

@@ -21,7 +21,6 @@ use super::sql::quote_literal;
 use super::{sql, BackfillError, Job, Shared};
 use crate::change::{Change, Datum, Op, Relation, RelationColumn, SourceKey};
 use crate::lsn::Lsn;
-use crate::source::replication::quote_ident;
 use crate::state::StateSchema;
 use crate::transform::plan::{OutputKind, OutputPlan, TablePlan};
 use crate::transform::{TargetOp, Transformer, Value};
@@ -429,61 +428,7 @@ fn split_merge(
     parents: &str,
     probe: bool,
 ) -> String {
-    let Some(sp) = o.split() else {
-        return String::new();
-    };
-    let parent_match: Vec<String> = sp
-        .parent
-        .iter()
-        .enumerate()
-        .map(|(j, &c)| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[c].name),
-                o.columns[c].sql_match(&format!("p.k{j}"))
-            )
-        })
-        .collect();
-    let kid_match: Vec<String> = o
-        .key
-        .iter()
-        .map(|&k| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[k].name),
-                o.columns[k].sql_match(&format!("k.c{k}"))
-            )
-        })
-        .collect();
-    let values: Vec<String> = o
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| c.sql_value(&format!("k.c{i}")))
-        .collect();
-    let (targets, mut on_conflict) = crate::apply::sql::insert_columns_and_conflict(o);
-    let non_key: Vec<String> = o
-        .columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !o.key.contains(i))
-        .map(|(_, c)| quote_ident(&c.name))
-        .collect();
-    if !non_key.is_empty() {
-        on_conflict.push_str(&format!(
-            " WHERE ({}) IS DISTINCT FROM ({})",
-            non_key
-                .iter()
-                .map(|c| format!("t.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            non_key
-                .iter()
-                .map(|c| format!("EXCLUDED.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ));
-    }
+    let c = crate::apply::sql::child_sql(o, "p", "k");
     format!(
         "WITH parents AS MATERIALIZED (SELECT p.* FROM {parents} p WHERE {ok}),
          gone AS (
@@ -499,9 +444,11 @@ fn split_merge(
             writable(st, o, "p", false)
         },
         target = o.quoted_target(),
-        parent_match = parent_match.join(" AND "),
-        kid_match = kid_match.join(" AND "),
-        values = values.join(", "),
+        parent_match = c.parent_match,
+        kid_match = c.kid_match,
+        targets = c.targets,
+        values = c.values,
+        on_conflict = c.on_conflict,
     )
 }
 

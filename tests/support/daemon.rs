@@ -55,6 +55,22 @@ pub fn config_urls(
     )
 }
 
+/// Connection settings (and `extra` overrides) for running a shipped config example against
+/// `db` through `REMODEL__*` environment variables.
+pub fn example_env(db: &TestDb, listen: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    [
+        ("REMODEL__SOURCE__URL", db.source_url.as_str()),
+        ("REMODEL__TARGET__URL", db.target_url.as_str()),
+        ("REMODEL__SOURCE__SLOT", db.name.as_str()),
+        ("REMODEL__SOURCE__PUBLICATION", db.name.as_str()),
+        ("REMODEL__METRICS__LISTEN", listen),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 pub fn config(db: &TestDb, listen: &str, extra: &str) -> String {
     config_with(db, listen, "", extra)
 }
