@@ -121,6 +121,22 @@ struct OpenTxn {
     dead_letters: HashMap<Arc<str>, u64>,
 }
 
+impl OpenTxn {
+    fn new(max_commit_lsn: Lsn, begun: u64) -> Self {
+        OpenTxn {
+            started: Instant::now(),
+            rows: 0,
+            last_commit: None,
+            source_txns: 0,
+            begun,
+            max_commit_lsn,
+            locked: Default::default(),
+            counts: HashMap::new(),
+            dead_letters: HashMap::new(),
+        }
+    }
+}
+
 pub struct Applier {
     client: Client,
     state: StateSchema,
@@ -212,17 +228,7 @@ impl Applier {
             .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(db("beginning a transaction"))?;
-        self.txn = Some(OpenTxn {
-            started: Instant::now(),
-            rows: 0,
-            last_commit: None,
-            source_txns: 0,
-            begun: 1,
-            max_commit_lsn: Lsn::default(),
-            locked: Default::default(),
-            counts: HashMap::new(),
-            dead_letters: HashMap::new(),
-        });
+        self.txn = Some(OpenTxn::new(Lsn::default(), 1));
         self.pending = ops;
         let result = async {
             self.flush_pending().await?;
@@ -325,17 +331,7 @@ impl Applier {
                         .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                         .await
                         .map_err(db("beginning a transaction"))?;
-                    self.txn = Some(OpenTxn {
-                        started: Instant::now(),
-                        rows: 0,
-                        last_commit: None,
-                        source_txns: 0,
-                        begun: 0,
-                        max_commit_lsn: commit_lsn,
-                        locked: Default::default(),
-                        counts: HashMap::new(),
-                        dead_letters: HashMap::new(),
-                    });
+                    self.txn = Some(OpenTxn::new(commit_lsn, 0));
                 }
                 if let Some(t) = self.txn.as_mut() {
                     t.begun += 1;
@@ -568,12 +564,6 @@ impl Applier {
         for rel in &rels {
             self.lock_table(rel).await?;
         }
-        match group {
-            Group::Clear { output, rows } => return self.clear(output, rows).await,
-            Group::Children { output, parents } => return self.children(output, parents).await,
-            Group::DeadLetters { rows } => return self.dead_letters(rows).await,
-            _ => {}
-        }
         let (output, key, cols, from, rows) = match group {
             Group::Upsert { output, rows } => (
                 output,
@@ -602,29 +592,22 @@ impl Applier {
                 rows,
             ),
             Group::Truncate { tables } => return self.truncate(tables).await,
-            Group::Clear { .. } | Group::Children { .. } | Group::DeadLetters { .. } => {
-                return Ok(())
-            }
+            Group::Clear { output, rows } => return self.clear(output, rows).await,
+            Group::Children { output, parents } => return self.children(output, parents).await,
+            Group::DeadLetters { rows } => return self.dead_letters(rows).await,
         };
-        let stmt = match self.stmts.get(&key) {
-            Some(s) => s.clone(),
-            None => {
-                let text = match &key {
-                    StmtKey::Upsert(_) => sql::upsert(&self.state, output),
-                    StmtKey::Update(_, present, moved) => {
-                        sql::update_present(&self.state, output, present, *moved)
-                    }
-                    StmtKey::Delete(_) => sql::delete(&self.state, output),
-                    _ => unreachable_stmt(),
-                };
-                let arrays = 2 + cols.len() + from.first().map_or(0, Vec::len);
-                let mut types = vec![Type::TEXT];
-                types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, arrays));
-                let s = self.client.prepare_typed(&text, &types).await?;
-                self.stmts.insert(key, s.clone());
-                s
+        let state = self.state.clone();
+        let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
+        let text = |key: &StmtKey| match key {
+            StmtKey::Upsert(_) => sql::upsert(&state, output),
+            StmtKey::Update(_, present, moved) => {
+                sql::update_present(&state, output, present, *moved)
             }
+            StmtKey::Delete(_) => sql::delete(&state, output),
+            // Prepared by their own methods (clear, children, dead_letters).
+            StmtKey::Clear(_) | StmtKey::Children(_) | StmtKey::DeadLetters => String::new(),
         };
+        let stmt = self.stmt(key, text, n).await?;
         // Only partial updates return rows: the keys they had to defer.
         let deferred = self
             .run_rows(&stmt, &output.source, rows, &cols, from)
@@ -651,7 +634,7 @@ impl Applier {
     async fn stmt(
         &mut self,
         key: StmtKey,
-        text: impl FnOnce() -> String,
+        text: impl FnOnce(&StmtKey) -> String,
         n: usize,
     ) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.stmts.get(&key) {
@@ -659,7 +642,7 @@ impl Applier {
         }
         let mut types = vec![Type::TEXT];
         types.extend(std::iter::repeat_n(Type::TEXT_ARRAY, n - 1));
-        let s = self.client.prepare_typed(&text(), &types).await?;
+        let s = self.client.prepare_typed(&text(&key), &types).await?;
         self.stmts.insert(key, s.clone());
         Ok(s)
     }
@@ -673,7 +656,7 @@ impl Applier {
         let n = 4 + o.key.len() + own;
         let state = self.state.clone();
         let stmt = self
-            .stmt(StmtKey::Clear(o.id), || sql::clear(&state, o), n)
+            .stmt(StmtKey::Clear(o.id), |_| sql::clear(&state, o), n)
             .await?;
         let skeys: Vec<String> = rows.iter().map(|r| r.0.key.encode()).collect();
         let vers: Vec<String> = rows.iter().map(|r| r.0.version.to_string()).collect();
@@ -708,7 +691,7 @@ impl Applier {
         let n = 4 + np + 1 + o.columns.len();
         let state = self.state.clone();
         let stmt = self
-            .stmt(StmtKey::Children(o.id), || sql::children(&state, o), n)
+            .stmt(StmtKey::Children(o.id), |_| sql::children(&state, o), n)
             .await?;
         let skeys: Vec<String> = parents.iter().map(|p| p.guard.key.encode()).collect();
         let vers: Vec<String> = parents
@@ -892,11 +875,6 @@ fn text_of(v: Option<&Value>) -> Option<&str> {
         Some(Value::Text(s)) => Some(s.as_str()),
         _ => None,
     }
-}
-
-fn unreachable_stmt() -> String {
-    // Only the three statement kinds above reach the shared path.
-    String::new()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -26,6 +26,27 @@ pub fn table_lock_key(param: &str) -> String {
     format!("hashtextextended('remodel-table:' || {param}, 0)")
 }
 
+/// `t.<column> = <value>` for each of `cols` (indices into `o.columns`), joined with AND:
+/// finding target rows by key (or parent) values. `input(j, c)` is the text value of the j-th
+/// of them (column `c`); a key lookup only reads the map here (see `TargetColumn::sql_match`).
+pub fn match_columns(
+    o: &OutputPlan,
+    cols: &[usize],
+    input: impl Fn(usize, usize) -> String,
+) -> String {
+    cols.iter()
+        .enumerate()
+        .map(|(j, &c)| {
+            format!(
+                "t.{} = {}",
+                quote_ident(&o.columns[c].name),
+                o.columns[c].sql_match(&input(j, c))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 fn input_cte(value_cols: &[String]) -> String {
     let mut params = vec!["$2::text[]".to_string(), "$3::text[]".to_string()];
     let mut names = vec!["skey".to_string(), "ver".to_string()];
@@ -133,35 +154,23 @@ pub fn update_present(
             )
         })
         .collect();
-    let wheres: Vec<String> = o
-        .key
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| {
-            let input = if moved {
-                format!("i.k{j}")
-            } else {
-                format!("i.c{k}")
-            };
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[k].name),
-                o.columns[k].sql_match(&input)
-            )
-        })
-        .collect();
+    let wheres = match_columns(o, &o.key, |j, k| {
+        if moved {
+            format!("i.k{j}")
+        } else {
+            format!("i.c{k}")
+        }
+    });
     let found = if sets.is_empty() {
         format!(
             "SELECT i.skey FROM allowed i JOIN {target} AS t ON {wheres}",
             target = o.quoted_target(),
-            wheres = wheres.join(" AND ")
         )
     } else {
         format!(
             "UPDATE {target} AS t SET {sets} FROM allowed i WHERE {wheres} RETURNING i.skey",
             target = o.quoted_target(),
             sets = sets.join(", "),
-            wheres = wheres.join(" AND ")
         )
     };
     let json: Vec<String> = present
@@ -204,18 +213,7 @@ pub fn update_present(
 /// Delete by target key, leaving tombstones in the ledger.
 pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
     let cols: Vec<String> = (0..o.key.len()).map(|i| format!("k{i}")).collect();
-    let wheres: Vec<String> = o
-        .key
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[k].name),
-                o.columns[k].sql_match(&format!("i.k{j}"))
-            )
-        })
-        .collect();
+    let wheres = match_columns(o, &o.key, |j, _| format!("i.k{j}"));
     format!(
         "WITH {input}, {guard}
          DELETE FROM {target} AS t USING input i JOIN guard g ON g.skey = i.skey
@@ -223,7 +221,6 @@ pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
         input = input_cte(&cols),
         guard = guard_cte(state, true),
         target = o.quoted_target(),
-        wheres = wheres.join(" AND "),
     )
 }
 
@@ -277,28 +274,8 @@ pub struct ChildSql {
 
 pub fn child_sql(o: &OutputPlan, parents: &str, prefix: &str) -> ChildSql {
     let parent = o.split().map(|s| s.parent.as_slice()).unwrap_or_default();
-    let parent_match: Vec<String> = parent
-        .iter()
-        .enumerate()
-        .map(|(j, &c)| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[c].name),
-                o.columns[c].sql_match(&format!("{parents}.{prefix}{j}"))
-            )
-        })
-        .collect();
-    let kid_match: Vec<String> = o
-        .key
-        .iter()
-        .map(|&k| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[k].name),
-                o.columns[k].sql_match(&format!("k.c{k}"))
-            )
-        })
-        .collect();
+    let parent_match = match_columns(o, parent, |j, _| format!("{parents}.{prefix}{j}"));
+    let kid_match = match_columns(o, &o.key, |_, k| format!("k.c{k}"));
     let values: Vec<String> = o
         .columns
         .iter()
@@ -328,8 +305,8 @@ pub fn child_sql(o: &OutputPlan, parents: &str, prefix: &str) -> ChildSql {
         ));
     }
     ChildSql {
-        parent_match: parent_match.join(" AND "),
-        kid_match: kid_match.join(" AND "),
+        parent_match,
+        kid_match,
         values: values.join(", "),
         targets,
         on_conflict,
@@ -413,18 +390,7 @@ pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
         params.push(format!("${n}::text[]"));
         n += 1;
     }
-    let wheres: Vec<String> = o
-        .key
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| {
-            format!(
-                "t.{} = {}",
-                quote_ident(&o.columns[k].name),
-                o.columns[k].sql_match(&format!("i.k{j}"))
-            )
-        })
-        .collect();
+    let wheres = match_columns(o, &o.key, |j, _| format!("i.k{j}"));
     let sets: Vec<String> = own
         .iter()
         .map(|&i| format!("{} = NULL", quote_ident(&o.columns[i].name)))
@@ -462,7 +428,6 @@ pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
         guard = guard_cte(state, true),
         target = o.quoted_target(),
         sets = sets.join(", "),
-        wheres = wheres.join(" AND "),
     )
 }
 

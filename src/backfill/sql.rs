@@ -250,29 +250,20 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
                 )
             })
             .collect();
-        let wheres: Vec<String> = o
-            .key
-            .iter()
-            .map(|&k| {
-                format!(
-                    "t.{} = {}",
-                    quote_ident(&o.columns[k].name),
-                    o.columns[k].sql_match(&from_json(&o.columns[k].name))
-                )
-            })
-            .collect();
+        let wheres =
+            crate::apply::sql::match_columns(o, &o.key, |_, k| from_json(&o.columns[k].name));
         let update = if sets.is_empty() {
             format!(
                 "SELECT live.skey FROM live JOIN {} t ON {}",
                 o.quoted_target(),
-                wheres.join(" AND ")
+                wheres
             )
         } else {
             format!(
                 "UPDATE {} AS t SET {} FROM live WHERE {} RETURNING live.skey",
                 o.quoted_target(),
                 sets.join(", "),
-                wheres.join(" AND ")
+                wheres
             )
         };
         format!(
