@@ -59,6 +59,15 @@ fn replication_retryable(e: &ReplicationError) -> bool {
     }
 }
 
+fn snapshot_retryable(e: &crate::source::snapshot::SnapshotError) -> bool {
+    use crate::source::snapshot::SnapshotError;
+    match e {
+        SnapshotError::Replication(e) => replication_retryable(e),
+        SnapshotError::Sql { source, .. } => pg_retryable(&source.0),
+        SnapshotError::SlotReply(_) | SnapshotError::NoSlot { .. } => false,
+    }
+}
+
 /// SQLSTATEs worth retrying.
 fn retryable_sqlstate(code: &str) -> bool {
     code.starts_with("08") // connection exception
@@ -131,6 +140,7 @@ impl Error {
                     crate::backfill::copy::CopyError::Format(_) => false,
                 },
                 BackfillError::Replication(e) => replication_retryable(e),
+                BackfillError::Snapshot(e) => snapshot_retryable(e),
                 BackfillError::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
                 BackfillError::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
                 _ => false,

@@ -38,7 +38,8 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgerr::PgError;
 use crate::source::conninfo::{ConnInfo, ConnectError};
-use crate::source::replication::{quote_ident, ReplicationConn, ReplicationError};
+use crate::source::replication::ReplicationError;
+use crate::source::snapshot;
 use crate::state::{StateError, StateSchema};
 use crate::transform::catalog;
 use crate::transform::plan::{OutputPlan, Plan};
@@ -83,6 +84,8 @@ pub enum BackfillError {
     },
     #[error("backfill: unexpected reply to CREATE_REPLICATION_SLOT: {0}")]
     SlotReply(String),
+    #[error("backfill: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
@@ -345,40 +348,20 @@ async fn pass(
         .await
         .map_err(sql("recording the pass"))?
         .get(0);
-    let mut repl = ReplicationConn::connect(src_info).await?;
-    let name = format!("remodel_bf_{}", rand::random::<u32>());
-    let reply = repl
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-            quote_ident(&name)
-        ))
-        .await?;
-    let (p, snapshot) = match reply
-        .first()
-        .map(|r| (r.get(1).cloned().flatten(), r.get(2).cloned().flatten()))
-    {
-        Some((Some(p), Some(s))) => (
-            p.parse::<Lsn>()
-                .map_err(|e| BackfillError::SlotReply(e.to_string()))?,
-            s,
-        ),
-        _ => return Err(BackfillError::SlotReply(format!("{reply:?}"))),
-    };
+    let exported = snapshot::export(src_info, "remodel_bf").await?;
+    let (p, snapshot) = (exported.p, exported.snapshot.clone());
     let workers = shared.config.backfill.workers.min(todo.len()).max(1);
     let mut conns = Vec::with_capacity(workers);
     for _ in 0..workers {
         let s = src_info.connect().await?;
-        s.batch_execute(&format!(
-            "SET application_name = 'remodel-backfill'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            sql::quote_literal(&snapshot)
-        ))
+        s.batch_execute(&snapshot::import_sql(&snapshot, "remodel-backfill"))
         .await
         .map_err(sql("importing the pass snapshot"))?;
         let t = tgt_info.connect().await?;
         conns.push((s, t));
     }
     // Every worker holds the snapshot now; the exporting connection (and its slot) can go.
-    drop(repl);
+    drop(exported);
     target
         .execute(
             &format!(
@@ -442,55 +425,27 @@ async fn pass(
     Ok(claimed.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Make the stream confirm past `p`: a transactional logical message after `p` reaches the
-/// stream even when the source is idle, and the slot is confirmed only after apply committed
-/// it, so confirmed ≥ marker means every commit before `p` is on the target.
+/// Whether the stream applied every commit before `p` within the pass's age.
 async fn wait_for_stream(
     shared: &Shared,
     source: &Client,
     p: Lsn,
     deadline: Instant,
 ) -> Result<bool, BackfillError> {
-    let marker: String = source
-        .query_one(
-            "SELECT pg_logical_emit_message(true, 'remodel-backfill', $1)::text",
-            &[&format!("pass at {p}")],
-        )
-        .await
-        .map_err(sql("emitting the pass marker"))?
-        .get(0);
-    let slot = &shared.config.source.slot;
     let shutdown = shared.control.shutdown_token();
-    let started = Instant::now();
-    let mut told = Instant::now();
-    loop {
-        let row = source
-            .query_opt(
-                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn, active FROM pg_replication_slots WHERE slot_name = $1",
-                &[slot, &marker],
-            )
-            .await
-            .map_err(sql("watching the stream's slot"))?;
-        match row {
-            Some(r) if r.get::<_, Option<bool>>(0) == Some(true) => return Ok(true),
-            Some(r) => {
-                if told.elapsed() > Duration::from_secs(10) {
-                    let active: bool = r.get(1);
-                    tracing::warn!(%p, slot, active, waited_s = started.elapsed().as_secs(), "backfill waits for the stream to apply everything before the pass snapshot{}", if active { "" } else { ": the slot is inactive — is `remodel run` streaming?" });
-                    told = Instant::now();
-                }
-            }
-            None => return Err(BackfillError::NoSlot { slot: slot.clone() }),
-        }
-        if Instant::now() >= deadline {
-            // The snapshot must not outlive its age: end this pass, try again with a new one.
-            return Ok(false);
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(false),
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-        }
-    }
+    snapshot::wait_for_stream(
+        source,
+        &shared.config.source.slot,
+        p,
+        deadline,
+        &shutdown,
+        "backfill",
+    )
+    .await
+    .map_err(|e| match e {
+        snapshot::SnapshotError::NoSlot { slot } => BackfillError::NoSlot { slot },
+        e => BackfillError::Snapshot(e),
+    })
 }
 
 async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), BackfillError> {

@@ -18,4 +18,5 @@ pub mod monitor;
 pub mod pgoutput;
 pub mod replication;
 pub mod setup;
+pub mod snapshot;
 pub mod stream;
