@@ -51,6 +51,8 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub backfill: BackfillConfig,
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
     #[serde(default)]
     pub tables: Vec<TableMapping>,
@@ -191,6 +193,65 @@ fn default_snapshot_age() -> String {
 }
 fn default_max_lag() -> String {
     "64MB".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Verify continuously inside `remodel run`, this often ("10m"); unset = only `remodel verify`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Rows per table each continuous run samples; 0 = a full pass every time.
+    #[serde(default = "default_verify_sample")]
+    pub sample: u64,
+    /// Source rows per compared chunk (staged and compared in one target transaction).
+    #[serde(default = "default_verify_chunk")]
+    pub chunk_rows: u64,
+    /// Re-check rounds for rows the stream wrote after a round's snapshot.
+    #[serde(default = "default_verify_rounds")]
+    pub rounds: u32,
+    /// Source keys kept per table for re-checks and repairs (bounds memory).
+    #[serde(default = "default_verify_max_keys")]
+    pub max_keys: usize,
+    /// Differing rows shown per table.
+    #[serde(default = "default_verify_show")]
+    pub show: usize,
+    /// How long to wait for the stream to apply everything before a snapshot ("2m").
+    #[serde(default = "default_verify_wait")]
+    pub stream_wait: String,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            interval: None,
+            sample: default_verify_sample(),
+            chunk_rows: default_verify_chunk(),
+            rounds: default_verify_rounds(),
+            max_keys: default_verify_max_keys(),
+            show: default_verify_show(),
+            stream_wait: default_verify_wait(),
+        }
+    }
+}
+
+fn default_verify_sample() -> u64 {
+    1000
+}
+fn default_verify_chunk() -> u64 {
+    10_000
+}
+fn default_verify_rounds() -> u32 {
+    5
+}
+fn default_verify_max_keys() -> usize {
+    100_000
+}
+fn default_verify_show() -> usize {
+    10
+}
+fn default_verify_wait() -> String {
+    "2m".into()
 }
 
 /// "500ms", "30s", "10m", "1h", or plain seconds.
@@ -389,6 +450,29 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Some(i) = &self.verify.interval {
+            if parse_duration(i).is_none_or(|d| d.is_zero()) {
+                return Err(invalid(
+                    "verify.interval",
+                    i,
+                    "a duration such as 10m, 30s or 1h",
+                ));
+            }
+        }
+        if parse_duration(&self.verify.stream_wait).is_none_or(|d| d.is_zero()) {
+            return Err(invalid(
+                "verify.stream_wait",
+                &self.verify.stream_wait,
+                "a duration such as 2m or 30s",
+            ));
+        }
+        if self.verify.chunk_rows == 0 || self.verify.max_keys == 0 {
+            return Err(invalid(
+                "verify.chunk_rows / verify.max_keys",
+                "0",
+                "must be at least 1",
+            ));
+        }
         if self.source.status_interval_ms == 0 {
             return Err(invalid(
                 "source.status_interval_ms",
@@ -413,6 +497,15 @@ impl Config {
 
     pub fn max_snapshot_age(&self) -> Duration {
         parse_duration(&self.backfill.max_snapshot_age).unwrap_or(Duration::from_secs(600))
+    }
+
+    /// `verify.interval`, when continuous verification is on.
+    pub fn verify_interval(&self) -> Option<Duration> {
+        self.verify.interval.as_deref().and_then(parse_duration)
+    }
+
+    pub fn verify_stream_wait(&self) -> Duration {
+        parse_duration(&self.verify.stream_wait).unwrap_or(Duration::from_secs(120))
     }
 
     /// The settings SIGHUP reloads.

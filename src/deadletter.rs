@@ -11,14 +11,11 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::apply::{Applier, ApplySettings};
+use crate::apply::Applier;
 use crate::change::{Change, Datum, Op, Relation, RelationColumn, SourceKey};
 use crate::config::Config;
-use crate::control::Control;
 use crate::error::Error;
 use crate::lsn::Lsn;
-use crate::metrics::Metrics;
-use crate::source::stream::{FeedbackState, FlushHandle};
 use crate::state::StateSchema;
 use crate::transform::{Plan, TablePlan, TargetOp, Transformer};
 
@@ -109,20 +106,12 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
     let letters = load(&client, &st, i64::MAX).await?;
     let mut check = target(config).await?;
     st.migrate(&mut check).await?;
-    let mut applier = Applier::new(
+    let mut applier = Applier::standalone(
         client,
         st.clone(),
-        ApplySettings {
-            slot: format!("{}:dead-letters", config.source.slot),
-            batch_rows: config.apply.batch_rows,
-            max_delay: std::time::Duration::from_secs(1),
-            isolate_until: None,
-        },
-        Transformer::new(plan.clone()),
-        FlushHandle::new(FeedbackState::new(Lsn::default())),
-        Metrics::new(),
-        Control::new(),
-        Lsn::default(),
+        plan.clone(),
+        format!("{}:dead-letters", config.source.slot),
+        config.apply.batch_rows,
     );
     let mut report = RetryReport::default();
     let delete = format!(

@@ -24,6 +24,7 @@ pub mod source;
 pub mod state;
 pub mod status;
 pub mod transform;
+pub mod verify;
 
 pub use change::{Change, Event, Op, Relation, SourceKey};
 pub use config::Config;

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,10 @@ pub mod names {
     pub const BACKFILL_PROGRESS_RATIO: &str = "remodel_backfill_progress_ratio";
     pub const BACKFILL_CHUNK_SECONDS: &str = "remodel_backfill_chunk_seconds";
     pub const BACKFILL_PASSES_TOTAL: &str = "remodel_backfill_passes_total";
+    pub const VERIFY_ROWS_TOTAL: &str = "remodel_verify_rows_total";
+    pub const VERIFY_MISMATCHES: &str = "remodel_verify_mismatches";
+    pub const VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS: &str =
+        "remodel_verify_last_clean_timestamp_seconds";
     pub const ALL: &[&str] = &[
         APPLIED_LSN,
         SOURCE_LAG_BYTES,
@@ -55,6 +59,9 @@ pub mod names {
         BACKFILL_PROGRESS_RATIO,
         BACKFILL_CHUNK_SECONDS,
         BACKFILL_PASSES_TOTAL,
+        VERIFY_ROWS_TOTAL,
+        VERIFY_MISMATCHES,
+        VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS,
     ];
 }
 
@@ -77,6 +84,9 @@ pub struct Metrics {
     pub backfill_progress: GaugeVec,
     pub backfill_chunk_seconds: Histogram,
     pub backfill_passes: IntCounter,
+    pub verify_rows: IntCounterVec,
+    pub verify_mismatches: IntGaugeVec,
+    pub verify_last_clean: Gauge,
     /// Streaming and applying (for /readyz).
     pub ready: AtomicBool,
     /// Server WAL end last seen, for /status.
@@ -185,6 +195,24 @@ impl Metrics {
             .expect("valid metric"),
             backfill_passes: IntCounter::new(names::BACKFILL_PASSES_TOTAL, "Backfill snapshot passes started")
                 .expect("valid metric"),
+            verify_rows: IntCounterVec::new(
+                Opts::new(names::VERIFY_ROWS_TOTAL, "Rows compared by continuous verification, by target table"),
+                &["table"],
+            )
+            .expect("valid metric"),
+            verify_mismatches: IntGaugeVec::new(
+                Opts::new(
+                    names::VERIFY_MISMATCHES,
+                    "Rows the last continuous verification found different (changed, missing or extra), by target table",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
+            verify_last_clean: Gauge::new(
+                names::VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS,
+                "Unix time of the last continuous verification that found target = transform(source)",
+            )
+            .expect("valid metric"),
             registry,
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
@@ -208,6 +236,9 @@ impl Metrics {
             Box::new(m.backfill_progress.clone()),
             Box::new(m.backfill_chunk_seconds.clone()),
             Box::new(m.backfill_passes.clone()),
+            Box::new(m.verify_rows.clone()),
+            Box::new(m.verify_mismatches.clone()),
+            Box::new(m.verify_last_clean.clone()),
         ] {
             r.register(c).expect("metric names are unique");
         }

@@ -34,6 +34,18 @@ use crate::transform::{catalog, Plan, Transformer};
 /// down (Ok) or a fatal error stops either.
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
     control.set_throttle(config.throttle());
+    let verifying = tokio::spawn(crate::verify::continuous(
+        config.clone(),
+        control.clone(),
+        metrics.clone(),
+    ));
+    let result = run_stages(config, &control, metrics).await;
+    verifying.abort();
+    result
+}
+
+async fn run_stages(config: Config, control: &Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let control = control.clone();
     if !config.backfill.enabled {
         return stream(&config, &control, &metrics).await;
     }

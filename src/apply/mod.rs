@@ -187,6 +187,32 @@ impl Applier {
         }
     }
 
+    /// An applier for work outside the stream ([`Applier::apply_alone`]: dead-letter retries,
+    /// verify's repairs): no flush feedback, no progress row, metrics of its own.
+    pub fn standalone(
+        client: Client,
+        state: StateSchema,
+        plan: Arc<crate::transform::Plan>,
+        purpose: String,
+        batch_rows: usize,
+    ) -> Self {
+        Applier::new(
+            client,
+            state,
+            ApplySettings {
+                slot: purpose,
+                batch_rows,
+                max_delay: std::time::Duration::from_secs(1),
+                isolate_until: None,
+            },
+            Transformer::new(plan),
+            FlushHandle::new(crate::source::stream::FeedbackState::new(Lsn::default())),
+            Metrics::new(),
+            Control::new(),
+            Lsn::default(),
+        )
+    }
+
     /// Apply events until the channel closes or shutdown; commits complete work before returning.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) -> Result<(), ApplyError> {
         let shutdown = self.control.shutdown_token();

@@ -22,7 +22,7 @@
 mod chunk;
 pub mod copy;
 pub mod progress;
-mod rows;
+pub(crate) mod rows;
 pub mod sql;
 
 use std::collections::{HashMap, VecDeque};
@@ -355,8 +355,8 @@ async fn pass(
     for _ in 0..workers {
         let s = src_info.connect().await?;
         s.batch_execute(&snapshot::import_sql(&snapshot, "remodel-backfill"))
-        .await
-        .map_err(sql("importing the pass snapshot"))?;
+            .await
+            .map_err(sql("importing the pass snapshot"))?;
         let t = tgt_info.connect().await?;
         conns.push((s, t));
     }

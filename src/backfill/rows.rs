@@ -110,7 +110,11 @@ fn push_field(buf: &mut Vec<u8>, v: Option<&str>) {
     }
 }
 
-fn push_row<'a>(buf: &mut Vec<u8>, skey: &str, values: impl Iterator<Item = Option<&'a str>>) {
+pub(crate) fn push_row<'a>(
+    buf: &mut Vec<u8>,
+    skey: &str,
+    values: impl Iterator<Item = Option<&'a str>>,
+) {
     push_field(buf, Some(skey));
     for v in values {
         buf.push(b'\t');
@@ -127,21 +131,49 @@ fn text(v: &Value) -> Option<&str> {
 }
 
 /// One chunk's transformed rows, as COPY text per stage.
-struct Transformed {
-    stages: Vec<Vec<u8>>,
-    parents: Vec<u8>,
-    dead: Vec<crate::transform::DeadLetter>,
-    rows: u64,
-    bytes: u64,
-    last_key: Option<Vec<Option<String>>>,
+pub(crate) struct Transformed {
+    pub(crate) stages: Vec<Vec<u8>>,
+    pub(crate) parents: Vec<u8>,
+    pub(crate) dead: Vec<crate::transform::DeadLetter>,
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) last_key: Option<Vec<Option<String>>>,
+}
+
+/// One COPY text-format line as a tuple of `n` fields.
+pub(crate) fn parse_tuple(line: &[u8], n: usize) -> Result<Vec<Datum>, CopyError> {
+    let tuple = line
+        .split(|&b| b == b'\t')
+        .map(|f| copy::unescape(f).map(|v| v.map_or(Datum::Null, Datum::Text)))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tuple.len() != n {
+        return Err(CopyError::Format(format!(
+            "row has {} fields, expected {n}",
+            tuple.len()
+        )));
+    }
+    Ok(tuple)
+}
+
+/// Which source keys a read stages as parents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parents {
+    /// Keys of rows with a split output (their child sets are replaced).
+    Split,
+    /// Every row read that is not a dead letter (verification: target rows of these keys that
+    /// no transformed row accounts for are extra).
+    All,
+    /// None (the caller stages its own).
+    None,
 }
 
 /// Read the chunk from the source and transform it.
-async fn read(
+pub(crate) async fn read(
     source: &Client,
     copy_out: &str,
     rj: &RowsJob,
     version: Lsn,
+    parents: Parents,
 ) -> Result<Transformed, BackfillError> {
     let table = &rj.table.source;
     let err = |e: CopyError| BackfillError::Copy {
@@ -173,18 +205,7 @@ async fn read(
         while let Some(n) = pending[start..].iter().position(|&b| b == b'\n') {
             let line = &pending[start..start + n];
             start += n + 1;
-            let tuple = line
-                .split(|&b| b == b'\t')
-                .map(|f| copy::unescape(f).map(|v| v.map_or(Datum::Null, Datum::Text)))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-            if tuple.len() != rj.rel.columns.len() {
-                return Err(err(CopyError::Format(format!(
-                    "row has {} fields, expected {}",
-                    tuple.len(),
-                    rj.rel.columns.len()
-                ))));
-            }
+            let tuple = parse_tuple(line, rj.rel.columns.len()).map_err(err)?;
             let key: Vec<Option<String>> = tuple[..key_len]
                 .iter()
                 .map(|d| match d {
@@ -209,7 +230,8 @@ async fn read(
                     source: e,
                 })?;
             let skey = change.key.encode();
-            let mut parent_staged = false;
+            let mut parent_staged = parents != Parents::Split;
+            let dead = t.dead.len();
             for op in ops.drain(..) {
                 match op {
                     TargetOp::Upsert { output, row, .. } => {
@@ -234,6 +256,9 @@ async fn read(
                     _ => {}
                 }
             }
+            if parents == Parents::All && t.dead.len() == dead {
+                push_row(&mut t.parents, &skey, key.iter().map(|k| k.as_deref()));
+            }
             t.rows += 1;
             t.last_key = Some(key);
         }
@@ -250,7 +275,11 @@ fn stage_of(rj: &RowsJob, o: &OutputPlan) -> usize {
         .unwrap_or(0)
 }
 
-async fn copy_in(target: &Client, sql: &str, data: Vec<u8>) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn copy_in(
+    target: &Client,
+    sql: &str,
+    data: Vec<u8>,
+) -> Result<(), tokio_postgres::Error> {
     let sink = target.copy_in::<_, bytes::Bytes>(sql).await?;
     futures_util::pin_mut!(sink);
     sink.as_mut().send(bytes::Bytes::from(data)).await?;
@@ -274,7 +303,14 @@ pub(super) async fn staged(
     let version: Lsn = p
         .parse()
         .map_err(|_| BackfillError::SlotReply(p.to_string()))?;
-    let t = read(source, copy_out, rj, Lsn(version.0.saturating_sub(1))).await?;
+    let t = read(
+        source,
+        copy_out,
+        rj,
+        Lsn(version.0.saturating_sub(1)),
+        Parents::Split,
+    )
+    .await?;
     let cerr = |e: tokio_postgres::Error| BackfillError::Copy {
         table: job.rel.clone(),
         source: CopyError::Target(e.into()),

@@ -60,8 +60,7 @@ pub async fn export(info: &ConnInfo, prefix: &str) -> Result<Exported, SnapshotE
         .map(|r| (r.get(1).cloned().flatten(), r.get(2).cloned().flatten()))
     {
         Some((Some(p), Some(s))) => Ok(Exported {
-            p: p
-                .parse::<Lsn>()
+            p: p.parse::<Lsn>()
                 .map_err(|e| SnapshotError::SlotReply(e.to_string()))?,
             snapshot: s,
             _conn: repl,
@@ -89,9 +88,11 @@ pub async fn wait_for_stream(
     shutdown: &CancellationToken,
     who: &str,
 ) -> Result<bool, SnapshotError> {
-    let sql = |what: &'static str| move |e: tokio_postgres::Error| SnapshotError::Sql {
-        what,
-        source: e.into(),
+    let sql = |what: &'static str| {
+        move |e: tokio_postgres::Error| SnapshotError::Sql {
+            what,
+            source: e.into(),
+        }
     };
     // A transactional logical message reaches the stream even when the source is idle.
     let marker: String = source

@@ -113,6 +113,8 @@ const MIGRATIONS: &[&str] = &[
          created_at timestamptz NOT NULL DEFAULT now(),
          updated_at timestamptz NOT NULL DEFAULT now(),
          PRIMARY KEY (rel, skey, version));",
+    // 6: verify finds the source key of a target row through a key map.
+    "CREATE INDEX keymap_new ON {s}.keymap (map, new);",
 ];
 
 #[derive(Debug, thiserror::Error)]

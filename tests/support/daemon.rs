@@ -92,6 +92,25 @@ pub fn remodel_cmd(args: &[&str], env: &[(String, String)]) -> (Option<i32>, Str
     )
 }
 
+/// Run the `remodel` binary with `--json` output; (exit code, stdout parsed, stderr). Panics
+/// (showing both) when stdout is not JSON.
+pub fn remodel_json(
+    args: &[&str],
+    env: &[(String, String)],
+) -> (Option<i32>, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("run remodel");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("remodel {args:?}: stdout is not JSON ({e}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    (out.status.code(), json, stderr)
+}
+
 /// `remodel check` on `db` with `extra` config (e.g. `[[tables]]`); (exit code, output).
 pub fn check(db: &TestDb, extra: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("tempdir");

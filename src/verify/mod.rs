@@ -1,0 +1,569 @@
+//! Verification: proves target = transform(source) while the app writes and the stream
+//! applies, and repairs what differs through the normal versioned path.
+//!
+//! ```text
+//!  round 0, per mapped source table, at a snapshot P (temporary slot; wait until the stream
+//!  has applied every commit < P):
+//!    hash path (plain column mappings): count + sum of row hashes of the same key chunk,
+//!      computed inside both databases ── equal ──▶ chunk clean, no rows leave the servers
+//!                                        └ differ ┐
+//!    row path:  COPY chunk ─▶ Transformer (inserts at P−1, the code the stream runs) ─▶ stage
+//!               on the target ─▶ compare in SQL: missing / changed / extra (target rows of a
+//!               read source key no expected row accounts for) ─▶ per differing row:
+//!                 ledger version ≥ P (the stream wrote it after P)  → re-check later
+//!                 no ledger entry while backfill still copies         → re-check later
+//!                 otherwise                                           → mismatch (real)
+//!    extras: target rows whose source key the source lacks (by key range on the hash path,
+//!            by a pass over the target keys otherwise) → re-check by key
+//!  rounds 1..verify.rounds: re-check the listed keys at a new snapshot, same rule
+//!  --repair: the mismatched keys are re-read at a new snapshot P′ and applied as updates
+//!            (or deletes when the source lacks them) at version P′−1 under the ledger guard —
+//!            a newer stream write always wins — then re-checked
+//! ```
+//!
+//! Owns the comparison and its report. Must never write to the target except through the
+//! applier's guarded statements (`--repair`), and never report a row the stream changed after
+//! the snapshot as a mismatch.
+
+mod compare;
+mod repair;
+pub mod report;
+mod scan;
+pub mod sql;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::backfill::rows::RowsJob;
+use crate::backfill::sql::TableSql;
+use crate::config::Config;
+use crate::control::Control;
+use crate::lsn::Lsn;
+use crate::metrics::Metrics;
+use crate::pgerr::PgError;
+use crate::source::conninfo::{ConnInfo, ConnectError};
+use crate::source::snapshot::{self, SnapshotError};
+use crate::state::{StateError, StateSchema};
+use crate::transform::plan::{OutputKind, OutputPlan, Plan, TablePlan};
+use report::{Report, TableReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("verify: {what}: {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: PgError,
+    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("verify: {0}")]
+    Snapshot(#[from] SnapshotError),
+    #[error("verify: reading source rows: {0}")]
+    Read(#[from] crate::backfill::BackfillError),
+    #[error("verify: {0}")]
+    Plan(Box<crate::error::Error>),
+    #[error("verify --repair of {table}: {source}")]
+    Transform {
+        table: String,
+        #[source]
+        source: crate::transform::TransformError,
+    },
+    #[error("verify --repair: {0}")]
+    Apply(#[from] crate::apply::ApplyError),
+    #[error("verify: --table {name:?} is not a mapped source or target table; mapped: {known}")]
+    UnknownTable { name: String, known: String },
+    #[error("verify: source table {table} column {column}: its type is unknown")]
+    Table { table: String, column: String },
+    #[error("verify: the stream did not apply everything before the snapshot at {p} within {waited:?} (verify.stream_wait); is `remodel run` streaming and not paused? `remodel status` shows its lag")]
+    StreamBehind { p: Lsn, waited: Duration },
+    #[error("verify: interrupted")]
+    Interrupted,
+}
+
+pub(crate) fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
+    move |e| VerifyError::Sql {
+        what,
+        source: e.into(),
+    }
+}
+
+/// What `remodel verify` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Rows per table from random start keys; `None` = every row.
+    pub sample: Option<u64>,
+    /// Only these tables (source or target names, qualified or not).
+    pub tables: Vec<String>,
+    /// Only rows the stream wrote at or after this LSN.
+    pub since: Option<Lsn>,
+    pub repair: bool,
+    /// Differing rows shown per table (default `verify.show`).
+    pub show: Option<usize>,
+}
+
+pub(crate) struct Settings {
+    pub chunk_rows: u64,
+    pub rounds: u32,
+    pub max_keys: usize,
+    pub show: usize,
+    pub max_age: Duration,
+    pub stream_wait: Duration,
+}
+
+/// Why a key is re-checked instead of reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// The stream wrote it after the snapshot.
+    Busy,
+    /// Backfill has not copied it yet.
+    Pending,
+    /// A target row whose source key the source may lack.
+    Suspect,
+}
+
+pub(crate) struct Out {
+    pub o: Arc<OutputPlan>,
+    /// Output columns holding the source key (extras can be found), see [`sql::derivation`].
+    pub derive: Option<Vec<usize>>,
+    pub report: TableReport,
+    /// Rows still differing when re-checked after a repair.
+    pub still: u64,
+}
+
+/// One mapped source table being verified.
+pub(crate) struct Table {
+    pub rel: String,
+    pub state: StateSchema,
+    pub ts: TableSql,
+    pub rj: RowsJob,
+    pub hash: Option<sql::Hashable>,
+    pub outs: Vec<Out>,
+    pub recheck: compare::Recheck,
+    /// Keys not kept for re-checking (over `verify.max_keys`).
+    pub overflow: u64,
+    /// Keys of confirmed mismatches (for `--repair`).
+    pub confirmed: BTreeMap<String, Vec<Option<String>>>,
+    pub dead_letters: u64,
+    /// Classifying re-checks after a repair: differences count as `still`.
+    pub after_repair: bool,
+}
+
+fn parse_key(skey: &str) -> Vec<Option<String>> {
+    serde_json::from_str(skey).unwrap_or_default()
+}
+
+impl Table {
+    /// Count a differing row, or keep its key for a re-check.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn classify(
+        &mut self,
+        i: usize,
+        skey: String,
+        kind: &'static str,
+        expected: Option<Vec<Option<String>>>,
+        actual: Option<Vec<Option<String>>>,
+        why: Option<Why>,
+        s: &Settings,
+    ) {
+        if let Some(w) = why {
+            self.keep(skey, w, s);
+            return;
+        }
+        let out = &mut self.outs[i];
+        if self.after_repair {
+            out.still += 1;
+            return;
+        }
+        match kind {
+            "missing" => out.report.missing += 1,
+            "extra" => out.report.extra += 1,
+            _ => out.report.mismatched += 1,
+        }
+        if out.report.diffs.len() < s.show {
+            let d = compare::diff(&out.o, &skey, kind, expected.as_deref(), actual.as_deref());
+            out.report.diffs.push(d);
+        }
+        if self.confirmed.len() < s.max_keys {
+            let key = parse_key(&skey);
+            self.confirmed.insert(skey, key);
+        }
+    }
+
+    fn keep(&mut self, skey: String, why: Why, s: &Settings) {
+        if self.recheck.contains_key(&skey) {
+            return;
+        }
+        if self.recheck.len() >= s.max_keys {
+            self.overflow += 1;
+            return;
+        }
+        let key = parse_key(&skey);
+        self.recheck.insert(skey, (key, why));
+    }
+
+    /// A target row whose source key the source may not have: re-check it by key.
+    pub(crate) fn suspect(&mut self, skey: String, s: &Settings) {
+        self.keep(skey, Why::Suspect, s);
+    }
+}
+
+/// Connections and the compiled plan of one verification.
+pub(crate) struct Ctx {
+    pub config: Config,
+    pub settings: Settings,
+    pub src_info: ConnInfo,
+    pub tgt_info: ConnInfo,
+    pub source: Client,
+    pub target: Client,
+    pub state: StateSchema,
+    pub plan: Arc<Plan>,
+    pub shutdown: CancellationToken,
+}
+
+/// A reader inside a snapshot the stream has applied everything before.
+pub(crate) struct Snap {
+    pub p: Lsn,
+    pub reader: Client,
+    pub taken: Instant,
+}
+
+impl Ctx {
+    pub(crate) async fn snapshot(&self) -> Result<Snap, VerifyError> {
+        self.check()?;
+        let ex = snapshot::export(&self.src_info, "remodel_verify").await?;
+        let reader = self.src_info.connect().await?;
+        reader
+            .batch_execute(&format!(
+                "{}; {}",
+                sql::SESSION,
+                snapshot::import_sql(&ex.snapshot, "remodel-verify")
+            ))
+            .await
+            .map_err(q("importing the snapshot"))?;
+        let p = ex.p;
+        drop(ex);
+        let started = Instant::now();
+        let ok = snapshot::wait_for_stream(
+            &self.source,
+            &self.config.source.slot,
+            p,
+            started + self.settings.stream_wait,
+            &self.shutdown,
+            "verify",
+        )
+        .await?;
+        if !ok {
+            self.check()?;
+            return Err(VerifyError::StreamBehind {
+                p,
+                waited: started.elapsed(),
+            });
+        }
+        Ok(Snap {
+            p,
+            reader,
+            taken: Instant::now(),
+        })
+    }
+
+    pub(crate) fn check(&self) -> Result<(), VerifyError> {
+        if self.shutdown.is_cancelled() {
+            Err(VerifyError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn selected(filter: &[String], rel: &str, tp: &TablePlan) -> bool {
+    let hit = |q: &str, name: &str| q == name || name.split_once('.').is_some_and(|(_, n)| n == q);
+    filter.is_empty()
+        || filter
+            .iter()
+            .any(|f| hit(f, rel) || tp.outputs.iter().any(|o| hit(f, &o.target())))
+}
+
+async fn tables(ctx: &Ctx, filter: &[String]) -> Result<Vec<Table>, VerifyError> {
+    let catalog = crate::transform::catalog::load(&ctx.source)
+        .await
+        .map_err(q("reading the source schema"))?;
+    let mut rels: Vec<&String> = ctx.plan.tables.keys().collect();
+    rels.sort();
+    for f in filter {
+        if !rels
+            .iter()
+            .any(|r| selected(std::slice::from_ref(f), r, &ctx.plan.tables[*r]))
+        {
+            return Err(VerifyError::UnknownTable {
+                name: f.clone(),
+                known: rels
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    let mut out = Vec::new();
+    for (i, rel) in rels.into_iter().enumerate() {
+        let tp = &ctx.plan.tables[rel];
+        if !selected(filter, rel, tp) {
+            continue;
+        }
+        let info = catalog.get(rel);
+        let types = |c: &str| info.and_then(|t| t.column(c)).map(|c| c.sql_type.clone());
+        let all: Vec<String> = info
+            .map(|t| t.columns.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
+        let ts = TableSql::new(tp, &types, i, Some(&all)).ok_or_else(|| VerifyError::Table {
+            table: rel.clone(),
+            column: tp.source_key.join(", "),
+        })?;
+        let rj = RowsJob::new(tp.clone(), ctx.plan.clone(), &ts.columns, ts.key_len, i)
+            .ok_or_else(|| VerifyError::Table {
+                table: rel.clone(),
+                column: tp.source_key.join(", "),
+            })?;
+        let mut hash = match tp.outputs.as_slice() {
+            [o] if tp.sql_only() => sql::hashable(&ts, o),
+            _ => None,
+        };
+        let mut outs: Vec<Out> = tp
+            .outputs
+            .iter()
+            .map(|o| {
+                let derive = sql::derivation(&ts, o);
+                let mut notes = Vec::new();
+                match (&o.kind, &derive) {
+                    (OutputKind::Merge, _) => notes.push(
+                        "merged columns are compared; rows without a source row are the owning mapping's check".to_string(),
+                    ),
+                    (_, None) => notes.push(
+                        "target rows without a source row are not looked for: no target column holds the source key unchanged".to_string(),
+                    ),
+                    _ => {}
+                }
+                Out {
+                    o: o.clone(),
+                    derive,
+                    still: 0,
+                    report: TableReport {
+                        source: rel.clone(),
+                        target: o.target(),
+                        kind: match o.kind {
+                            OutputKind::Row => "row",
+                            OutputKind::Merge => "merge",
+                            OutputKind::Split(_) => "split",
+                        },
+                        notes,
+                        ..Default::default()
+                    },
+                }
+            })
+            .collect();
+        // The hash path computes target values on the source: the target's types must exist
+        // there. Try it once outside any snapshot.
+        if let Some(h) = &hash {
+            let probe = format!(
+                "SELECT ROW({})::text FROM {} LIMIT 0",
+                h.source_exprs.join(", "),
+                ts.source_quoted
+            );
+            if let Err(e) = ctx.source.simple_query(&probe).await {
+                outs[0].report.notes.push(format!(
+                    "compared row by row: the source cannot compute the target's values for hashing ({})",
+                    PgError::from(e)
+                ));
+                hash = None;
+            }
+        }
+        out.push(Table {
+            rel: rel.clone(),
+            state: ctx.state.clone(),
+            ts,
+            rj,
+            hash,
+            outs,
+            recheck: BTreeMap::new(),
+            overflow: 0,
+            confirmed: BTreeMap::new(),
+            dead_letters: 0,
+            after_repair: false,
+        });
+    }
+    Ok(out)
+}
+
+async fn connect(
+    config: &Config,
+    shutdown: CancellationToken,
+    show: Option<usize>,
+) -> Result<Ctx, VerifyError> {
+    let src_info = config.source_conn().map_err(ConnectError::from)?;
+    let tgt_info = config.target_conn().map_err(ConnectError::from)?;
+    let source = src_info.connect().await?;
+    let mut target = tgt_info.connect().await?;
+    let state = StateSchema::new(&config.target.state_schema);
+    state.migrate(&mut target).await?;
+    target
+        .batch_execute(&format!(
+            "SET application_name = 'remodel-verify'; {}",
+            sql::SESSION
+        ))
+        .await
+        .map_err(q("setting up the target session"))?;
+    let plan = crate::pipeline::compile_plan(config, &source, &target)
+        .await
+        .map_err(|e| VerifyError::Plan(Box::new(e)))?;
+    let v = &config.verify;
+    Ok(Ctx {
+        settings: Settings {
+            chunk_rows: v.chunk_rows,
+            rounds: v.rounds,
+            max_keys: v.max_keys,
+            show: show.unwrap_or(v.show),
+            max_age: config.max_snapshot_age(),
+            stream_wait: config.verify_stream_wait(),
+        },
+        config: config.clone(),
+        src_info,
+        tgt_info,
+        source,
+        target,
+        state,
+        plan: Arc::new(plan),
+        shutdown,
+    })
+}
+
+/// Verify (and with `--repair`, repair) every selected table. Errors mean "could not verify".
+pub async fn verify(
+    config: &Config,
+    opts: &Options,
+    shutdown: CancellationToken,
+) -> Result<Report, VerifyError> {
+    let started = Instant::now();
+    let ctx = connect(config, shutdown, opts.show).await?;
+    let mut tables = tables(&ctx, &opts.tables).await?;
+    let mode = match (opts.since, opts.sample) {
+        (Some(_), _) => "since",
+        (None, Some(_)) => "sample",
+        (None, None) => "full",
+    };
+    for t in tables.iter_mut() {
+        match (opts.since, opts.sample) {
+            (Some(lsn), _) => scan::since(&ctx, t, lsn).await?,
+            (None, Some(n)) => scan::sample(&ctx, t, n).await?,
+            (None, None) => scan::full(&ctx, t).await?,
+        }
+    }
+    // `--since` compares only listed keys: its first round is the comparison itself.
+    let rounds = ctx.settings.rounds + u32::from(opts.since.is_some());
+    let mut ran: u32 = 0;
+    for _ in 0..rounds {
+        if tables.iter().all(|t| t.recheck.is_empty()) {
+            break;
+        }
+        ran += 1;
+        for t in tables.iter_mut() {
+            scan::recheck(&ctx, t).await?;
+        }
+    }
+    for t in tables.iter_mut() {
+        let (mut unsettled, mut pending) = (t.overflow, 0);
+        for (_, why) in std::mem::take(&mut t.recheck).into_values() {
+            match why {
+                Why::Pending => pending += 1,
+                _ => unsettled += 1,
+            }
+        }
+        if let Some(out) = t.outs.first_mut() {
+            out.report.unsettled += unsettled;
+            out.report.pending_backfill += pending;
+            if t.dead_letters > 0 {
+                out.report.notes.push(format!(
+                    "{} source row(s) are dead letters (the mapping cannot transform them); not compared — see `remodel dead-letters`",
+                    t.dead_letters
+                ));
+            }
+        }
+    }
+    if opts.repair {
+        for t in tables.iter_mut() {
+            repair::repair(&ctx, t).await?;
+        }
+    }
+    let reports = tables
+        .into_iter()
+        .flat_map(|t| t.outs.into_iter().map(|o| o.report))
+        .collect();
+    Ok(Report::new(
+        mode,
+        reports,
+        ran.saturating_sub(u32::from(opts.since.is_some())),
+        started.elapsed().as_secs_f64(),
+    ))
+}
+
+/// `verify.interval` inside `remodel run`: verify (sampled, or fully with `verify.sample = 0`)
+/// every interval while the daemon runs, and publish the outcome as metrics. A failed run is
+/// logged and tried again at the next interval; it never stops the daemon.
+pub async fn continuous(config: Config, control: Control, metrics: Arc<Metrics>) {
+    let Some(every) = config.verify_interval() else {
+        return;
+    };
+    let shutdown = control.shutdown_token();
+    let opts = Options {
+        sample: (config.verify.sample > 0).then_some(config.verify.sample),
+        ..Default::default()
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if control.is_paused() || !metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        match verify(&config, &opts, shutdown.child_token()).await {
+            Ok(r) => {
+                let mut per_target: BTreeMap<&str, u64> = BTreeMap::new();
+                for t in &r.tables {
+                    metrics
+                        .verify_rows
+                        .with_label_values(&[&t.target])
+                        .inc_by(t.compared);
+                    *per_target.entry(&t.target).or_default() += t.differing();
+                }
+                for (target, n) in per_target {
+                    metrics
+                        .verify_mismatches
+                        .with_label_values(&[target])
+                        .set(n as i64);
+                }
+                if r.outcome == report::Outcome::Clean {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or(0.0);
+                    metrics.verify_last_clean.set(now);
+                }
+                tracing::info!(outcome = ?r.outcome, rows = r.compared(), seconds = r.seconds, "continuous verification");
+                if r.outcome == report::Outcome::Mismatch {
+                    tracing::warn!("verification found differences:\n{}", r.render());
+                }
+            }
+            Err(VerifyError::Interrupted) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "continuous verification could not finish; trying again at the next interval")
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! `remodel verify`: divergence injected straight into the target is found, reported with its
+//! key, and repaired through the versioned path; no false mismatch while writes, stream and
+//! backfill go on.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::daemon::{config_with, drop_slot, free_listen, remodel_json, Daemon};
+use support::{fresh_db, pair, wait_until, TestDb};
+
+const SOURCE: &str = "
+CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2));
+CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text);
+CREATE TABLE contacts (id bigint PRIMARY KEY, name text);
+CREATE TABLE contact_emails (id bigint PRIMARY KEY, contact_id bigint NOT NULL, email text,
+                             is_primary boolean NOT NULL DEFAULT false);
+ALTER TABLE contact_emails REPLICA IDENTITY FULL;";
+
+const TARGET: &str = "
+CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2));
+CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
+CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans,
+                         position int NOT NULL, name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
+CREATE INDEX ON guarantors (loan_id);
+CREATE TABLE people (id bigint PRIMARY KEY, name text, email text);";
+
+const MAPPING: &str = r#"
+[[tables]]
+source = "public.accounts"
+
+[[tables]]
+source = "public.loans"
+[tables.columns]
+guarantor = "drop"
+[[tables.split]]
+target = "public.guarantors"
+column = "guarantor"
+key = "name"
+separators = [",", ";", "&", " and "]
+enumerators = true
+[tables.split.annotations]
+pledge = "(Pledge)"
+[tables.split.columns]
+id = "child_id"
+loan_id = "parent.id"
+position = "position"
+name = "name"
+pledge = "pledge"
+
+[[tables]]
+source = "public.contacts"
+target = "public.people"
+
+[[tables]]
+source = "public.contact_emails"
+target = "public.people"
+merge = true
+filter = "is_primary"
+[tables.columns]
+id = "drop"
+contact_id = { rename = "id" }
+is_primary = "drop"
+"#;
+
+fn loan_id(i: i64) -> String {
+    format!("00000000-0000-0000-0000-{i:012}")
+}
+
+async fn load(db: &TestDb, accounts: i64) {
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    db.source
+        .execute(
+            "INSERT INTO accounts SELECT g, 'owner ' || g, g * 1.25 FROM generate_series(1, $1::int8) g",
+            &[&accounts],
+        )
+        .await
+        .unwrap();
+    for i in 1..=300i64 {
+        let text = match i % 3 {
+            0 => format!("Oakridge {i}, Zenith {i}"),
+            1 => format!("(a) Fortress {i} (b) John Doe {i}"),
+            _ => format!("Atlas {i}; BlueRock {i} (Pledge)"),
+        };
+        db.source
+            .execute(
+                "INSERT INTO loans VALUES ($1::text::uuid, $2::text::numeric, $3)",
+                &[&loan_id(i), &rust_decimal_free(i), &text],
+            )
+            .await
+            .unwrap();
+    }
+    db.source
+        .batch_execute(
+            "INSERT INTO contacts SELECT g, 'person ' || g FROM generate_series(1, 200) g;
+             INSERT INTO contact_emails SELECT g, g, 'p' || g || '@example.com', true FROM generate_series(1, 200) g;",
+        )
+        .await
+        .unwrap();
+}
+
+/// An amount as text (no decimal crate in the tests).
+fn rust_decimal_free(i: i64) -> String {
+    format!("{}.{:02}", i * 10, i % 100)
+}
+
+struct Setup {
+    db: TestDb,
+    daemon: Daemon,
+    config: PathBuf,
+}
+
+async fn start(accounts: i64, extra: &str) -> Setup {
+    let db = fresh_db(pair()).await;
+    load(&db, accounts).await;
+    let listen = free_listen();
+    let toml = config_with(
+        &db,
+        &listen,
+        r#"tables = ["public.accounts", "public.loans", "public.contacts", "public.contact_emails"]"#,
+        &format!("{MAPPING}\n{extra}"),
+    );
+    let daemon = Daemon::start(&toml, &listen);
+    daemon.wait_ready().await;
+    let config = daemon.config_path.clone();
+    Setup { db, daemon, config }
+}
+
+async fn backfill_done(db: &TestDb) {
+    let c = &db.target;
+    wait_until("backfill done", Duration::from_secs(120), || async move {
+        let done: Option<bool> = c
+            .query_one(
+                "SELECT bool_and(state = 'done') AND count(*) = 4 FROM remodel.backfill_tables",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if done == Some(true) {
+            Ok(())
+        } else {
+            Err("copying".to_string())
+        }
+    })
+    .await;
+}
+
+fn verify(config: &PathBuf, extra: &[&str]) -> (Option<i32>, Value, String) {
+    let path = config.display().to_string();
+    let mut args = vec!["verify", "--config", &path, "--json"];
+    args.extend_from_slice(extra);
+    remodel_json(&args, &[])
+}
+
+fn table<'a>(report: &'a Value, target: &str) -> &'a Value {
+    report["tables"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["target"] == target))
+        .unwrap_or_else(|| panic!("no {target} in {report:#}"))
+}
+
+fn count(report: &Value, target: &str, field: &str) -> u64 {
+    table(report, target)[field].as_u64().unwrap_or(u64::MAX)
+}
+
+/// The diffs of `target` as (kind, key) pairs.
+fn diffs(report: &Value, target: &str) -> Vec<(String, String)> {
+    table(report, target)["diffs"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    (
+                        d["kind"].as_str().unwrap_or("").to_string(),
+                        d["key"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn verify_finds_each_divergence_by_key_and_repair_fixes_it() {
+    let s = start(3000, "[verify]\nchunk_rows = 700\nshow = 20").await;
+    backfill_done(&s.db).await;
+    // Clean first (the stream and backfill are done; nothing is written).
+    let (code, r, err) = verify(&s.config, &[]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    assert_eq!(count(&r, "public.accounts", "compared"), 3000, "{r:#}");
+    assert!(
+        count(&r, "public.accounts", "hashed_chunks") >= 4,
+        "plain mapping hashed: {r:#}"
+    );
+    assert!(count(&r, "public.guarantors", "compared") >= 600, "{r:#}");
+    assert_eq!(count(&r, "public.people", "compared"), 200, "{r:#}");
+
+    // Divergence straight into the target, behind remodel's back.
+    let l7 = loan_id(7);
+    s.db.target
+        .batch_execute(&format!(
+            "UPDATE accounts SET balance = 0 WHERE id = 1234;
+             DELETE FROM accounts WHERE id = 2345;
+             INSERT INTO accounts VALUES (999999, 'nobody', 1);
+             UPDATE guarantors SET name = 'Mallory' WHERE loan_id = '{l7}' AND position = 1;
+             DELETE FROM guarantors WHERE loan_id = '{l8}' AND position = 2;
+             INSERT INTO guarantors VALUES (gen_random_uuid(), '{l9}', 9, 'Intruder', false);
+             UPDATE people SET email = 'wrong@example.com' WHERE id = 42;",
+            l8 = loan_id(8),
+            l9 = loan_id(9),
+        ))
+        .await
+        .unwrap();
+    let (code, r, err) = verify(&s.config, &[]);
+    assert_eq!(code, Some(1), "{r:#}\n{err}");
+    assert_eq!(r["outcome"], "mismatch");
+    let acc = diffs(&r, "public.accounts");
+    for want in [
+        ("changed", "(1234)"),
+        ("missing", "(2345)"),
+        ("extra", "(999999)"),
+    ] {
+        assert!(
+            acc.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {acc:?}"
+        );
+    }
+    assert_eq!(count(&r, "public.accounts", "mismatched"), 1, "{r:#}");
+    assert_eq!(count(&r, "public.accounts", "missing"), 1, "{r:#}");
+    assert_eq!(count(&r, "public.accounts", "extra"), 1, "{r:#}");
+    let changed = &table(&r, "public.accounts")["diffs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "changed")
+        .unwrap()["columns"];
+    assert_eq!(changed[0]["column"], "balance", "{changed:#}");
+    assert_eq!(changed[0]["expected"], "1542.50", "{changed:#}");
+    assert_eq!(changed[0]["actual"], "0.00", "{changed:#}");
+    // The split: a changed child, a missing child and an extra child, each under its loan's key.
+    let g = diffs(&r, "public.guarantors");
+    for (kind, loan) in [
+        ("changed", &l7),
+        ("missing", &loan_id(8)),
+        ("extra", &loan_id(9)),
+    ] {
+        assert!(
+            g.contains(&(kind.to_string(), format!("({loan})"))),
+            "{kind} {loan} not in {g:?}"
+        );
+    }
+    assert_eq!(count(&r, "public.guarantors", "mismatched"), 1, "{r:#}");
+    assert_eq!(count(&r, "public.guarantors", "missing"), 1, "{r:#}");
+    assert_eq!(count(&r, "public.guarantors", "extra"), 1, "{r:#}");
+    // The merged column, under the contributing row's key.
+    assert_eq!(
+        diffs(&r, "public.people"),
+        vec![("changed".to_string(), "(42)".to_string())],
+        "{r:#}"
+    );
+    assert_eq!(count(&r, "public.people", "mismatched"), 1, "{r:#}");
+
+    // Repair, then a fresh verification is clean and the rows are back as the source has them.
+    let (code, r, err) = verify(&s.config, &["--repair"]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    assert_eq!(count(&r, "public.accounts", "repaired"), 3, "{r:#}");
+    assert_eq!(count(&r, "public.guarantors", "repaired"), 3, "{r:#}");
+    assert_eq!(count(&r, "public.people", "repaired"), 1, "{r:#}");
+    let (code, r, err) = verify(&s.config, &[]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    let row =
+        s.db.target
+            .query_one(
+                "SELECT (SELECT balance::text FROM accounts WHERE id = 1234),
+                    (SELECT count(*) FROM accounts WHERE id IN (2345, 999999)),
+                    (SELECT count(*) FROM guarantors WHERE name IN ('Mallory', 'Intruder')),
+                    (SELECT email FROM people WHERE id = 42)",
+                &[],
+            )
+            .await
+            .unwrap();
+    assert_eq!(row.get::<_, String>(0), "1542.50");
+    assert_eq!(row.get::<_, i64>(1), 1, "2345 back, 999999 gone");
+    assert_eq!(row.get::<_, i64>(2), 0);
+    assert_eq!(row.get::<_, String>(3), "p42@example.com");
+    let mut d = s.daemon;
+    d.stop();
+    drop_slot(&s.db).await;
+}
