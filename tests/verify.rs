@@ -291,3 +291,110 @@ async fn verify_finds_each_divergence_by_key_and_repair_fixes_it() {
     d.stop();
     drop_slot(&s.db).await;
 }
+
+/// Random app writes on every mapped table until `stop`: updates, inserts, deletes, guarantor
+/// texts rewritten, primary emails moved.
+async fn writer(
+    db_name: String,
+    seed: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> u64 {
+    use rand::Rng;
+    let c = pair().source.client(&db_name).await;
+    let mut r = support::compare::rng(seed);
+    let mut next_account = 1_000_000i64;
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let sql = match r.gen_range(0..7) {
+            0 | 1 => format!(
+                "UPDATE accounts SET balance = balance + 1, owner = owner || 'x' WHERE id = {}",
+                r.gen_range(1..20_000)
+            ),
+            2 => {
+                next_account += 1;
+                format!("INSERT INTO accounts VALUES ({next_account}, 'new', 1)")
+            }
+            3 => format!("DELETE FROM accounts WHERE id = {}", r.gen_range(1..20_000)),
+            4 => format!(
+                "UPDATE loans SET guarantor = 'Atlas {k}, Zenith {k} (Pledge)', amount = amount + 1 WHERE id = '{}'",
+                loan_id(r.gen_range(1..=300)),
+                k = r.gen_range(0..5)
+            ),
+            5 => format!(
+                "UPDATE contact_emails SET email = 'w{}@example.com' WHERE id = {}",
+                r.gen_range(0..1000),
+                r.gen_range(1..=200)
+            ),
+            _ => format!("UPDATE contacts SET name = 'renamed {}' WHERE id = {}", r.gen_range(0..1000), r.gen_range(1..=200)),
+        };
+        c.batch_execute(&sql).await.unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_mismatch_while_writes_stream_and_backfill_go_on() {
+    let seed = support::compare::seed("no_false_mismatch_while_writes_stream_and_backfill_go_on");
+    // Backfill is throttled so that the first verifications run while it still copies.
+    let s = start(
+        20_000,
+        "[backfill]\nchunk_rows = 500\nmax_rows_per_second = 1000\n[verify]\nchunk_rows = 2000\nrounds = 8",
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = tokio::spawn(writer(s.db.name.clone(), seed, stop.clone()));
+    let copying: bool =
+        s.db.target
+            .query_one(
+                "SELECT count(*) < 4 OR bool_or(state <> 'done') FROM remodel.backfill_tables",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert!(
+        copying,
+        "the first verification must start while backfill copies"
+    );
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        let config = s.config.clone();
+        let started = std::time::Instant::now();
+        let (code, r, err) = tokio::task::spawn_blocking(move || verify(&config, &[]))
+            .await
+            .unwrap();
+        for t in r["tables"].as_array().unwrap() {
+            for f in ["mismatched", "missing", "extra"] {
+                assert_eq!(t[f], 0, "false {f} under load (seed {seed}): {r:#}\n{err}");
+            }
+        }
+        assert_ne!(code, Some(1), "{r:#}");
+        eprintln!(
+            "verify under load: exit {code:?} in {:?}: {}",
+            started.elapsed(),
+            r["incomplete"]
+        );
+        for l in err.lines().filter(|l| l.contains("not settled")) {
+            eprintln!("{l}");
+        }
+        outcomes.push((code, r["outcome"].clone()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = w.await.unwrap();
+    assert!(writes > 100, "the writer wrote {writes} times");
+    backfill_done(&s.db).await;
+    let config = s.config.clone();
+    let (code, r, err) = tokio::task::spawn_blocking(move || verify(&config, &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "after the writes (seed {seed}): {r:#}\n{err}"
+    );
+    assert!(count(&r, "public.accounts", "compared") >= 19_000, "{r:#}");
+    let mut d = s.daemon;
+    d.stop();
+    drop_slot(&s.db).await;
+}

@@ -114,13 +114,17 @@ async fn stage_and_compare(
     }
     let pl = p.to_string();
     let rel = t.rel.clone();
+    let backfill = ctx.backfill;
     for i in 0..t.outs.len() {
         let o = t.outs[i].o.clone();
         if matches!(from, Source::Range(..)) {
             t.outs[i].report.compared += o_rows(target, &t.rj.stages[i]).await?;
         }
         let rows = target
-            .query(&sql::compare(&t.state, &o, &t.rj.stages[i]), &[&rel, &pl])
+            .query(
+                &sql::compare(&t.state, &o, &t.rj.stages[i]),
+                &[&rel, &pl, &backfill],
+            )
             .await
             .map_err(q("comparing with the target"))?;
         for r in rows {
@@ -129,20 +133,20 @@ async fn stage_and_compare(
             let expected: Vec<Option<String>> = r.get(2);
             let actual: Option<Vec<Option<String>>> = r.get(3);
             let kind = if missing { "missing" } else { "changed" };
-            let why = status(r.get(4), missing && r.get::<_, bool>(5));
+            let why = status(r.get(4), r.get(5));
             t.classify(i, skey, kind, Some(expected), actual, why, ctx);
         }
         if let Some(derive) = t.outs[i].derive.clone() {
             let rows = target
                 .query(
                     &sql::extras(&t.state, &o, &derive, &t.rj.stages[i], &t.rj.parents),
-                    &[&rel, &pl],
+                    &[&rel, &pl, &backfill],
                 )
                 .await
                 .map_err(q("looking for extra target rows"))?;
             for r in rows {
                 let actual: Vec<Option<String>> = r.get(1);
-                let why = status(r.get(2), false);
+                let why = status(r.get(2), r.get(3));
                 t.classify(i, r.get(0), "extra", None, Some(actual), why, ctx);
             }
         }

@@ -115,6 +115,8 @@ pub(crate) struct Settings {
     pub show: usize,
     pub max_age: Duration,
     pub stream_wait: Duration,
+    /// `backfill.enabled`: rows of a table backfill has not registered yet are pending.
+    pub backfill: bool,
 }
 
 /// Why a key is re-checked instead of reported.
@@ -173,6 +175,7 @@ impl Table {
         s: &Settings,
     ) {
         if let Some(w) = why {
+            tracing::trace!(table = %self.rel, key = %skey, kind, ?w, ?expected, ?actual, "re-check");
             self.keep(skey, w, s);
             return;
         }
@@ -237,7 +240,9 @@ pub(crate) struct Snap {
 impl Ctx {
     pub(crate) async fn snapshot(&self) -> Result<Snap, VerifyError> {
         self.check()?;
+        let asked = Instant::now();
         let ex = snapshot::export(&self.src_info, "remodel_verify").await?;
+        let exported = asked.elapsed();
         let reader = self.src_info.connect().await?;
         reader
             .batch_execute(&format!(
@@ -266,11 +271,23 @@ impl Ctx {
                 waited: started.elapsed(),
             });
         }
+        tracing::debug!(%p, export_ms = exported.as_millis() as u64, stream_wait_ms = started.elapsed().as_millis() as u64, "verification snapshot");
         Ok(Snap {
             p,
             reader,
             taken: Instant::now(),
         })
+    }
+
+    /// The shared snapshot, taken on first use.
+    pub(crate) async fn snap<'a>(
+        &self,
+        snap: &'a mut Option<Snap>,
+    ) -> Result<&'a mut Snap, VerifyError> {
+        if snap.is_none() {
+            *snap = Some(self.snapshot().await?);
+        }
+        snap.as_mut().ok_or(VerifyError::Interrupted)
     }
 
     pub(crate) fn check(&self) -> Result<(), VerifyError> {
@@ -431,6 +448,7 @@ async fn connect(
             show: show.unwrap_or(v.show),
             max_age: config.max_snapshot_age(),
             stream_wait: config.verify_stream_wait(),
+            backfill: config.backfill.enabled,
         },
         config: config.clone(),
         src_info,
@@ -440,6 +458,24 @@ async fn connect(
         state,
         plan: Arc::new(plan),
         shutdown,
+    })
+}
+
+async fn backfill_running(ctx: &Ctx, rel: &str) -> Result<bool, VerifyError> {
+    let row = ctx
+        .target
+        .query_opt(
+            &format!(
+                "SELECT state <> 'done' FROM {} WHERE rel = $1",
+                ctx.state.table("backfill_tables")
+            ),
+            &[&rel],
+        )
+        .await
+        .map_err(q("reading backfill state"))?;
+    Ok(match row {
+        Some(r) => r.get(0),
+        None => ctx.settings.backfill,
     })
 }
 
@@ -457,13 +493,17 @@ pub async fn verify(
         (None, Some(_)) => "sample",
         (None, None) => "full",
     };
+    // One snapshot serves every table (renewed after backfill.max_snapshot_age), one more each
+    // re-check round: each costs a wait for the stream.
+    let mut snap = None;
     for t in tables.iter_mut() {
         match (opts.since, opts.sample) {
             (Some(lsn), _) => scan::since(&ctx, t, lsn).await?,
-            (None, Some(n)) => scan::sample(&ctx, t, n).await?,
-            (None, None) => scan::full(&ctx, t).await?,
+            (None, Some(n)) => scan::sample(&ctx, t, n, ctx.snap(&mut snap).await?).await?,
+            (None, None) => scan::full(&ctx, t, ctx.snap(&mut snap).await?).await?,
         }
     }
+    drop(snap);
     // `--since` compares only listed keys: its first round is the comparison itself.
     let rounds = ctx.settings.rounds + u32::from(opts.since.is_some());
     let mut ran: u32 = 0;
@@ -472,15 +512,30 @@ pub async fn verify(
             break;
         }
         ran += 1;
+        let mut snap = ctx.snapshot().await?;
         for t in tables.iter_mut() {
-            scan::recheck(&ctx, t).await?;
+            scan::recheck(&ctx, t, &mut snap).await?;
         }
     }
     for t in tables.iter_mut() {
         let (mut unsettled, mut pending) = (t.overflow, 0);
+        if !t.recheck.is_empty() {
+            let some: Vec<String> = t
+                .recheck
+                .iter()
+                .filter(|(_, (_, why))| *why != Why::Pending)
+                .take(10)
+                .map(|(k, (_, why))| format!("{k} ({why:?})"))
+                .collect();
+            tracing::info!(table = %t.rel, keys = t.recheck.len(), first = %some.join(", "), "rows not settled after the re-check rounds");
+        }
+        // While the table's backfill copies, a row left over may have been waiting for it in
+        // earlier rounds and changed in the last: count it as not copied yet.
+        let copying = !t.recheck.is_empty() && backfill_running(&ctx, &t.rel).await?;
         for (_, why) in std::mem::take(&mut t.recheck).into_values() {
             match why {
                 Why::Pending => pending += 1,
+                _ if copying => pending += 1,
                 _ => unsettled += 1,
             }
         }
@@ -495,10 +550,8 @@ pub async fn verify(
             }
         }
     }
-    if opts.repair {
-        for t in tables.iter_mut() {
-            repair::repair(&ctx, t).await?;
-        }
+    if opts.repair && tables.iter().any(|t| !t.confirmed.is_empty()) {
+        repair::repair(&ctx, &mut tables).await?;
     }
     let reports = tables
         .into_iter()

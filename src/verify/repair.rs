@@ -27,12 +27,7 @@ use crate::transform::{TargetOp, Transformer};
 /// Keys per repair transaction.
 const BATCH: usize = 500;
 
-pub(crate) async fn repair(ctx: &Ctx, t: &mut Table) -> Result<(), VerifyError> {
-    if t.confirmed.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<(String, Vec<Option<String>>)> =
-        std::mem::take(&mut t.confirmed).into_iter().collect();
+pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), VerifyError> {
     let snap = ctx.snapshot().await?;
     let version = Lsn(snap.p.0.saturating_sub(1));
     let client = ctx.tgt_info.connect().await?;
@@ -44,82 +39,94 @@ pub(crate) async fn repair(ctx: &Ctx, t: &mut Table) -> Result<(), VerifyError> 
         ctx.config.apply.batch_rows,
     );
     let mut transformer = Transformer::new(ctx.plan.clone());
-    let rel = t.rj.rel.clone();
-    let width = rel.columns.len();
-    let key_len = t.ts.key_len;
-    for batch in keys.chunks(BATCH) {
-        ctx.check()?;
-        let listed: Vec<Vec<Option<String>>> = batch.iter().map(|(_, k)| k.clone()).collect();
-        let mut found = read(
-            &snap.reader,
-            &sql::copy_listed(&t.ts, &listed),
-            width,
-            key_len,
-        )
-        .await
-        .map_err(|e| {
-            VerifyError::Read(crate::backfill::BackfillError::Copy {
-                table: t.rel.clone(),
-                source: e,
-            })
-        })?;
-        let mut ops = Vec::new();
-        for k in &listed {
-            let change = match found.remove(k) {
-                Some(row) => Change {
-                    rel: rel.clone(),
-                    op: Op::Update,
-                    key: SourceKey(k.clone()),
-                    old: None,
-                    new: Some(row),
-                    commit_lsn: version,
-                    xid: 0,
-                },
-                None => {
-                    let mut old: Tuple = vec![Datum::Null; width];
-                    for (j, v) in k.iter().enumerate() {
-                        old[j] = v.clone().map_or(Datum::Null, Datum::Text);
-                    }
-                    Change {
-                        rel: rel.clone(),
-                        op: Op::Delete,
-                        key: SourceKey(k.clone()),
-                        old: Some(old),
-                        new: None,
-                        commit_lsn: version,
-                        xid: 0,
-                    }
-                }
-            };
-            transformer
-                .transform(&change, &mut ops)
-                .map_err(|e| VerifyError::Transform {
+    for t in tables.iter_mut() {
+        let keys: Vec<(String, Vec<Option<String>>)> =
+            std::mem::take(&mut t.confirmed).into_iter().collect();
+        if keys.is_empty() {
+            continue;
+        }
+        let rel = t.rj.rel.clone();
+        let width = rel.columns.len();
+        let key_len = t.ts.key_len;
+        for batch in keys.chunks(BATCH) {
+            ctx.check()?;
+            let listed: Vec<Vec<Option<String>>> = batch.iter().map(|(_, k)| k.clone()).collect();
+            let mut found = read(
+                &snap.reader,
+                &sql::copy_listed(&t.ts, &listed),
+                width,
+                key_len,
+            )
+            .await
+            .map_err(|e| {
+                VerifyError::Read(crate::backfill::BackfillError::Copy {
                     table: t.rel.clone(),
                     source: e,
-                })?;
+                })
+            })?;
+            let mut ops = Vec::new();
+            for k in &listed {
+                let change = match found.remove(k) {
+                    Some(row) => Change {
+                        rel: rel.clone(),
+                        op: Op::Update,
+                        key: SourceKey(k.clone()),
+                        old: None,
+                        new: Some(row),
+                        commit_lsn: version,
+                        xid: 0,
+                    },
+                    None => {
+                        let mut old: Tuple = vec![Datum::Null; width];
+                        for (j, v) in k.iter().enumerate() {
+                            old[j] = v.clone().map_or(Datum::Null, Datum::Text);
+                        }
+                        Change {
+                            rel: rel.clone(),
+                            op: Op::Delete,
+                            key: SourceKey(k.clone()),
+                            old: Some(old),
+                            new: None,
+                            commit_lsn: version,
+                            xid: 0,
+                        }
+                    }
+                };
+                transformer
+                    .transform(&change, &mut ops)
+                    .map_err(|e| VerifyError::Transform {
+                        table: t.rel.clone(),
+                        source: e,
+                    })?;
+            }
+            // A row the mapping cannot transform stays a dead letter; nothing to repair with.
+            ops.retain(|o| !matches!(o, TargetOp::DeadLetter(_)));
+            applier.apply_alone(ops, "SELECT 1", &[]).await?;
         }
-        // A row the mapping cannot transform stays a dead letter; nothing to repair with.
-        ops.retain(|o| !matches!(o, TargetOp::DeadLetter(_)));
-        applier.apply_alone(ops, "SELECT 1", &[]).await?;
+        tracing::info!(table = %t.rel, keys = keys.len(), snapshot = %snap.p, "repaired; checking again");
+        t.after_repair = true;
+        for (skey, k) in keys {
+            t.recheck.insert(skey, (k, Why::Suspect));
+        }
     }
-    tracing::info!(table = %t.rel, keys = keys.len(), snapshot = %snap.p, "repaired; checking again");
     drop(snap);
-    t.after_repair = true;
-    for (skey, k) in keys {
-        t.recheck.insert(skey, (k, Why::Suspect));
-    }
     for _ in 0..=ctx.settings.rounds {
-        if t.recheck.is_empty() {
+        if tables.iter().all(|t| t.recheck.is_empty()) {
             break;
         }
-        scan::recheck(ctx, t).await?;
+        let mut snap = ctx.snapshot().await?;
+        for t in tables.iter_mut() {
+            scan::recheck(ctx, t, &mut snap).await?;
+        }
     }
-    let unsettled = std::mem::take(&mut t.recheck).len() as u64;
-    for out in &mut t.outs {
-        out.report.repaired = out.report.differing().saturating_sub(out.still);
-    }
-    if let Some(out) = t.outs.first_mut() {
-        out.report.unsettled += unsettled;
+    for t in tables.iter_mut().filter(|t| t.after_repair) {
+        let unsettled = std::mem::take(&mut t.recheck).len() as u64;
+        for out in &mut t.outs {
+            out.report.repaired = out.report.differing().saturating_sub(out.still);
+        }
+        if let Some(out) = t.outs.first_mut() {
+            out.report.unsettled += unsettled;
+        }
     }
     Ok(())
 }

@@ -48,13 +48,12 @@ async fn fresh(ctx: &Ctx, snap: &mut Snap) -> Result<(), VerifyError> {
 }
 
 /// Every row of the table, in key-ordered chunks; then the target keys (when not hashed).
-pub(crate) async fn full(ctx: &Ctx, t: &mut Table) -> Result<(), VerifyError> {
-    let mut snap = ctx.snapshot().await?;
+pub(crate) async fn full(ctx: &Ctx, t: &mut Table, snap: &mut Snap) -> Result<(), VerifyError> {
     let n = ctx.settings.chunk_rows;
     let mut cursor: Option<Vec<Option<String>>> = None;
     let mut progress = Progress::new(&t.rel);
     loop {
-        fresh(ctx, &mut snap).await?;
+        fresh(ctx, snap).await?;
         let range = Range {
             lower: cursor.as_deref(),
             inclusive: false,
@@ -123,7 +122,7 @@ pub(crate) async fn full(ctx: &Ctx, t: &mut Table) -> Result<(), VerifyError> {
     if t.hash.is_none() {
         for i in 0..t.outs.len() {
             if t.outs[i].derive.is_some() {
-                reverse(ctx, t, i, &mut snap, None).await?;
+                reverse(ctx, t, i, snap, None).await?;
             }
         }
     }
@@ -197,17 +196,21 @@ async fn reverse(
 
 /// About `n` rows from random start keys (runs of up to 100 consecutive rows), and as many
 /// target rows of each output the same way.
-pub(crate) async fn sample(ctx: &Ctx, t: &mut Table, n: u64) -> Result<(), VerifyError> {
+pub(crate) async fn sample(
+    ctx: &Ctx,
+    t: &mut Table,
+    n: u64,
+    snap: &mut Snap,
+) -> Result<(), VerifyError> {
     let estimate = reltuples(&ctx.source, &t.ts.source_quoted).await?;
     if estimate <= (2 * n) as f64 {
         t.outs[0].report.notes.push(format!(
             "about {estimate} rows, under twice the sample: compared fully"
         ));
-        return full(ctx, t).await;
+        return full(ctx, t, snap).await;
     }
     let run = n.clamp(1, 100);
     let starts = n.div_ceil(run);
-    let mut snap = ctx.snapshot().await?;
     let keys: Vec<Vec<Option<String>>> = snap
         .reader
         .query(
@@ -220,7 +223,7 @@ pub(crate) async fn sample(ctx: &Ctx, t: &mut Table, n: u64) -> Result<(), Verif
         .map(|r| r.get(0))
         .collect();
     for k in &keys {
-        fresh(ctx, &mut snap).await?;
+        fresh(ctx, snap).await?;
         let range = Range {
             lower: Some(k),
             inclusive: true,
@@ -254,7 +257,7 @@ pub(crate) async fn sample(ctx: &Ctx, t: &mut Table, n: u64) -> Result<(), Verif
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            reverse(ctx, t, i, &mut snap, Some((starts, run))).await?;
+            reverse(ctx, t, i, snap, Some((starts, run))).await?;
         }
     }
     Ok(())
@@ -296,18 +299,14 @@ pub(crate) async fn since(ctx: &Ctx, t: &mut Table, lsn: Lsn) -> Result<(), Veri
     Ok(())
 }
 
-/// One re-check round over the table's kept keys, at a new snapshot.
-pub(crate) async fn recheck(ctx: &Ctx, t: &mut Table) -> Result<(), VerifyError> {
+/// One re-check round over the table's kept keys, at `snap` (taken after the keys were kept).
+pub(crate) async fn recheck(ctx: &Ctx, t: &mut Table, snap: &mut Snap) -> Result<(), VerifyError> {
     let keys: Vec<Vec<Option<String>>> = std::mem::take(&mut t.recheck)
         .into_values()
         .map(|(k, _)| k)
         .collect();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut snap = ctx.snapshot().await?;
     for batch in keys.chunks(ctx.settings.chunk_rows as usize) {
-        fresh(ctx, &mut snap).await?;
+        fresh(ctx, snap).await?;
         compare::chunk(
             &snap.reader,
             &ctx.target,

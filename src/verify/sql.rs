@@ -5,8 +5,9 @@
 //! Every comparison returns, per differing row, whether its source key is *busy* (the ledger
 //! holds a version ≥ the snapshot's P, or a TRUNCATE at ≥ P happened: the stream wrote it after
 //! the snapshot, so it is re-checked later) and *pending* (no ledger entry, while the table's
-//! backfill is not done or a deferred partial update waits: backfill has not copied it yet).
-//! Parameters of the target statements: `$1` source table, `$2` P.
+//! backfill is not done — or not started while `$3` says it is enabled — or a deferred partial
+//! update waits: backfill has not copied it yet).
+//! Parameters of the target statements: `$1` source table, `$2` P, `$3` backfill enabled.
 
 use crate::backfill::sql::{quote_literal, TableSql};
 use crate::source::replication::quote_ident;
@@ -365,7 +366,8 @@ fn status(st: &StateSchema, alias: &str, target: &str) -> String {
         "(EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
           OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)) AS busy,
          ((NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey)
-           AND EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done'))
+           AND (EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done')
+                OR ($3::bool AND NOT EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1))))
           OR EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {target})) AS pending",
         ledger = st.table("ledger"),
         trunc = st.table("truncations"),
