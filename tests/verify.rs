@@ -149,7 +149,7 @@ async fn backfill_done(db: &TestDb) {
     .await;
 }
 
-fn verify(config: &PathBuf, extra: &[&str]) -> (Option<i32>, Value, String) {
+fn verify(config: &std::path::Path, extra: &[&str]) -> (Option<i32>, Value, String) {
     let path = config.display().to_string();
     let mut args = vec!["verify", "--config", &path, "--json"];
     args.extend_from_slice(extra);
@@ -209,7 +209,9 @@ async fn verify_finds_each_divergence_by_key_and_repair_fixes_it() {
              UPDATE guarantors SET name = 'Mallory' WHERE loan_id = '{l7}' AND position = 1;
              DELETE FROM guarantors WHERE loan_id = '{l8}' AND position = 2;
              INSERT INTO guarantors VALUES (gen_random_uuid(), '{l9}', 9, 'Intruder', false);
-             UPDATE people SET email = 'wrong@example.com' WHERE id = 42;",
+             UPDATE people SET email = 'wrong@example.com' WHERE id = 42;
+             INSERT INTO loans VALUES ('{l9999}', 1);",
+            l9999 = loan_id(9999),
             l8 = loan_id(8),
             l9 = loan_id(9),
         ))
@@ -254,6 +256,12 @@ async fn verify_finds_each_divergence_by_key_and_repair_fixes_it() {
         );
     }
     assert_eq!(count(&r, "public.guarantors", "mismatched"), 1, "{r:#}");
+    // A loan the source never had: found by the pass over target keys (not hashed: split).
+    assert_eq!(
+        diffs(&r, "public.loans"),
+        vec![("extra".to_string(), format!("({})", loan_id(9999)))],
+        "{r:#}"
+    );
     assert_eq!(count(&r, "public.guarantors", "missing"), 1, "{r:#}");
     assert_eq!(count(&r, "public.guarantors", "extra"), 1, "{r:#}");
     // The merged column, under the contributing row's key.
@@ -269,6 +277,7 @@ async fn verify_finds_each_divergence_by_key_and_repair_fixes_it() {
     assert_eq!(code, Some(0), "{r:#}\n{err}");
     assert_eq!(count(&r, "public.accounts", "repaired"), 3, "{r:#}");
     assert_eq!(count(&r, "public.guarantors", "repaired"), 3, "{r:#}");
+    assert_eq!(count(&r, "public.loans", "repaired"), 1, "{r:#}");
     assert_eq!(count(&r, "public.people", "repaired"), 1, "{r:#}");
     let (code, r, err) = verify(&s.config, &[]);
     assert_eq!(code, Some(0), "{r:#}\n{err}");
@@ -394,6 +403,122 @@ async fn no_false_mismatch_while_writes_stream_and_backfill_go_on() {
         "after the writes (seed {seed}): {r:#}\n{err}"
     );
     assert!(count(&r, "public.accounts", "compared") >= 19_000, "{r:#}");
+    let mut d = s.daemon;
+    d.stop();
+    drop_slot(&s.db).await;
+}
+
+#[tokio::test]
+async fn verify_modes_and_exit_codes() {
+    let s = start(5000, "[verify]\nchunk_rows = 1000").await;
+    backfill_done(&s.db).await;
+    // Every other account diverges on the target.
+    s.db.target
+        .batch_execute("UPDATE accounts SET balance = -1 WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    // A sample of 300 rows from random starts finds some, and compares no more than asked.
+    let (code, r, err) = verify(&s.config, &["--sample", "300", "--show", "3"]);
+    assert_eq!(code, Some(1), "{r:#}\n{err}");
+    assert_eq!(r["mode"], "sample");
+    let compared = count(&r, "public.accounts", "compared");
+    assert!((1..=300).contains(&compared), "{r:#}");
+    assert!(count(&r, "public.accounts", "mismatched") >= 1, "{r:#}");
+    assert_eq!(diffs(&r, "public.accounts").len(), 3, "--show 3: {r:#}");
+    // --table: only the loans mapping (and its split) is compared, and it is clean.
+    let (code, r, err) = verify(&s.config, &["--table", "loans"]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    let targets: Vec<&str> = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["public.loans", "public.guarantors"], "{r:#}");
+    let (code, _, err) = verify(&s.config, &["--table", "nosuch"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("nosuch") && err.contains("public.accounts"),
+        "{err}"
+    );
+    // --since: only rows the stream wrote after the LSN; those are right.
+    let lsn: String =
+        s.db.source
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+    s.db.source
+        .batch_execute("UPDATE accounts SET owner = 'since' WHERE id BETWEEN 10 AND 14")
+        .await
+        .unwrap();
+    let c = &s.db.target;
+    wait_until(
+        "the stream applied the update",
+        Duration::from_secs(30),
+        || async move {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM accounts WHERE owner = 'since'", &[])
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if n == 5 {
+                Ok(())
+            } else {
+                Err(format!("{n} updated"))
+            }
+        },
+    )
+    .await;
+    let (code, r, err) = verify(&s.config, &["--since", &lsn, "--table", "accounts"]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    assert_eq!(r["mode"], "since");
+    assert_eq!(count(&r, "public.accounts", "compared"), 5, "{r:#}");
+    // Full: every diverging row (the stream rewrote 10, 12 and 14), then --repair fixes them.
+    let (code, r, _) = verify(&s.config, &["--table", "accounts"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(count(&r, "public.accounts", "mismatched"), 2497, "{r:#}");
+    let (code, r, err) = verify(&s.config, &["--table", "accounts", "--repair"]);
+    assert_eq!(code, Some(0), "{r:#}\n{err}");
+    assert_eq!(count(&r, "public.accounts", "repaired"), 2497, "{r:#}");
+    // Without the stream, nothing can be verified: exit 2, saying why.
+    let mut d = s.daemon;
+    d.stop();
+    let path = s.config.display().to_string();
+    let env = vec![("REMODEL__VERIFY__STREAM_WAIT".to_string(), "2s".to_string())];
+    let (code, out) = support::daemon::remodel_cmd(&["verify", "--config", &path], &env);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("is `remodel run` streaming"), "{out}");
+    drop_slot(&s.db).await;
+}
+
+#[tokio::test]
+async fn continuous_verification_publishes_metrics() {
+    let s = start(2000, "[verify]\ninterval = \"1s\"\nsample = 0").await;
+    backfill_done(&s.db).await;
+    let d = &s.daemon;
+    let clean = d
+        .wait_metric("remodel_verify_last_clean_timestamp_seconds", |v| v > 0.0)
+        .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - clean).abs() < 120.0, "{clean} vs {now}");
+    d.wait_metric(
+        "remodel_verify_rows_total{table=\"public.accounts\"}",
+        |v| v >= 2000.0,
+    )
+    .await;
+    s.db.target
+        .batch_execute("DELETE FROM accounts WHERE id <= 3")
+        .await
+        .unwrap();
+    d.wait_metric(
+        "remodel_verify_mismatches{table=\"public.accounts\"}",
+        |v| v == 3.0,
+    )
+    .await;
     let mut d = s.daemon;
     d.stop();
     drop_slot(&s.db).await;

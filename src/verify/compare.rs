@@ -117,7 +117,7 @@ async fn stage_and_compare(
     let backfill = ctx.backfill;
     for i in 0..t.outs.len() {
         let o = t.outs[i].o.clone();
-        if matches!(from, Source::Range(..)) {
+        if matches!(from, Source::Range(..)) || t.count_listed {
             t.outs[i].report.compared += o_rows(target, &t.rj.stages[i]).await?;
         }
         let rows = target

@@ -76,7 +76,7 @@ pub enum VerifyError {
         source: crate::transform::TransformError,
     },
     #[error("verify --repair: {0}")]
-    Apply(#[from] crate::apply::ApplyError),
+    Apply(#[from] Box<crate::apply::ApplyError>),
     #[error("verify: --table {name:?} is not a mapped source or target table; mapped: {known}")]
     UnknownTable { name: String, known: String },
     #[error("verify: source table {table} column {column}: its type is unknown")]
@@ -155,6 +155,8 @@ pub(crate) struct Table {
     pub dead_letters: u64,
     /// Classifying re-checks after a repair: differences count as `still`.
     pub after_repair: bool,
+    /// Count listed rows as compared (`--since`: its first round is the comparison).
+    pub count_listed: bool,
 }
 
 fn parse_key(skey: &str) -> Vec<Option<String>> {
@@ -413,6 +415,7 @@ async fn tables(ctx: &Ctx, filter: &[String]) -> Result<Vec<Table>, VerifyError>
             confirmed: BTreeMap::new(),
             dead_letters: 0,
             after_repair: false,
+            count_listed: false,
         });
     }
     Ok(out)
@@ -515,6 +518,7 @@ pub async fn verify(
         let mut snap = ctx.snapshot().await?;
         for t in tables.iter_mut() {
             scan::recheck(&ctx, t, &mut snap).await?;
+            t.count_listed = false;
         }
     }
     for t in tables.iter_mut() {

@@ -101,7 +101,10 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
             }
             // A row the mapping cannot transform stays a dead letter; nothing to repair with.
             ops.retain(|o| !matches!(o, TargetOp::DeadLetter(_)));
-            applier.apply_alone(ops, "SELECT 1", &[]).await?;
+            applier
+                .apply_alone(ops, "SELECT 1", &[])
+                .await
+                .map_err(Box::new)?;
         }
         tracing::info!(table = %t.rel, keys = keys.len(), snapshot = %snap.p, "repaired; checking again");
         t.after_repair = true;

@@ -202,26 +202,35 @@ pub(crate) async fn sample(
     n: u64,
     snap: &mut Snap,
 ) -> Result<(), VerifyError> {
-    let estimate = reltuples(&ctx.source, &t.ts.source_quoted).await?;
-    if estimate <= (2 * n) as f64 {
+    let small: i64 = snap
+        .reader
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) s",
+                t.ts.source_quoted,
+                2 * n + 1
+            ),
+            &[],
+        )
+        .await
+        .map_err(q("sizing the table"))?
+        .get(0);
+    if small as u64 <= 2 * n {
         t.outs[0].report.notes.push(format!(
-            "about {estimate} rows, under twice the sample: compared fully"
+            "{small} rows, under twice the sample: compared fully"
         ));
         return full(ctx, t, snap).await;
     }
     let run = n.clamp(1, 100);
     let starts = n.div_ceil(run);
-    let keys: Vec<Vec<Option<String>>> = snap
-        .reader
-        .query(
-            &sql::source_starts(&t.ts, percent(starts, estimate)),
-            &[&(starts as i64)],
-        )
-        .await
-        .map_err(q("choosing sample rows"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = estimate(&ctx.source, &t.ts.source_quoted).await?;
+    let keys = pick(
+        &snap.reader,
+        |pct| sql::source_starts(&t.ts, pct),
+        starts,
+        rows,
+    )
+    .await?;
     for k in &keys {
         fresh(ctx, snap).await?;
         let range = Range {
@@ -245,22 +254,35 @@ pub(crate) async fn sample(
                 continue;
             }
             let o = t.outs[i].o.clone();
-            let est = reltuples(&ctx.target, &o.quoted_target()).await?;
-            let starts: Vec<Vec<Option<String>>> = ctx
-                .target
-                .query(
-                    &sql::target_starts(&o, percent(starts, est.max(1.0))),
-                    &[&(starts as i64)],
-                )
-                .await
-                .map_err(q("choosing sample target rows"))?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            reverse(ctx, t, i, snap, Some((starts, run))).await?;
+            let est = estimate(&ctx.target, &o.quoted_target()).await?;
+            let keys = pick(&ctx.target, |pct| sql::target_starts(&o, pct), starts, est).await?;
+            reverse(ctx, t, i, snap, Some((keys, run))).await?;
         }
     }
     Ok(())
+}
+
+/// About `starts` random keys by TABLESAMPLE, widening the sample while it finds too few.
+async fn pick(
+    client: &tokio_postgres::Client,
+    sql: impl Fn(f64) -> String,
+    starts: u64,
+    estimate: f64,
+) -> Result<Vec<Vec<Option<String>>>, VerifyError> {
+    let mut pct = percent(starts, estimate);
+    loop {
+        let keys: Vec<Vec<Option<String>>> = client
+            .query(&sql(pct), &[&(starts as i64)])
+            .await
+            .map_err(q("choosing sample rows"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if keys.len() as u64 >= starts || pct >= 100.0 {
+            return Ok(keys);
+        }
+        pct = (pct * 4.0).min(100.0);
+    }
 }
 
 /// TABLESAMPLE SYSTEM percentage giving about three times `starts` rows to pick from.
@@ -268,15 +290,18 @@ fn percent(starts: u64, estimate: f64) -> f64 {
     (300.0 * starts as f64 / estimate).clamp(0.001, 100.0)
 }
 
-async fn reltuples(client: &tokio_postgres::Client, quoted: &str) -> Result<f64, VerifyError> {
+/// Rows in a table: the planner's estimate, or (never analyzed) its size at ~50 rows a page.
+async fn estimate(client: &tokio_postgres::Client, quoted: &str) -> Result<f64, VerifyError> {
     let r = client
         .query_one(
-            "SELECT GREATEST(c.reltuples, 0)::float8 FROM pg_class c WHERE c.oid = $1::text::regclass",
+            "SELECT CASE WHEN c.reltuples > 0 THEN c.reltuples::float8
+                    ELSE 50.0 * pg_relation_size(c.oid) / current_setting('block_size')::float8 END
+             FROM pg_class c WHERE c.oid = $1::text::regclass",
             &[&quoted],
         )
         .await
         .map_err(q("estimating the table size"))?;
-    Ok(r.get(0))
+    Ok(r.get::<_, f64>(0).max(1.0))
 }
 
 /// The keys the stream wrote at or after `lsn` (the ledger's per-key entries; backfilled rows
@@ -293,6 +318,7 @@ pub(crate) async fn since(ctx: &Ctx, t: &mut Table, lsn: Lsn) -> Result<(), Veri
         )
         .await
         .map_err(q("reading the ledger"))?;
+    t.count_listed = true;
     for r in rows {
         t.suspect(r.get(0), &ctx.settings);
     }
