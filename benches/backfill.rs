@@ -170,6 +170,37 @@ async fn main() {
     }
     let ours = started.elapsed();
     let rss = common::rss_kib(child.id(), "VmHWM:");
+
+    // 4. remodel verify of the copied table (the daemon keeps streaming): full, then sampled.
+    let verify = |extra: &[&str], hash: bool| {
+        let started = Instant::now();
+        let mut v = Command::new(env!("CARGO_BIN_EXE_remodel"))
+            .args(["verify", "--json", "--config"])
+            .arg(&cfg)
+            .args(extra)
+            .env("REMODEL__VERIFY__HASH", hash.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = v.id();
+        let mut peak = 0;
+        while v.try_wait().unwrap().is_none() {
+            peak = peak.max(common::rss_kib(pid, "VmHWM:"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = v.wait_with_output().unwrap();
+        let took = started.elapsed();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["outcome"], "clean", "{report:#}");
+        let compared = report["tables"][0]["compared"].as_u64().unwrap_or(0);
+        let hashed = report["tables"][0]["hashed_chunks"].as_u64().unwrap_or(0);
+        (took, compared, hashed, peak)
+    };
+    let (full, full_rows, hashed, full_rss) = verify(&[], true);
+    // The row path alone (what a transformed mapping costs): hashing off.
+    let (rowwise, rowwise_rows, _, rowwise_rss) = verify(&[], false);
+    let (sample, sample_rows, _, sample_rss) = verify(&["--sample", "1000"], true);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -192,4 +223,33 @@ async fn main() {
     line("PostgreSQL initial sync (copy_data)", native);
     line("remodel backfill (identity)", ours);
     println!("remodel peak RSS: {} MiB", rss / 1024);
+    println!();
+    let vline = |name: &str, d: Duration, rows: u64, peak: u64| {
+        println!(
+            "{name:<40} {:>7.1} s {:>12.0} rows/s {:>6.2}x raw rows/s  peak RSS {} MiB",
+            d.as_secs_f64(),
+            rows as f64 / d.as_secs_f64(),
+            (rows as f64 / d.as_secs_f64()) / (n as f64 / raw.as_secs_f64()),
+            peak / 1024
+        )
+    };
+    vline(
+        &format!("remodel verify (full, {hashed} hashed chunks)"),
+        full,
+        full_rows,
+        full_rss,
+    );
+    vline(
+        "remodel verify (full, row by row)",
+        rowwise,
+        rowwise_rows,
+        rowwise_rss,
+    );
+    println!(
+        "{:<40} {:>7.1} s {:>12} rows compared      peak RSS {} MiB",
+        "remodel verify --sample 1000",
+        sample.as_secs_f64(),
+        sample_rows,
+        sample_rss / 1024
+    );
 }

@@ -219,6 +219,10 @@ pub struct VerifyConfig {
     /// How long to wait for the stream to apply everything before a snapshot ("2m").
     #[serde(default = "default_verify_wait")]
     pub stream_wait: String,
+    /// Compare plain column mappings by per-chunk hashes computed in both databases (rows
+    /// leave the servers only for chunks that differ). Off: every row is compared in SQL.
+    #[serde(default = "default_true")]
+    pub hash: bool,
 }
 
 impl Default for VerifyConfig {
@@ -231,6 +235,7 @@ impl Default for VerifyConfig {
             max_keys: default_verify_max_keys(),
             show: default_verify_show(),
             stream_wait: default_verify_wait(),
+            hash: true,
         }
     }
 }

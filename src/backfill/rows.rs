@@ -163,8 +163,6 @@ pub(crate) enum Parents {
     /// Every row read that is not a dead letter (verification: target rows of these keys that
     /// no transformed row accounts for are extra).
     All,
-    /// None (the caller stages its own).
-    None,
 }
 
 /// Read the chunk from the source and transform it.

@@ -41,18 +41,22 @@ pub(crate) async fn chunk(
     ctx: &super::Settings,
 ) -> Result<Read, VerifyError> {
     let version = Lsn(p.0.saturating_sub(1));
-    let (copy, parents) = match &from {
-        Source::Range(r, limit) => (sql::copy_range(&t.ts, r, *limit), Parents::All),
-        Source::Listed(keys) => (sql::copy_listed(&t.ts, keys), Parents::None),
+    let copy = match &from {
+        Source::Range(r, limit) => sql::copy_range(&t.ts, r, *limit),
+        Source::Listed(keys) => sql::copy_listed(&t.ts, keys),
     };
-    let mut tr: Transformed = rows::read(reader, &copy, &t.rj, version, parents).await?;
+    // Parents: the keys read whose rows transformed (a dead letter's target row is not
+    // compared), and listed keys the source lacks (their target rows are extra).
+    let mut tr: Transformed = rows::read(reader, &copy, &t.rj, version, Parents::All).await?;
     if let Source::Listed(keys) = &from {
+        let read = read_keys(&tr.parents);
+        let dead: std::collections::HashSet<String> =
+            tr.dead.iter().map(|d| d.key.encode()).collect();
         for k in *keys {
-            rows::push_row(
-                &mut tr.parents,
-                &SourceKey(k.clone()).encode(),
-                k.iter().map(|v| v.as_deref()),
-            );
+            let skey = SourceKey(k.clone()).encode();
+            if !read.contains(&skey) && !dead.contains(&skey) {
+                rows::push_row(&mut tr.parents, &skey, k.iter().map(|v| v.as_deref()));
+            }
         }
     }
     if !tr.dead.is_empty() {
@@ -166,7 +170,10 @@ async fn stage_and_compare(
         };
         let o = t.outs[0].o.clone();
         let rows = target
-            .query(&sql::range_extras(&t.ts, &o, h, &range, &t.rj.parents), &[])
+            .query(
+                &sql::range_extras(&t.ts, &o, h, &range, &t.rj.parents, ctx.max_keys + 1),
+                &[],
+            )
             .await
             .map_err(q("looking for extra target rows"))?;
         for r in rows {
@@ -174,6 +181,18 @@ async fn stage_and_compare(
         }
     }
     Ok(())
+}
+
+/// The skeys (first field) of staged parent lines.
+fn read_keys(parents: &[u8]) -> std::collections::HashSet<String> {
+    parents
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let f = l.split(|&b| b == b'\t').next()?;
+            crate::backfill::copy::unescape(f).ok().flatten()
+        })
+        .collect()
 }
 
 async fn o_rows(target: &Client, stage: &str) -> Result<u64, VerifyError> {

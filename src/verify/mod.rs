@@ -85,6 +85,22 @@ pub enum VerifyError {
     StreamBehind { p: Lsn, waited: Duration },
     #[error("verify: interrupted")]
     Interrupted,
+    #[error("verify of {table}: {source}")]
+    InTable {
+        table: String,
+        #[source]
+        source: Box<VerifyError>,
+    },
+}
+
+fn in_table(table: &str, e: VerifyError) -> VerifyError {
+    match e {
+        VerifyError::Interrupted | VerifyError::StreamBehind { .. } => e,
+        e => VerifyError::InTable {
+            table: table.to_string(),
+            source: Box::new(e),
+        },
+    }
 }
 
 pub(crate) fn q(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> VerifyError {
@@ -137,6 +153,8 @@ pub(crate) struct Out {
     pub report: TableReport,
     /// Rows still differing when re-checked after a repair.
     pub still: u64,
+    /// Differing rows `--repair` cannot rewrite (over `verify.max_keys`, no source key).
+    pub unrepairable: u64,
 }
 
 /// One mapped source table being verified.
@@ -157,6 +175,8 @@ pub(crate) struct Table {
     pub after_repair: bool,
     /// Count listed rows as compared (`--since`: its first round is the comparison).
     pub count_listed: bool,
+    /// 0 for the first comparison, then the re-check round.
+    pub round: u32,
 }
 
 fn parse_key(skey: &str) -> Vec<Option<String>> {
@@ -176,6 +196,18 @@ impl Table {
         why: Option<Why>,
         s: &Settings,
     ) {
+        // A merged row is also written under other source keys (other rows of this table,
+        // the owner): its own key's ledger cannot tell a newer write. Confirm a difference only
+        // when a later snapshot shows it too.
+        let why = match why {
+            None if self.round == 0
+                && !self.after_repair
+                && matches!(self.outs[i].o.kind, OutputKind::Merge) =>
+            {
+                Some(Why::Suspect)
+            }
+            w => w,
+        };
         if let Some(w) = why {
             tracing::trace!(table = %self.rel, key = %skey, kind, ?w, ?expected, ?actual, "re-check");
             self.keep(skey, w, s);
@@ -195,9 +227,12 @@ impl Table {
             let d = compare::diff(&out.o, &skey, kind, expected.as_deref(), actual.as_deref());
             out.report.diffs.push(d);
         }
-        if self.confirmed.len() < s.max_keys {
+        if self.confirmed.contains_key(&skey) {
+        } else if self.confirmed.len() < s.max_keys {
             let key = parse_key(&skey);
             self.confirmed.insert(skey, key);
+        } else {
+            self.outs[i].unrepairable += 1;
         }
     }
 
@@ -230,6 +265,8 @@ pub(crate) struct Ctx {
     pub state: StateSchema,
     pub plan: Arc<Plan>,
     pub shutdown: CancellationToken,
+    /// This verification's row in `backfill_passes` (see `connect`).
+    pub pass: i64,
 }
 
 /// A reader inside a snapshot the stream has applied everything before.
@@ -351,7 +388,7 @@ async fn tables(ctx: &Ctx, filter: &[String]) -> Result<Vec<Table>, VerifyError>
                 column: tp.source_key.join(", "),
             })?;
         let mut hash = match tp.outputs.as_slice() {
-            [o] if tp.sql_only() => sql::hashable(&ts, o),
+            [o] if tp.sql_only() && ctx.config.verify.hash => sql::hashable(&ts, o),
             _ => None,
         };
         let mut outs: Vec<Out> = tp
@@ -373,6 +410,7 @@ async fn tables(ctx: &Ctx, filter: &[String]) -> Result<Vec<Table>, VerifyError>
                     o: o.clone(),
                     derive,
                     still: 0,
+                    unrepairable: 0,
                     report: TableReport {
                         source: rel.clone(),
                         target: o.target(),
@@ -416,6 +454,7 @@ async fn tables(ctx: &Ctx, filter: &[String]) -> Result<Vec<Table>, VerifyError>
             dead_letters: 0,
             after_repair: false,
             count_listed: false,
+            round: 0,
         });
     }
     Ok(out)
@@ -439,6 +478,33 @@ async fn connect(
         ))
         .await
         .map_err(q("setting up the target session"))?;
+    // Registered as a running pass (lock held while this connection lives, as backfill passes
+    // do): tombstone pruning then keeps every tombstone at or after this floor, which is below
+    // every snapshot this verification reads. A row deleted after a snapshot stays busy.
+    let owner = format!("verify:{}:{}", std::process::id(), rand::random::<u32>());
+    let floor: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(q("reading the WAL position"))?
+        .get(0);
+    target
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
+            &[&owner],
+        )
+        .await
+        .map_err(q("registering with tombstone pruning"))?;
+    let pass: i64 = target
+        .query_one(
+            &format!(
+                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
+                state.table("backfill_passes")
+            ),
+            &[&owner, &floor],
+        )
+        .await
+        .map_err(q("registering with tombstone pruning"))?
+        .get(0);
     let plan = crate::pipeline::compile_plan(config, &source, &target)
         .await
         .map_err(|e| VerifyError::Plan(Box::new(e)))?;
@@ -461,6 +527,7 @@ async fn connect(
         state,
         plan: Arc::new(plan),
         shutdown,
+        pass,
     })
 }
 
@@ -500,11 +567,13 @@ pub async fn verify(
     // re-check round: each costs a wait for the stream.
     let mut snap = None;
     for t in tables.iter_mut() {
+        let snap = ctx.snap(&mut snap).await?;
         match (opts.since, opts.sample) {
-            (Some(lsn), _) => scan::since(&ctx, t, lsn).await?,
-            (None, Some(n)) => scan::sample(&ctx, t, n, ctx.snap(&mut snap).await?).await?,
-            (None, None) => scan::full(&ctx, t, ctx.snap(&mut snap).await?).await?,
+            (Some(lsn), _) => scan::since(&ctx, t, lsn).await,
+            (None, Some(n)) => scan::sample(&ctx, t, n, snap).await,
+            (None, None) => scan::full(&ctx, t, snap).await,
         }
+        .map_err(|e| in_table(&t.rel, e))?;
     }
     drop(snap);
     // `--since` compares only listed keys: its first round is the comparison itself.
@@ -517,7 +586,10 @@ pub async fn verify(
         ran += 1;
         let mut snap = ctx.snapshot().await?;
         for t in tables.iter_mut() {
-            scan::recheck(&ctx, t, &mut snap).await?;
+            t.round = ran;
+            scan::recheck(&ctx, t, &mut snap)
+                .await
+                .map_err(|e| in_table(&t.rel, e))?;
             t.count_listed = false;
         }
     }
@@ -557,6 +629,17 @@ pub async fn verify(
     if opts.repair && tables.iter().any(|t| !t.confirmed.is_empty()) {
         repair::repair(&ctx, &mut tables).await?;
     }
+    // Best effort: the advisory lock goes with the connection anyway.
+    let _ = ctx
+        .target
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE id = $1",
+                ctx.state.table("backfill_passes")
+            ),
+            &[&ctx.pass],
+        )
+        .await;
     let reports = tables
         .into_iter()
         .flat_map(|t| t.outs.into_iter().map(|o| o.report))

@@ -100,7 +100,9 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
                     })?;
             }
             // A row the mapping cannot transform stays a dead letter; nothing to repair with.
-            ops.retain(|o| !matches!(o, TargetOp::DeadLetter(_)));
+            // A merge's clear needs the values it clears (the old row): without them it could
+            // wipe what another row wrote since, so it is left out (the row stays different).
+            ops.retain(|o| !matches!(o, TargetOp::DeadLetter(_) | TargetOp::Clear { .. }));
             applier
                 .apply_alone(ops, "SELECT 1", &[])
                 .await
@@ -125,7 +127,10 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
     for t in tables.iter_mut().filter(|t| t.after_repair) {
         let unsettled = std::mem::take(&mut t.recheck).len() as u64;
         for out in &mut t.outs {
-            out.report.repaired = out.report.differing().saturating_sub(out.still);
+            out.report.repaired = out
+                .report
+                .differing()
+                .saturating_sub(out.still + out.unrepairable);
         }
         if let Some(out) = t.outs.first_mut() {
             out.report.unsettled += unsettled;

@@ -354,6 +354,7 @@ impl Table {
         }
         let out = &mut self.outs[i];
         out.report.extra += 1;
+        out.unrepairable += 1;
         if out.report.diffs.len() < s.show {
             out.report.diffs.push(super::report::Diff {
                 key: "(none: no key-map entry)".into(),

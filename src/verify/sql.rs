@@ -135,7 +135,8 @@ pub fn hashable(ts: &TableSql, o: &OutputPlan) -> Option<Hashable> {
         }
         target_keys.push(c);
     }
-    (target_keys.len() == o.key.len()).then_some(Hashable {
+    // In the primary key's order, so both sides walk an index.
+    (target_keys == o.key).then_some(Hashable {
         source_exprs,
         target_keys,
     })
@@ -223,10 +224,11 @@ pub fn range_extras(
     h: &Hashable,
     range: &Range<'_>,
     parents: &str,
+    limit: usize,
 ) -> String {
     let skey = derived_skey(o, &h.target_keys, None);
     format!(
-        "SELECT {skey} FROM {target} t{filter}{and} NOT EXISTS (SELECT 1 FROM {parents} p WHERE p.skey = {skey})",
+        "SELECT {skey} FROM {target} t{filter}{and} NOT EXISTS (SELECT 1 FROM {parents} p WHERE p.skey = {skey}) LIMIT {limit}",
         target = o.quoted_target(),
         filter = range.clause(&target_keys(o, h, "t."), &ts.types[..ts.key_len]),
         and = if range.lower.is_some() || range.upper.is_some() {
@@ -242,7 +244,14 @@ pub fn range_extras(
 /// outputs derive it from the parent columns.
 pub fn derivation(ts: &TableSql, o: &OutputPlan) -> Option<Vec<usize>> {
     if let Some(sp) = o.split() {
-        return (sp.parent.len() == ts.key_len).then(|| sp.parent.clone());
+        // The parent columns' text must be the source key's text: same types.
+        let same = sp.parent.len() == ts.key_len
+            && sp
+                .parent
+                .iter()
+                .zip(&ts.types)
+                .all(|(&c, t)| o.columns[c].sql_type == *t);
+        return same.then(|| sp.parent.clone());
     }
     if !matches!(o.kind, OutputKind::Row) {
         return None;
@@ -368,7 +377,8 @@ fn status(st: &StateSchema, alias: &str, target: &str) -> String {
          ((NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey)
            AND (EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done')
                 OR ($3::bool AND NOT EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1))))
-          OR EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {target})) AS pending",
+          OR (EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {target})
+              AND EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done'))) AS pending",
         ledger = st.table("ledger"),
         trunc = st.table("truncations"),
         bf = st.table("backfill_tables"),
