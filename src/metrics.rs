@@ -362,6 +362,8 @@ mod tests {
         m.backfill_progress.with_label_values(&["t"]).set(0.5);
         m.backfill_chunk_seconds.observe(0.1);
         m.apply_batch_seconds.observe(0.1);
+        m.verify_rows.with_label_values(&["t"]).inc();
+        m.verify_mismatches.with_label_values(&["t"]).set(1);
         let families: Vec<String> = m
             .registry
             .gather()
