@@ -319,35 +319,8 @@ async fn pass(
 ) -> Result<bool, BackfillError> {
     let started = Instant::now();
     let deadline = started + shared.config.max_snapshot_age();
-    // Held while the pass runs (released with the connection if this process dies), taken
-    // before the pass is registered: pruning treats a pass as running exactly while its lock
-    // is held.
     let owner = format!("{owner}:{}", rand::random::<u32>());
-    target
-        .execute(
-            "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
-            &[&owner],
-        )
-        .await
-        .map_err(sql("marking the pass as running"))?;
-    // Registered before the snapshot exists, at a lower bound of its P, so that no concurrent
-    // pruning removes a tombstone this pass will need.
-    let floor: String = source
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(sql("reading the WAL position"))?
-        .get(0);
-    let pass_id: i64 = target
-        .query_one(
-            &format!(
-                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
-                shared.state.table("backfill_passes")
-            ),
-            &[&owner, &floor],
-        )
-        .await
-        .map_err(sql("recording the pass"))?
-        .get(0);
+    let pass_id = shared.state.register_pass(source, target, &owner).await?;
     let exported = snapshot::export(src_info, "remodel_bf").await?;
     let (p, snapshot) = (exported.p, exported.snapshot.clone());
     let workers = shared.config.backfill.workers.min(todo.len()).max(1);

@@ -271,6 +271,42 @@ impl StateSchema {
     }
 
     /// Dead letters per source table.
+    /// Register a snapshot reader (a backfill pass, a verification) in `backfill_passes` as
+    /// running under `owner`, and return its id. The advisory lock, held while `target`'s
+    /// session lives, is taken first: tombstone pruning treats a pass as running exactly while
+    /// its lock is held. The version is a lower bound of any snapshot taken afterwards, so no
+    /// concurrent pruning removes a tombstone the reader will need.
+    pub async fn register_pass(
+        &self,
+        source: &Client,
+        target: &Client,
+        owner: &str,
+    ) -> Result<i64, StateError> {
+        target
+            .execute(
+                "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
+                &[&owner],
+            )
+            .await
+            .map_err(self.err("marking the pass as running"))?;
+        let floor: String = source
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .map_err(self.err("reading the source WAL position"))?
+            .get(0);
+        Ok(target
+            .query_one(
+                &format!(
+                    "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
+                    self.table("backfill_passes")
+                ),
+                &[&owner, &floor],
+            )
+            .await
+            .map_err(self.err("recording the pass"))?
+            .get(0))
+    }
+
     pub async fn dead_letter_counts(
         &self,
         client: &Client,

@@ -478,33 +478,11 @@ async fn connect(
         ))
         .await
         .map_err(q("setting up the target session"))?;
-    // Registered as a running pass (lock held while this connection lives, as backfill passes
-    // do): tombstone pruning then keeps every tombstone at or after this floor, which is below
-    // every snapshot this verification reads. A row deleted after a snapshot stays busy.
+    // Registered as a running pass, as backfill passes are: tombstone pruning then keeps every
+    // tombstone at or after a floor below every snapshot this verification reads, so a row
+    // deleted after a snapshot stays busy instead of looking missing.
     let owner = format!("verify:{}:{}", std::process::id(), rand::random::<u32>());
-    let floor: String = source
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(q("reading the WAL position"))?
-        .get(0);
-    target
-        .execute(
-            "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
-            &[&owner],
-        )
-        .await
-        .map_err(q("registering with tombstone pruning"))?;
-    let pass: i64 = target
-        .query_one(
-            &format!(
-                "INSERT INTO {} (owner, version) VALUES ($1, $2::text::pg_lsn) RETURNING id",
-                state.table("backfill_passes")
-            ),
-            &[&owner, &floor],
-        )
-        .await
-        .map_err(q("registering with tombstone pruning"))?
-        .get(0);
+    let pass = state.register_pass(&source, &target, &owner).await?;
     let plan = crate::pipeline::compile_plan(config, &source, &target)
         .await
         .map_err(|e| VerifyError::Plan(Box::new(e)))?;
