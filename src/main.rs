@@ -12,11 +12,32 @@ use remodel::config::Config;
 use remodel::control::{self, Control, PidFile};
 use remodel::metrics::{self, Metrics};
 
+const EXIT_CODES: &str = "Exit codes:
+  0  success (verify: target = transform(source); check: ready; status: no errors)
+  1  the command ran and found a problem (run/backfill: a fatal error; verify: rows differ;
+     check: problems found; status: errors reading state; dead-letters --retry: rows still fail;
+     demo: verification found differences)
+  2  could not do the work (bad config or arguments; verify: could not verify, says why)
+  130 demo stopped by Ctrl-C
+
+Every command takes --config FILE (TOML; each key also settable as REMODEL__SECTION__KEY).
+Docs: docs/runbook.md (the migration step by step), docs/configuration.md, docs/troubleshooting.md";
+
 #[derive(Parser)]
 #[command(
     name = "remodel",
     version,
-    about = "Live PostgreSQL data-model migrations"
+    about = "Live PostgreSQL data-model migrations",
+    long_about = "Live PostgreSQL data-model migrations: stream the source's changes through a \
+                  mapping into the target, backfill the rows that existed before, verify, and \
+                  keep going while the app writes.",
+    after_help = "Examples:
+  remodel demo                                  # the whole thing on throwaway clusters
+  remodel check  -c remodel.toml                # preflight both databases and the mapping
+  remodel run    -c remodel.toml                # stream + backfill until SIGTERM
+  remodel status -c remodel.toml                # where it is
+  remodel verify -c remodel.toml                # target = transform(source)?",
+    after_long_help = EXIT_CODES
 )]
 struct Cli {
     /// Log format: text (default) or json. Overrides log.format.
@@ -28,31 +49,65 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Stream every change from source to target until stopped (SIGTERM/SIGINT).
+    /// Stream every change from source to target, and backfill, until stopped (SIGTERM/SIGINT).
+    ///
+    /// Creates the publication and slot on first start and reuses them after. Signals: USR1
+    /// pause, USR2 resume, HUP reload log.level and throttle, TERM/INT stop gracefully.
+    /// Exit 0 on a graceful stop, 1 on a fatal error (named, with the fix), 2 on a bad config.
+    #[command(after_help = "Examples:
+  remodel run -c remodel.toml
+  REMODEL__SOURCE__URL=postgresql://remodel@db1/app remodel run -c remodel.toml
+  remodel run -c remodel.toml --log-format json 2> remodel.log")]
     Run {
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Copy the rows that existed before the stream's slot, to completion (needs the stream
     /// running: `remodel run`, possibly with backfill.enabled = false).
+    ///
+    /// Resumes from its cursors after a stop. Exit 0 when every table is done (or stopped
+    /// by a signal), 1 on a fatal error.
+    #[command(after_help = "Examples:
+  remodel backfill -c remodel.toml
+  REMODEL__BACKFILL__WORKERS=4 remodel backfill -c remodel.toml")]
     Backfill {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show applied LSN, lag and whether the daemon runs or is paused.
+    /// Show the daemon's state, applied LSN, lag, slot and backfill per table.
+    ///
+    /// Read-only; works whether or not the daemon runs. Exit 0, or 1 when something could not
+    /// be read (listed as errors).
+    #[command(after_help = "Examples:
+  remodel status -c remodel.toml
+  remodel status -c remodel.toml --json | jq .lag_bytes
+  watch -n 5 remodel status -c remodel.toml")]
     Status {
         #[arg(long, short)]
         config: PathBuf,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Preflight: wal_level, slots, senders, replica identity, privileges, the mapping.
+    ///
+    /// Exit 0 when source, target and mapping are ready, 1 with a list of problems (each with
+    /// its fix).
+    #[command(after_help = "Examples:
+  remodel check -c remodel.toml
+  REMODEL__TARGET__URL=postgresql://remodel@staging/app_v2 remodel check -c remodel.toml")]
     Check {
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Rows the mapping could not transform (on_error = "dead_letter"); --retry re-runs them
     /// through the current mapping (after fixing it) and removes the ones that now apply.
+    ///
+    /// Exit 0; with --retry, 1 when some still fail.
+    #[command(after_help = "Examples:
+  remodel dead-letters -c remodel.toml
+  remodel dead-letters -c remodel.toml --limit 100 --json
+  remodel dead-letters -c remodel.toml --retry      # after fixing the mapping")]
     DeadLetters {
         #[arg(long, short)]
         config: PathBuf,
@@ -66,13 +121,11 @@ enum Cmd {
     },
     /// Compare transform(source) with the target while writes go on; exit 0 clean, 1 rows
     /// differ, 2 could not verify. Needs `remodel run` streaming.
-    ///
-    /// Examples:
-    ///   remodel verify -c remodel.toml                  # every row (the gate before switch-over)
-    ///   remodel verify -c remodel.toml --sample 1000    # 1000 random rows per table, in seconds
-    ///   remodel verify -c remodel.toml --table loans --repair
-    ///   remodel verify -c remodel.toml --since 0/3A000000 --json
-    #[command(verbatim_doc_comment)]
+    #[command(after_help = "Examples:
+  remodel verify -c remodel.toml                  # every row (the gate before switch-over)
+  remodel verify -c remodel.toml --sample 1000    # 1000 random rows per table, in seconds
+  remodel verify -c remodel.toml --table loans --repair
+  remodel verify -c remodel.toml --since 0/3A000000 --json")]
     Verify {
         #[arg(long, short)]
         config: PathBuf,
@@ -95,24 +148,49 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Pause the running daemon (SIGUSR1 via its pidfile).
+    /// Pause the running daemon (SIGUSR1 via its pidfile): nothing is written until resume.
+    ///
+    /// The slot keeps the source's WAL meanwhile: watch remodel_slot_retained_wal_bytes.
+    #[command(after_help = "Examples:
+  remodel pause -c remodel.toml                   # at peak traffic
+  kill -USR1 \"$(cat /run/remodel/remodel.pid)\"   # the same, by hand")]
     Pause {
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Resume the running daemon (SIGUSR2 via its pidfile).
+    #[command(after_help = "Examples:
+  remodel resume -c remodel.toml
+  kill -USR2 \"$(cat /run/remodel/remodel.pid)\"")]
     Resume {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Throwaway clusters, a sample schema, a live writer and the daemon, then a summary.
+    /// The guarantor migration on two throwaway clusters: messy data, a live writer, stream,
+    /// backfill, pause/resume, verification, rows before and after.
+    ///
+    /// Needs PostgreSQL's server binaries (apt-get install postgresql). Ctrl-C stops it and
+    /// removes the clusters. Exit 0 when verification is clean, 1 if rows differ, 130 on Ctrl-C.
+    #[command(after_help = "Examples:
+  remodel demo
+  remodel demo --loans 1000000 --seconds 60 --rate 1000
+  remodel demo --keep            # leave it running to poke at the clusters and /metrics")]
     Demo {
+        /// Loans loaded before the daemon starts (backfill copies them).
+        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        loans: u64,
         /// How long the live writer runs, in seconds.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20, value_name = "S")]
         seconds: u64,
-        /// Rows the writer inserts per second (roughly).
-        #[arg(long, default_value_t = 500)]
+        /// Row changes per second the writer makes (roughly).
+        #[arg(long, default_value_t = 200, value_name = "R")]
         rate: u64,
+        /// Keep the daemon and clusters running after the summary, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Seed of the live writer (printed when random).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -358,14 +436,30 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("resumed remodel (pid {pid})");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Demo { seconds, rate } => {
+        Cmd::Demo {
+            loans,
+            seconds,
+            rate,
+            keep,
+            seed,
+        } => {
             let reload = init_tracing(
                 &std::env::var("REMODEL_DEMO_LOG").unwrap_or_else(|_| "remodel=info,warn".into()),
                 cli.log_format.as_deref().unwrap_or("text"),
             )?;
             drop(reload);
-            remodel::demo::run(remodel::demo::DemoOptions { seconds, rate }).await?;
-            Ok(ExitCode::SUCCESS)
+            let opts = remodel::demo::DemoOptions {
+                loans,
+                seconds,
+                rate,
+                keep,
+                seed,
+            };
+            Ok(match remodel::demo::run(opts).await? {
+                remodel::demo::Ending::Clean => ExitCode::SUCCESS,
+                remodel::demo::Ending::Mismatch => ExitCode::from(1),
+                remodel::demo::Ending::Interrupted => ExitCode::from(130),
+            })
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod names {
     pub const VERIFY_MISMATCHES: &str = "remodel_verify_mismatches";
     pub const VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS: &str =
         "remodel_verify_last_clean_timestamp_seconds";
+    pub const READY: &str = "remodel_ready";
     pub const ALL: &[&str] = &[
         APPLIED_LSN,
         SOURCE_LAG_BYTES,
@@ -62,6 +63,7 @@ pub mod names {
         VERIFY_ROWS_TOTAL,
         VERIFY_MISMATCHES,
         VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS,
+        READY,
     ];
 }
 
@@ -87,13 +89,25 @@ pub struct Metrics {
     pub verify_rows: IntCounterVec,
     pub verify_mismatches: IntGaugeVec,
     pub verify_last_clean: Gauge,
-    /// Streaming and applying (for /readyz).
+    /// `remodel_ready`: the same as `ready`, for alerts.
+    pub ready_gauge: IntGauge,
+    /// Streaming and applying (for /readyz). Set through [`Metrics::set_ready`].
     pub ready: AtomicBool,
     /// Server WAL end last seen, for /status.
     pub server_wal_end: AtomicU64,
+    /// Commit time (PostgreSQL µs since 2000-01-01) of the last applied source transaction;
+    /// 0 before the first. The monitor ages `remodel_lag_seconds` from it while behind, so a
+    /// pause or a stall shows as growing lag rather than the last value frozen.
+    pub last_applied_commit_us: std::sync::atomic::AtomicI64,
 }
 
 impl Metrics {
+    /// Streaming and applying, or not: `/readyz` and `remodel_ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_gauge.set(i64::from(ready));
+    }
+
     pub fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         let m = Metrics {
@@ -214,8 +228,14 @@ impl Metrics {
             )
             .expect("valid metric"),
             registry,
+            ready_gauge: IntGauge::new(
+                names::READY,
+                "1 while streaming and applying (as /readyz), 0 while starting, reconnecting or stopped",
+            )
+            .expect("valid metric"),
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
+            last_applied_commit_us: std::sync::atomic::AtomicI64::new(0),
         };
         let r = &m.registry;
         for c in [
@@ -238,6 +258,7 @@ impl Metrics {
             Box::new(m.backfill_passes.clone()),
             Box::new(m.verify_rows.clone()),
             Box::new(m.verify_mismatches.clone()),
+            Box::new(m.ready_gauge.clone()),
             Box::new(m.verify_last_clean.clone()),
         ] {
             r.register(c).expect("metric names are unique");

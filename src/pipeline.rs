@@ -147,7 +147,7 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
     loop {
         retry.attempt();
         let result = run_once(config, control, metrics, isolate_until.take()).await;
-        metrics.ready.store(false, Ordering::Relaxed);
+        metrics.set_ready(false);
         match result {
             Ok(()) => return Ok(()),
             Err(Error::Apply(ApplyError::Isolate { until, inner })) => {
@@ -326,7 +326,7 @@ async fn run_once(
         monitor_stop.clone(),
     ));
     metrics.applied_lsn.set(progress.0 as i64);
-    metrics.ready.store(true, Ordering::Relaxed);
+    metrics.set_ready(true);
 
     let applier = Applier::new(
         target,

@@ -197,36 +197,6 @@ async fn a_cast_postgresql_cannot_do_is_rejected_at_start() {
     assert!(out.contains("no cast from uuid (u) to integer"), "{out}");
 }
 
-/// `remodel demo`: clusters, schema, writer, daemon, pause/resume, summary, clean-up.
-#[test]
-fn demo_runs_and_cleans_up() {
-    let (code, out) = remodel_cmd(&["demo", "--seconds", "3", "--rate", "200"], &[]);
-    assert_eq!(code, Some(0), "{out}");
-    for needle in [
-        "caught up",
-        "paused for",
-        "0 source transactions applied meanwhile",
-        "full_name=",
-        "stopped cleanly",
-    ] {
-        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
-    }
-    // Its clusters are gone.
-    let port = out
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("source: postgresql://postgres@127.0.0.1:")
-        })
-        .and_then(|r| r.split('/').next())
-        .and_then(|p| p.parse::<u16>().ok())
-        .expect("source port in the output");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "demo cluster still listening"
-    );
-}
-
 #[tokio::test]
 async fn a_configured_key_must_be_not_null_and_in_the_replica_identity() {
     let db = fresh_db(pair()).await;

@@ -470,6 +470,9 @@ impl Applier {
             self.metrics.applied_lsn.set(end.0 as i64);
             let now = crate::source::replication::pg_now();
             self.metrics
+                .last_applied_commit_us
+                .store(ts, std::sync::atomic::Ordering::Relaxed);
+            self.metrics
                 .lag_seconds
                 .set(((now - ts) as f64 / 1e6).max(0.0));
         }

@@ -30,6 +30,17 @@ pub async fn run(
         metrics.source_lag_bytes.set(behind as i64);
         if behind == 0 {
             metrics.lag_seconds.set(0.0);
+        } else {
+            // Behind: the oldest unapplied commit is no older than the last applied one, so its
+            // age bounds the lag. Apply sets the exact figure at each commit; this keeps it
+            // growing while nothing is applied (paused, stalled, reconnecting).
+            let last = metrics.last_applied_commit_us.load(Ordering::Relaxed);
+            if last > 0 {
+                let age = (crate::source::replication::pg_now() - last) as f64 / 1e6;
+                if age > metrics.lag_seconds.get() {
+                    metrics.lag_seconds.set(age);
+                }
+            }
         }
         if tick.is_multiple_of(5) {
             let r = source
