@@ -8,18 +8,24 @@ WORKDIR /src
 COPY rust-toolchain.toml Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# The demo compiles in config/examples/guarantors.toml.
+COPY config ./config
 RUN cargo build --release --locked --bin remodel \
  && strip target/release/remodel
 
 FROM debian:bookworm-slim
+# Security updates come with the base image; pinning Debian package versions would break the
+# build at each point release, so they are not pinned.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin remodel \
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin remodel \
  && mkdir -p /etc/remodel /run/remodel && chown remodel /run/remodel
 COPY --from=build /src/target/release/remodel /usr/local/bin/remodel
 COPY config/examples/identity.toml /etc/remodel/remodel.toml
-USER remodel
+# Numeric, so Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
 # In a container the metrics endpoint must listen beyond loopback.
 ENV REMODEL__METRICS__LISTEN=0.0.0.0:9898 \
     REMODEL__CONTROL__PIDFILE=/run/remodel/remodel.pid
