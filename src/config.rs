@@ -14,11 +14,12 @@ use crate::transform::mapping::TableMapping;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config {path}: {source}")]
+    /// The `config` crate's error already names its cause in its message (and again as its
+    /// `source()`), so it is shown, not chained: `{:#}` would print the cause twice.
+    #[error("config {path}: {error}")]
     Load {
         path: String,
-        #[source]
-        source: config::ConfigError,
+        error: config::ConfigError,
     },
     #[error("config {path}: {key}: {source}")]
     Url {
@@ -331,9 +332,9 @@ impl Config {
     /// Load a TOML file with environment overrides (`REMODEL__SOURCE__URL`, ...).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
-        let load = |source| ConfigError::Load {
+        let load = |error| ConfigError::Load {
             path: shown.clone(),
-            source,
+            error,
         };
         let raw = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -355,13 +356,13 @@ impl Config {
         let raw = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
-            .map_err(|source| ConfigError::Load {
+            .map_err(|error| ConfigError::Load {
                 path: "<inline>".into(),
-                source,
+                error,
             })?;
-        let cfg: Config = raw.try_deserialize().map_err(|source| ConfigError::Load {
+        let cfg: Config = raw.try_deserialize().map_err(|error| ConfigError::Load {
             path: "<inline>".into(),
-            source,
+            error,
         })?;
         cfg.validate("<inline>")?;
         Ok(cfg)

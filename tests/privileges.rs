@@ -1,0 +1,135 @@
+//! The least-privilege roles of docs/operations.md#privileges, created by running the SQL the
+//! docs show, are enough: `check`, `run` (stream + backfill), `status` and `verify` of the
+//! guarantor example all work as those roles, neither of which is a superuser.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::compare::rows;
+use support::daemon::{free_listen, remodel_cmd, Daemon};
+use support::{fresh_db, pair, wait_until};
+
+const SOURCE: &str = "
+CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text);
+INSERT INTO loans SELECT md5('l' || g)::uuid, g, 'Oakridge Asset Holdings, Smith & Sons; (Pledge) Jones LLC'
+  FROM generate_series(1, 500) g;";
+const TARGET: &str = "
+CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
+CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans,
+                         position int NOT NULL, name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
+CREATE INDEX ON guarantors (loan_id);";
+
+/// The SQL block of docs/operations.md marked `-- remodel-privileges: <side>`, for database
+/// `db` instead of the docs' `app` / `app_v2`.
+fn docs_sql(side: &str, db: &str) -> String {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md"))
+            .expect("docs/operations.md");
+    let marker = format!("-- remodel-privileges: {side}\n");
+    let start = docs
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no `{marker}` block in docs/operations.md"));
+    let block = &docs[start..];
+    let block = &block[..block.find("```").expect("end of the SQL block")];
+    block
+        .replace("DATABASE app_v2 ", &format!("DATABASE {db} "))
+        .replace("DATABASE app ", &format!("DATABASE {db} "))
+}
+
+#[tokio::test]
+async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    for (side, c) in [("source", &db.source), ("target", &db.target)] {
+        let sql = docs_sql(side, &db.name);
+        c.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("the documented {side} SQL fails: {e}\n{sql}"));
+        assert_eq!(
+            rows(
+                c,
+                "SELECT rolsuper::text FROM pg_roles WHERE rolname = 'remodel'"
+            )
+            .await,
+            ["false"]
+        );
+    }
+    let url = |base: &str| base.replacen("postgres@", "remodel:change-me@", 1);
+    assert!(url(&db.source_url).contains("remodel:change-me@"));
+    let listen = free_listen();
+    let env: Vec<(String, String)> = [
+        ("REMODEL__SOURCE__URL", url(&db.source_url)),
+        ("REMODEL__TARGET__URL", url(&db.target_url)),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", "remodel".into()),
+        ("REMODEL__METRICS__LISTEN", listen.clone()),
+        ("REMODEL__VERIFY__STREAM_WAIT", "30s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/guarantors.toml");
+    let file_arg = file.display().to_string();
+    let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
+    assert_eq!(code, Some(0), "check as the documented role: {out}");
+
+    let mut d = Daemon::start_file(&file, &listen, env.clone());
+    d.wait_ready().await;
+    // Stream: an update, an insert and a delete, as the app would.
+    db.source
+        .batch_execute(
+            "UPDATE loans SET guarantor = 'Redwood Holdings & Co. & John Doe' WHERE id = md5('l1')::uuid;
+             INSERT INTO loans VALUES (md5('new')::uuid, 7, 'Atlas Property Holdings');
+             DELETE FROM loans WHERE id = md5('l2')::uuid;",
+        )
+        .await
+        .unwrap();
+    let t = &db.target;
+    wait_until("backfill and stream applied", Duration::from_secs(60), || async move {
+        let n = rows(t, "SELECT count(*)::text FROM loans").await;
+        let g = rows(
+            t,
+            "SELECT string_agg(name, '|' ORDER BY position) FROM guarantors WHERE loan_id = md5('l1')::uuid",
+        )
+        .await;
+        if n == ["500"] && g == ["Redwood Holdings & Co.|John Doe"] {
+            Ok(())
+        } else {
+            Err(format!("{n:?} loans, l1's guarantors {g:?}"))
+        }
+    })
+    .await;
+    // Backfill done: 499 old loans × 3 guarantors, l1's 2, the new loan's 1.
+    let t = &db.target;
+    wait_until(
+        "guarantors copied",
+        Duration::from_secs(60),
+        || async move {
+            let n = rows(t, "SELECT count(*)::text FROM guarantors").await;
+            if n == [(498 * 3 + 2 + 1).to_string()] {
+                Ok(())
+            } else {
+                Err(format!("{n:?}"))
+            }
+        },
+    )
+    .await;
+    let (code, out) = remodel_cmd(&["status", "--config", &file_arg], &env);
+    assert_eq!(code, Some(0), "status as the documented role: {out}");
+    let (code, out) = remodel_cmd(&["verify", "--config", &file_arg], &env);
+    assert_eq!(code, Some(0), "verify as the documented role: {out}");
+    assert!(out.contains("public.loans → public.guarantors"), "{out}");
+    assert!(
+        !out.contains("change-me"),
+        "the password in verify's output: {out}"
+    );
+    d.stop();
+    assert!(
+        !d.log().contains("change-me"),
+        "the password appears in the log:\n{}",
+        d.log()
+    );
+}
