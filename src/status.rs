@@ -76,7 +76,8 @@ async fn daemon_status(listen: &str) -> Option<serde_json::Value> {
 
 pub async fn gather(config: &Config) -> Status {
     let mut errors = Vec::new();
-    let daemon = match daemon_status(&config.metrics.listen).await {
+    let live = daemon_status(&config.metrics.listen).await;
+    let daemon = match &live {
         Some(v) => DaemonState {
             state: v["state"].as_str().unwrap_or("unknown").to_string(),
             paused: v["paused"].as_bool().unwrap_or(false),
@@ -138,6 +139,15 @@ pub async fn gather(config: &Config) -> Status {
             st.slot = slot;
         }
         Err(e) => errors.push(e.to_string()),
+    }
+    // A running daemon knows better: it measures against the WAL end the server streams to it
+    // and confirms idle positions, so WAL that holds nothing for it (checkpoints, other
+    // databases) is not lag. The database view above is for when it does not run.
+    if let Some(v) = &live {
+        if let (Some(b), Some(s)) = (v["lag_bytes"].as_u64(), v["lag_seconds"].as_f64()) {
+            st.lag_bytes = Some(b);
+            st.lag_seconds = Some(s);
+        }
     }
     st.errors = errors;
     st
@@ -264,69 +274,114 @@ async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>
     Ok((current.parse().ok(), slot))
 }
 
+/// "12.3 MB" (powers of 1024, as PostgreSQL's units).
+fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A compact table: the daemon, its position and slot on three lines, then one row per table.
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let or = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         writeln!(
             f,
-            "daemon:        {}{}",
+            "daemon    {}{}",
             self.daemon.state,
             self.daemon
                 .pid
                 .map(|p| format!(" (pid {p})"))
                 .unwrap_or_default()
         )?;
-        writeln!(f, "applied LSN:   {}", or(&self.applied_lsn))?;
-        writeln!(f, "source LSN:    {}", or(&self.source_current_lsn))?;
         writeln!(
             f,
-            "lag:           {} bytes, {} s",
-            self.lag_bytes
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "-".into()),
+            "position  applied {} · source {} · lag {}, {}",
+            or(&self.applied_lsn),
+            or(&self.source_current_lsn),
+            self.lag_bytes.map(bytes).unwrap_or_else(|| "-".into()),
             self.lag_seconds
-                .map(|s| format!("{s:.1}"))
-                .unwrap_or_else(|| "-".into())
+                .map(|s| format!("{s:.1} s"))
+                .unwrap_or_else(|| "- s".into())
         )?;
         match &self.slot {
             Some(s) => writeln!(
                 f,
-                "slot:          {} ({}), confirmed {}, retains {} bytes of WAL",
+                "slot      {} {} · confirmed {} · retains {} of WAL",
                 s.name,
                 if s.active { "active" } else { "inactive" },
                 or(&s.confirmed_flush_lsn),
                 s.retained_wal_bytes
-                    .map(|b| b.to_string())
+                    .map(|b| bytes(b.max(0) as u64))
                     .unwrap_or_else(|| "-".into())
             )?,
-            None => writeln!(f, "slot:          (does not exist yet)")?,
+            None => writeln!(f, "slot      (does not exist yet)")?,
         }
-        for b in &self.backfill {
-            let pct = match (b.state.as_str(), b.rows_estimate) {
-                ("done", _) => 100.0,
-                (_, Some(e)) if e > 0 => (b.rows_copied as f64 / e as f64 * 100.0).min(99.0),
-                _ => 0.0,
-            };
+        let mut tables: Vec<&str> = self.backfill.iter().map(|b| b.table.as_str()).collect();
+        for (t, _) in &self.dead_letters {
+            if !tables.contains(&t.as_str()) {
+                tables.push(t);
+            }
+        }
+        tables.sort_unstable();
+        if !tables.is_empty() {
+            let width = tables.iter().map(|t| t.len()).max().unwrap_or(5).max(5);
             writeln!(
                 f,
-                "backfill:      {:<32} {:<8} {} / ~{} rows ({pct:.0}%), {} chunks",
-                b.table,
-                b.state,
-                b.rows_copied,
-                b.rows_estimate
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "?".into()),
-                b.chunks
+                "\n{:<width$}  {:<8}  {:>12}  {:>13}  {:>4}  {:>6}  {:>12}",
+                "table", "backfill", "rows copied", "of ~rows", "done", "chunks", "dead letters"
             )?;
-        }
-        for (table, n) in &self.dead_letters {
-            writeln!(
-                f,
-                "dead letters:  {table:<32} {n} (see them: remodel dead-letters --config ...)"
-            )?;
+            for t in tables {
+                let b = self.backfill.iter().find(|b| b.table == t);
+                let dead = self
+                    .dead_letters
+                    .iter()
+                    .find(|(d, _)| d == t)
+                    .map_or(0, |(_, n)| *n);
+                let (state, copied, estimate, pct, chunks) = match b {
+                    Some(b) => {
+                        let pct = match (b.state.as_str(), b.rows_estimate) {
+                            ("done", _) => 100.0,
+                            (_, Some(e)) if e > 0 => {
+                                (b.rows_copied as f64 / e as f64 * 100.0).min(99.0)
+                            }
+                            _ => 0.0,
+                        };
+                        (
+                            b.state.as_str(),
+                            b.rows_copied.to_string(),
+                            b.rows_estimate
+                                .map(|e| e.to_string())
+                                .unwrap_or_else(|| "?".into()),
+                            format!("{pct:.0}%"),
+                            b.chunks.to_string(),
+                        )
+                    }
+                    None => ("-", "-".into(), "-".into(), "-".into(), "-".into()),
+                };
+                writeln!(
+                    f,
+                    "{t:<width$}  {state:<8}  {copied:>12}  {estimate:>13}  {pct:>4}  {chunks:>6}  {dead:>12}"
+                )?;
+            }
+            if !self.dead_letters.is_empty() {
+                writeln!(
+                    f,
+                    "dead letters: see them with `remodel dead-letters --config ...`"
+                )?;
+            }
         }
         for e in &self.errors {
-            writeln!(f, "error:         {e}")?;
+            writeln!(f, "error     {e}")?;
         }
         Ok(())
     }

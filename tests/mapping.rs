@@ -82,7 +82,7 @@ async fn rename_example_renames_drops_casts_and_fills_constants() {
     let (code, out) = remodel_cmd(&["status", "--config", &example("rename.toml")], &env);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("streaming") && out.contains("applied LSN"),
+        out.contains("daemon    streaming") && out.contains("position  applied 0/"),
         "{out}"
     );
     // A value the cast cannot convert stops the daemon naming table, key and value.

@@ -119,6 +119,11 @@ async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
     .await;
     let (code, out) = remodel_cmd(&["status", "--config", &file_arg], &env);
     assert_eq!(code, Some(0), "status as the documented role: {out}");
+    let loans = out
+        .lines()
+        .find(|l| l.starts_with("public.loans "))
+        .unwrap_or_else(|| panic!("no public.loans row in the status table:\n{out}"));
+    assert_eq!(loans.split_whitespace().nth(1), Some("done"), "{out}");
     let (code, out) = remodel_cmd(&["verify", "--config", &file_arg], &env);
     assert_eq!(code, Some(0), "verify as the documented role: {out}");
     assert!(out.contains("public.loans → public.guarantors"), "{out}");
