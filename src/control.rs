@@ -118,6 +118,28 @@ pub enum PidError {
         #[source]
         source: nix::Error,
     },
+    #[error(
+        "no pidfile at {path}: is `remodel run` running with this config? It writes \
+         control.pidfile (default $TMPDIR/remodel-<slot>.pid); a daemon under systemd or in a \
+         container uses /run/remodel/remodel.pid (set REMODEL__CONTROL__PIDFILE to match, or run \
+         `kill -USR1`/`-USR2` on its pid)"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "pidfile {path} names pid {pid}, which is not remodel (it runs {command:?}): the pidfile is \
+         stale; nothing was signalled (a daemon built into a binary of another name: signal it \
+         with `kill -USR1` / `kill -USR2`)"
+    )]
+    NotRemodel {
+        path: PathBuf,
+        pid: i32,
+        command: String,
+    },
+    #[error(
+        "remodel (pid {pid}, pidfile {path}) runs as another user: run this command as that user \
+         (e.g. `sudo -u remodel remodel pause ...`)"
+    )]
+    NotPermitted { path: PathBuf, pid: i32 },
     #[error("pidfile {path} belongs to a running process {pid}; another remodel uses the same slot/pidfile")]
     InUse { path: PathBuf, pid: i32 },
 }
@@ -128,8 +150,10 @@ pub struct PidFile(PathBuf);
 impl PidFile {
     pub fn create(path: &Path) -> Result<PidFile, PidError> {
         if let Ok(pid) = read_pid(path) {
+            // A live pid that is not remodel is a stale pidfile whose pid was reused.
             if pid != std::process::id() as i32
                 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                && other_program(pid).is_none()
             {
                 return Err(PidError::InUse {
                     path: path.into(),
@@ -153,10 +177,28 @@ impl Drop for PidFile {
     }
 }
 
+/// The command `pid` runs, when Linux's /proc says it is not remodel; `None` when it is (or
+/// there is no /proc to ask: then the pidfile is trusted).
+fn other_program(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0).to_string();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    (!argv0.contains("remodel") && !exe.contains("remodel")).then_some(argv0)
+}
+
 fn read_pid(path: &Path) -> Result<i32, PidError> {
-    let content = std::fs::read_to_string(path).map_err(|source| PidError::Io {
-        path: path.into(),
-        source,
+    let content = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            PidError::Missing { path: path.into() }
+        } else {
+            PidError::Io {
+                path: path.into(),
+                source,
+            }
+        }
     })?;
     content.trim().parse().map_err(|_| PidError::Garbage {
         path: path.into(),
@@ -164,15 +206,40 @@ fn read_pid(path: &Path) -> Result<i32, PidError> {
     })
 }
 
-/// Send `sig` to the daemon recorded in `path`; returns its pid.
+/// Send `sig` to the daemon recorded in `path`; returns its pid. A pid that now belongs to
+/// another program (a stale pidfile after a crash, the pid reused) is never signalled: SIGUSR1
+/// terminates most programs.
 pub fn signal_daemon(path: &Path, sig: nix::sys::signal::Signal) -> Result<i32, PidError> {
     let pid = read_pid(path)?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|source| {
-        PidError::NotRunning {
+    let target = nix::unistd::Pid::from_raw(pid);
+    let not_running = |source| PidError::NotRunning {
+        path: path.into(),
+        pid,
+        source,
+    };
+    match nix::sys::signal::kill(target, None) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EPERM) => {
+            return Err(PidError::NotPermitted {
+                path: path.into(),
+                pid,
+            })
+        }
+        Err(e) => return Err(not_running(e)),
+    }
+    if let Some(command) = other_program(pid) {
+        return Err(PidError::NotRemodel {
             path: path.into(),
             pid,
-            source,
-        }
+            command,
+        });
+    }
+    nix::sys::signal::kill(target, sig).map_err(|e| match e {
+        nix::errno::Errno::EPERM => PidError::NotPermitted {
+            path: path.into(),
+            pid,
+        },
+        e => not_running(e),
     })?;
     Ok(pid)
 }

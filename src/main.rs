@@ -229,10 +229,26 @@ async fn main() -> ExitCode {
     match real_main(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("remodel: error: {e:#}");
+            eprintln!("remodel: error: {}", chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each cause once: most of our messages already include their
+/// cause's text, which `{:#}` would print again.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {

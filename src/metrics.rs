@@ -123,7 +123,7 @@ impl Metrics {
             .expect("valid metric"),
             lag_seconds: Gauge::new(
                 names::LAG_SECONDS,
-                "Age of the oldest unapplied source commit, 0 when caught up",
+                "0 when caught up; while behind, the age of the last applied source commit (an upper bound on the oldest unapplied one's), growing while nothing is applied",
             )
             .expect("valid metric"),
             changes_applied: IntCounterVec::new(

@@ -27,6 +27,8 @@ pub struct Status {
     pub backfill: Vec<BackfillStatus>,
     /// Rows set aside per source table (on_error = "dead_letter").
     pub dead_letters: Vec<(String, i64)>,
+    /// False when the source could not be read (then `slot` says nothing).
+    pub source_read: bool,
     pub errors: Vec<String>,
 }
 
@@ -83,6 +85,12 @@ pub async fn gather(config: &Config) -> Status {
             paused: v["paused"].as_bool().unwrap_or(false),
             pid: v["pid"].as_u64(),
         },
+        None if !config.metrics.enabled => DaemonState {
+            state: "unknown (metrics.enabled = false: status asks the daemon over metrics.listen)"
+                .into(),
+            paused: false,
+            pid: None,
+        },
         None => DaemonState {
             state: "not running".into(),
             paused: false,
@@ -100,6 +108,7 @@ pub async fn gather(config: &Config) -> Status {
         lag_seconds: None,
         backfill: vec![],
         dead_letters: vec![],
+        source_read: false,
         errors: vec![],
     };
     match dead_letters(config).await {
@@ -137,6 +146,7 @@ pub async fn gather(config: &Config) -> Status {
             }
             st.source_current_lsn = current.map(|c| c.to_string());
             st.slot = slot;
+            st.source_read = true;
         }
         Err(e) => errors.push(e.to_string()),
     }
@@ -149,6 +159,8 @@ pub async fn gather(config: &Config) -> Status {
             st.lag_seconds = Some(s);
         }
     }
+    // Each part connects on its own; one unreachable database is one error, not three.
+    errors.dedup();
     st.errors = errors;
     st
 }
@@ -324,7 +336,8 @@ impl std::fmt::Display for Status {
                     .map(|b| bytes(b.max(0) as u64))
                     .unwrap_or_else(|| "-".into())
             )?,
-            None => writeln!(f, "slot      (does not exist yet)")?,
+            None if self.source_read => writeln!(f, "slot      (does not exist yet)")?,
+            None => writeln!(f, "slot      unknown (the source could not be read)")?,
         }
         let mut tables: Vec<&str> = self.backfill.iter().map(|b| b.table.as_str()).collect();
         for (t, _) in &self.dead_letters {
@@ -359,7 +372,9 @@ impl std::fmt::Display for Status {
                         (
                             b.state.as_str(),
                             b.rows_copied.to_string(),
+                            // 0: never analyzed (reltuples unknown), not empty.
                             b.rows_estimate
+                                .filter(|e| *e > 0)
                                 .map(|e| e.to_string())
                                 .unwrap_or_else(|| "?".into()),
                             format!("{pct:.0}%"),

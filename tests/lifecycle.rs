@@ -184,10 +184,17 @@ async fn pause_longer_than_wal_sender_timeout_keeps_the_connection_and_resume_ca
         Some(walsender),
         "the walsender was replaced: the connection died during the pause"
     );
+    // The pause shows in the metrics an alert reads: the writes wait as lag in bytes and in
+    // seconds (at least the 3 s held), not as a frozen last value.
+    d.wait_metric("remodel_source_lag_bytes", |v| v > 0.0).await;
+    d.wait_metric("remodel_lag_seconds", |v| v >= 3.0).await;
+    assert_eq!(d.metric("remodel_paused").await, 1.0);
 
     let (ok, out) = cli(&d, &["resume"]);
     assert!(ok, "{out}");
     converge(&db, ACCOUNTS_ROWS).await;
+    d.wait_metric("remodel_lag_seconds", |v| v == 0.0).await;
+    assert_eq!(d.metric("remodel_ready").await, 1.0);
     assert_eq!(d.metric("remodel_restarts_total").await, 0.0, "{}", d.log());
     assert!(!d.log().contains("replication timeout"));
     d.signal(Signal::SIGINT);

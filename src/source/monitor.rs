@@ -21,7 +21,22 @@ pub async fn run(
 ) {
     let mut tick = 0u64;
     loop {
-        let server = state.server_wal_end();
+        let mut server = state.server_wal_end();
+        if metrics.paused.get() == 1 {
+            // Paused, the stream is not read, so the server's WAL end stops arriving; ask.
+            if let Ok(row) = source
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+            {
+                if let Some(lsn) = row
+                    .try_get::<_, String>(0)
+                    .ok()
+                    .and_then(|t| t.parse::<crate::Lsn>().ok())
+                {
+                    server = server.max(lsn);
+                }
+            }
+        }
         let applied = state.applied();
         let confirmed = state.confirmed();
         metrics.server_wal_end.store(server.0, Ordering::Relaxed);
