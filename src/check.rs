@@ -60,6 +60,53 @@ async fn connect(
     }
 }
 
+/// `schema.table` as an SQL name (each part quoted: mixed case, odd characters).
+fn quoted(table: &str) -> String {
+    match table.split_once('.') {
+        Some((schema, name)) => format!(
+            "{}.{}",
+            crate::cluster::quote_ident(schema),
+            crate::cluster::quote_ident(name)
+        ),
+        None => crate::cluster::quote_ident(table),
+    }
+}
+
+/// Whether the connected role holds `privilege` on `table`; false when it cannot be asked.
+async fn has_privilege(client: &Client, table: &str, privilege: &str) -> bool {
+    client
+        .query_one("SELECT has_table_privilege($1, $2)", &[&table, &privilege])
+        .await
+        .ok()
+        .and_then(|r| r.try_get(0).ok())
+        .unwrap_or(false)
+}
+
+/// The writes apply makes on each target table: rows in, changed, deleted, and a source
+/// TRUNCATE replayed.
+async fn target_privileges(t: &Client, targets: &[String], out: &mut Vec<Finding>) {
+    for table in targets {
+        let mut missing = Vec::new();
+        for p in ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"] {
+            if !has_privilege(t, &quoted(table), p).await {
+                missing.push(p);
+            }
+        }
+        if !missing.is_empty() {
+            let fix = if missing == ["TRUNCATE"] {
+                format!("GRANT TRUNCATE ON {table} TO <role> (a source TRUNCATE is replayed), or stop publishing truncates: ALTER PUBLICATION <publication> SET (publish = 'insert, update, delete')")
+            } else {
+                format!("GRANT {} ON {table} TO <role>", missing.join(", "))
+            };
+            out.push(finding(
+                table,
+                format!("the role lacks {} on this target table", missing.join(", ")),
+                fix,
+            ));
+        }
+    }
+}
+
 async fn setting(client: &Client, name: &str) -> Option<String> {
     client
         .query_one("SELECT current_setting($1)", &[&name])
@@ -88,6 +135,13 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         check_source(config, s, &mut out, &mut published).await;
         src_tables = catalog::load(s).await.unwrap_or_default();
         for t in &published {
+            if !has_privilege(s, &quoted(t), "SELECT").await {
+                out.push(finding(
+                    t,
+                    "the role cannot read it (backfill and verify read every mapped table)",
+                    format!("GRANT SELECT ON {t} TO <role>"),
+                ));
+            }
             if let Some(info) = src_tables.get(t) {
                 if info.replica_identity == 'n' {
                     out.push(finding(t, "REPLICA IDENTITY NOTHING: updates and deletes on it fail once it is published", format!("ALTER TABLE {t} REPLICA IDENTITY DEFAULT")));
@@ -101,18 +155,20 @@ pub async fn run(config: &Config) -> Vec<Finding> {
         let schema = &config.target.state_schema;
         let ok: bool = t
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1 AND pg_has_role(nspowner, 'USAGE'))
-                     OR has_database_privilege(current_database(), 'CREATE')",
+                "SELECT coalesce((SELECT has_schema_privilege(oid, 'CREATE') AND has_schema_privilege(oid, 'USAGE')
+                                  FROM pg_namespace WHERE nspname = $1),
+                                 has_database_privilege(current_database(), 'CREATE'))",
                 &[schema],
             )
             .await
-            .map(|r| r.get(0))
+            .ok()
+            .and_then(|r| r.try_get(0).ok())
             .unwrap_or(false);
         if !ok {
             out.push(finding(
                 "target",
                 format!("the role cannot create or use the state schema {schema:?}"),
-                "GRANT CREATE ON DATABASE <db> TO <role>, or create the schema for it",
+                format!("GRANT CREATE ON DATABASE <db> TO <role>, or have an administrator run CREATE SCHEMA {schema} AUTHORIZATION <role>"),
             ));
         }
     }
@@ -126,9 +182,17 @@ pub async fn run(config: &Config) -> Vec<Finding> {
             state_schema: &config.target.state_schema,
             registry: &config.transforms,
         };
-        if let Err(problems) = crate::transform::compile(&config.tables, &env).await {
-            for p in problems {
-                out.push(finding(format!("mapping {}", p.table), p.message, p.fix));
+        match crate::transform::compile(&config.tables, &env).await {
+            Err(problems) => {
+                for p in problems {
+                    out.push(finding(format!("mapping {}", p.table), p.message, p.fix));
+                }
+            }
+            Ok(plan) => {
+                let mut targets: Vec<String> = plan.outputs.iter().map(|o| o.target()).collect();
+                targets.sort();
+                targets.dedup();
+                target_privileges(t, &targets, &mut out).await;
             }
         }
     }

@@ -138,3 +138,87 @@ async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
         d.log()
     );
 }
+
+/// `remodel check` names each privilege a role lacks, with the GRANT that fixes it, and a state
+/// schema an administrator created for the role is enough (no CREATE on the database).
+#[tokio::test]
+async fn check_names_each_missing_privilege_with_its_grant() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    let name = &db.name;
+    db.source
+        .batch_execute(&format!(
+            "CREATE ROLE remodel_weak LOGIN REPLICATION;
+             GRANT CONNECT ON DATABASE {name} TO remodel_weak;
+             GRANT USAGE ON SCHEMA public TO remodel_weak;
+             CREATE PUBLICATION remodel FOR TABLE public.loans;"
+        ))
+        .await
+        .unwrap();
+    db.target
+        .batch_execute(&format!(
+            "CREATE ROLE remodel_weak LOGIN;
+             GRANT CONNECT ON DATABASE {name} TO remodel_weak;
+             REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+             GRANT USAGE ON SCHEMA public TO remodel_weak;
+             GRANT SELECT, INSERT ON public.loans, public.guarantors TO remodel_weak;"
+        ))
+        .await
+        .unwrap();
+    let url = |base: &str| base.replacen("postgres@", "remodel_weak@", 1);
+    let env: Vec<(String, String)> = [
+        ("REMODEL__SOURCE__URL", url(&db.source_url)),
+        ("REMODEL__TARGET__URL", url(&db.target_url)),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", "remodel".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/guarantors.toml");
+    let file_arg = file.display().to_string();
+    let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
+    assert_eq!(code, Some(1), "{out}");
+    for needle in [
+        "public.loans: the role cannot read it",
+        "GRANT SELECT ON public.loans TO <role>",
+        "public.loans: the role lacks UPDATE, DELETE, TRUNCATE on this target table",
+        "public.guarantors: the role lacks UPDATE, DELETE, TRUNCATE on this target table",
+        "GRANT UPDATE, DELETE, TRUNCATE ON public.guarantors TO <role>",
+        "cannot create or use the state schema \"remodel\"",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?}:\n{out}");
+    }
+    // Granted as check says, with the state schema made by an administrator: ready.
+    db.source
+        .batch_execute("GRANT SELECT ON public.loans TO remodel_weak")
+        .await
+        .unwrap();
+    db.target
+        .batch_execute(
+            "GRANT UPDATE, DELETE, TRUNCATE ON public.loans, public.guarantors TO remodel_weak;
+             CREATE SCHEMA remodel AUTHORIZATION remodel_weak;",
+        )
+        .await
+        .unwrap();
+    let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
+    assert_eq!(code, Some(0), "{out}");
+    // And the daemon starts with it: the state schema is migrated without CREATE on the database.
+    let listen = free_listen();
+    let mut env = env;
+    env.push(("REMODEL__METRICS__LISTEN".into(), listen.clone()));
+    let mut d = Daemon::start_file(&file, &listen, env);
+    d.wait_ready().await;
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM pg_tables WHERE schemaname = 'remodel'"
+        )
+        .await
+        .first()
+        .map(|n| n != "0"),
+        Some(true)
+    );
+    d.stop();
+}

@@ -173,8 +173,24 @@ impl StateSchema {
         )
         .await
         .map_err(self.err("taking the migration lock"))?;
+        // Only a missing schema is created: `CREATE SCHEMA IF NOT EXISTS` would need CREATE on
+        // the database even when a DBA made the schema for a role without it.
+        let exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                &[&self.schema],
+            )
+            .await
+            .map_err(self.err("looking for the schema"))?
+            .try_get(0)
+            .map_err(self.err("looking for the schema"))?;
+        let create = if exists {
+            String::new()
+        } else {
+            format!("CREATE SCHEMA {};", self.quoted)
+        };
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {s};
+            "{create}
              CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);",
             s = self.quoted
         ))
