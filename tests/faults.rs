@@ -112,3 +112,44 @@ async fn a_blocked_target_holds_the_stream_until_it_comes_back() {
     drop(d);
     drop_slot(&db).await;
 }
+
+/// A source restart with a fast shutdown (a routine maintenance restart or a failover): the
+/// server ends the replication COPY cleanly (CommandComplete) instead of dropping the
+/// connection. That is a reconnect, not a fatal protocol error; nothing is lost.
+#[tokio::test]
+async fn a_fast_source_restart_is_retried_without_loss() {
+    let p = pair();
+    let source = support::private_cluster(support::ClusterOptions::default()).await;
+    let name = support::unique_name("restart");
+    source.create_database(&name).await;
+    p.target.create_database(&name).await;
+    let mut db = support::TestDb {
+        source_url: source.admin_url(&name),
+        target_url: p.target.admin_url(&name),
+        source: source.client(&name).await,
+        target: p.target.client(&name).await,
+        name,
+    };
+    db.on_both(ACCOUNTS_DDL).await;
+    let listen = free_listen();
+    let d = Daemon::start(
+        &config_urls(&db.source_url, &db.target_url, &db.name, &listen, "", ""),
+        &listen,
+    );
+    d.wait_ready().await;
+    let mut r = rng(seed("a_fast_source_restart_is_retried_without_loss"));
+    random_writes(&db.source, &mut r, 30).await;
+    source.restart().await;
+    db.source = source.client(&db.name).await;
+    random_writes(&db.source, &mut r, 30).await;
+    converge(&db, ACCOUNTS_ROWS).await;
+    assert!(
+        d.metric("remodel_restarts_total").await >= 1.0,
+        "the restart was not noticed; log:\n{}",
+        d.log()
+    );
+    d.wait_metric("remodel_ready", |v| v == 1.0).await;
+    assert!(!d.log().contains("fatal"), "{}", d.log());
+    drop(d);
+    drop_slot(&db).await;
+}

@@ -407,6 +407,14 @@ pub(super) async fn copy_table(
             .backfill_chunk_seconds
             .observe(started.elapsed().as_secs_f64());
         shared.progress.add(&job.rel, piped.rows, piped.bytes);
+        if piped.dead > 0 {
+            // Counted once the chunk committed (a retried chunk is not counted twice).
+            shared
+                .metrics
+                .dead_letters
+                .with_label_values(&[&job.rel])
+                .inc_by(piped.dead);
+        }
         cursor = next;
         if done {
             shared.progress.done(&job.rel);

@@ -25,6 +25,8 @@ pub struct Piped {
     pub bytes: u64,
     /// Key values (text form, `None` for NULL) of the chunk's last row.
     pub last_key: Option<Vec<Option<String>>>,
+    /// Rows set aside as dead letters (`on_error = "dead_letter"`).
+    pub dead: u64,
 }
 
 /// Tracks the last complete line across arbitrary byte chunks, copying only per chunk.
@@ -173,6 +175,7 @@ pub async fn pipe(
         rows,
         bytes,
         last_key,
+        dead: 0,
     })
 }
 

@@ -384,6 +384,7 @@ pub(super) async fn staged(
         rows: t.rows,
         bytes: t.bytes,
         last_key: t.last_key,
+        dead: t.dead.len() as u64,
     }))
 }
 

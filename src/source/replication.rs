@@ -507,7 +507,9 @@ impl ReplicationReader {
                         return Err(server_error(b));
                     }
                 }
-                b'c' => return Err(ReplicationError::Closed),
+                // CopyDone, or the COPY's CommandComplete / ReadyForQuery: the server ended the
+                // stream (a clean shutdown, a restart, a failover). Reconnect, as for a drop.
+                b'c' | b'C' | b'Z' => return Err(ReplicationError::Closed),
                 b'N' | b'S' => {}
                 _ => {
                     return Err(proto(format!(
