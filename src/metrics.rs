@@ -99,6 +99,8 @@ pub struct Metrics {
     /// 0 before the first. The monitor ages `remodel_lag_seconds` from it while behind, so a
     /// pause or a stall shows as growing lag rather than the last value frozen.
     pub last_applied_commit_us: std::sync::atomic::AtomicI64,
+    /// The slot this daemon streams from, so `remodel status` knows whose `/status` it reads.
+    pub slot: std::sync::OnceLock<String>,
 }
 
 impl Metrics {
@@ -123,7 +125,7 @@ impl Metrics {
             .expect("valid metric"),
             lag_seconds: Gauge::new(
                 names::LAG_SECONDS,
-                "0 when caught up; while behind, the age of the last applied source commit (an upper bound on the oldest unapplied one's), growing while nothing is applied",
+                "0 when caught up; while behind, an upper bound on the age of the oldest unapplied source commit, growing while nothing is applied",
             )
             .expect("valid metric"),
             changes_applied: IntCounterVec::new(
@@ -236,6 +238,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             server_wal_end: AtomicU64::new(0),
             last_applied_commit_us: std::sync::atomic::AtomicI64::new(0),
+            slot: std::sync::OnceLock::new(),
         };
         let r = &m.registry;
         for c in [
@@ -285,6 +288,7 @@ impl Metrics {
             "lag_seconds": self.lag_seconds.get(),
             "transactions_applied": self.transactions_applied.get(),
             "pid": std::process::id(),
+            "slot": self.slot.get(),
         })
     }
 }

@@ -33,6 +33,7 @@ use crate::transform::{catalog, Plan, Transformer};
 /// Run the stream (and, with `backfill.enabled`, the backfill beside it) until `control` shuts
 /// down (Ok) or a fatal error stops either.
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+    let _ = metrics.slot.set(config.source.slot.clone());
     control.set_throttle(config.throttle());
     let verifying = tokio::spawn(crate::verify::continuous(
         config.clone(),
@@ -276,6 +277,11 @@ async fn run_once(
     let state = StateSchema::new(&config.target.state_schema);
     state.migrate(&mut target).await?;
     let plan = compile_plan(config, &source, &target).await?;
+    // Every mapped table's dead-letter series exists from the start at 0, so an alert on its
+    // increase sees the first one.
+    for table in plan.tables.keys() {
+        metrics.dead_letters.with_label_values(&[table]).inc_by(0);
+    }
     let progress = state
         .progress(&target, &config.source.slot)
         .await?

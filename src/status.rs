@@ -78,12 +78,30 @@ async fn daemon_status(listen: &str) -> Option<serde_json::Value> {
 
 pub async fn gather(config: &Config) -> Status {
     let mut errors = Vec::new();
-    let live = daemon_status(&config.metrics.listen).await;
+    let mut live = daemon_status(&config.metrics.listen).await;
+    let mut other = None;
+    if let Some(v) = &live {
+        if let Some(slot) = v["slot"].as_str() {
+            if slot != config.source.slot {
+                other = Some(slot.to_string());
+                live = None;
+            }
+        }
+    }
     let daemon = match &live {
         Some(v) => DaemonState {
             state: v["state"].as_str().unwrap_or("unknown").to_string(),
             paused: v["paused"].as_bool().unwrap_or(false),
             pid: v["pid"].as_u64(),
+        },
+        None if other.is_some() => DaemonState {
+            state: format!(
+                "not running (metrics.listen {} answers for another remodel, slot {:?})",
+                config.metrics.listen,
+                other.unwrap_or_default()
+            ),
+            paused: false,
+            pid: None,
         },
         None if !config.metrics.enabled => DaemonState {
             state: "unknown (metrics.enabled = false: status asks the daemon over metrics.listen)"
@@ -150,10 +168,12 @@ pub async fn gather(config: &Config) -> Status {
         }
         Err(e) => errors.push(e.to_string()),
     }
-    // A running daemon knows better: it measures against the WAL end the server streams to it
-    // and confirms idle positions, so WAL that holds nothing for it (checkpoints, other
-    // databases) is not lag. The database view above is for when it does not run.
-    if let Some(v) = &live {
+    // A streaming (or paused) daemon knows better: its position follows the server's idle
+    // keepalives, so WAL that holds nothing for it (checkpoints, other databases) is not counted
+    // as lag, and its seconds age only while something is pending. The database view above is
+    // for when it does not run, or is (re)connecting and not measuring.
+    let measuring = matches!(st.daemon.state.as_str(), "streaming" | "paused");
+    if let Some(v) = live.as_ref().filter(|_| measuring) {
         if let (Some(b), Some(s)) = (v["lag_bytes"].as_u64(), v["lag_seconds"].as_f64()) {
             st.lag_bytes = Some(b);
             st.lag_seconds = Some(s);

@@ -78,6 +78,14 @@ async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
 
     let mut d = Daemon::start_file(&file, &listen, env.clone());
     d.wait_ready().await;
+    // The dead-letter series of every mapped table exists at 0 from the start, so an alert on
+    // its increase sees the first one.
+    let (_, body) = d.get("/metrics").await.expect("metrics");
+    assert!(
+        body.lines()
+            .any(|l| l == "remodel_dead_letters_total{table=\"public.loans\"} 0"),
+        "{body}"
+    );
     // Stream: an update, an insert and a delete, as the app would.
     db.source
         .batch_execute(
