@@ -170,20 +170,23 @@ enum Cmd {
     /// backfill, pause/resume, verification, rows before and after.
     ///
     /// Needs PostgreSQL's server binaries (apt-get install postgresql). Ctrl-C stops it and
-    /// removes the clusters. Exit 0 when verification is clean, 1 if rows differ, 130 on Ctrl-C.
+    /// removes the clusters. Exit 0 when verification is clean, 1 if rows differ, 2 if it could
+    /// not settle (or the demo could not run), 130 on Ctrl-C (0 when --keep ends by Ctrl-C).
     #[command(after_help = "Examples:
   remodel demo
   remodel demo --loans 1000000 --seconds 60 --rate 1000
   remodel demo --keep            # leave it running to poke at the clusters and /metrics")]
     Demo {
         /// Loans loaded before the daemon starts (backfill copies them).
-        #[arg(long, default_value_t = 100_000, value_name = "N")]
+        #[arg(long, default_value_t = 100_000, value_name = "N",
+              value_parser = clap::value_parser!(u64).range(1..))]
         loans: u64,
         /// How long the live writer runs, in seconds.
         #[arg(long, default_value_t = 20, value_name = "S")]
         seconds: u64,
         /// Row changes per second the writer makes (roughly).
-        #[arg(long, default_value_t = 200, value_name = "R")]
+        #[arg(long, default_value_t = 200, value_name = "R",
+              value_parser = clap::value_parser!(u64).range(10..))]
         rate: u64,
         /// Keep the daemon and clusters running after the summary, until Ctrl-C.
         #[arg(long)]
@@ -474,6 +477,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(match remodel::demo::run(opts).await? {
                 remodel::demo::Ending::Clean => ExitCode::SUCCESS,
                 remodel::demo::Ending::Mismatch => ExitCode::from(1),
+                remodel::demo::Ending::Incomplete => ExitCode::from(2),
                 remodel::demo::Ending::Interrupted => ExitCode::from(130),
             })
         }

@@ -12,7 +12,42 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use support::daemon::remodel_cmd;
+/// Run `remodel demo` with `args`; (exit code, stdout). Killed, and the test failed, if it
+/// runs past `deadline`.
+fn demo(args: &[&str], deadline: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .arg("demo")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run remodel demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    });
+    let until = Instant::now() + deadline;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "remodel demo ran past {deadline:?}:\n{}",
+                reader.join().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.code(), reader.join().expect("stdout reader"))
+}
 
 /// The clusters' data dirs and the source port the demo printed.
 fn clusters(out: &str) -> (Vec<PathBuf>, u16) {
@@ -48,9 +83,8 @@ fn assert_gone(out: &str) {
 
 #[test]
 fn demo_splits_guarantors_pauses_by_signal_and_verifies_clean() {
-    let (code, out) = remodel_cmd(
+    let (code, out) = demo(
         &[
-            "demo",
             "--loans",
             "4000",
             "--seconds",
@@ -60,15 +94,13 @@ fn demo_splits_guarantors_pauses_by_signal_and_verifies_clean() {
             "--seed",
             "7",
         ],
-        &[],
+        Duration::from_secs(300),
     );
     assert_eq!(code, Some(0), "{out}");
     for needle in [
         "loaded 4000 loans",
         "config/examples/guarantors.toml",
         "kill -USR1",
-        "paused 3.",
-        ": 0 source transactions applied meanwhile",
         "kill -USR2",
         "public.loans → public.guarantors  split",
         "clean: ",
@@ -80,6 +112,15 @@ fn demo_splits_guarantors_pauses_by_signal_and_verifies_clean() {
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
+    // Paused for its 3 s (or more, on a loaded machine) with nothing applied meanwhile.
+    let paused = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("paused "))
+        .unwrap_or_else(|| panic!("no pause report:\n{out}"));
+    assert!(
+        paused.contains(" s: 0 source transactions applied meanwhile"),
+        "{paused}"
+    );
     // The writer's changes reached the stream: updates and deletes were applied, and the
     // verification compared every loan the writer left (4000 loaded + ~90 inserted per s).
     let compared: u64 = out
@@ -90,6 +131,14 @@ fn demo_splits_guarantors_pauses_by_signal_and_verifies_clean() {
         .unwrap_or_else(|| panic!("no loans row in the report:\n{out}"));
     assert!(compared > 4000, "{compared} loans compared:\n{out}");
     assert_gone(&out);
+}
+
+#[test]
+fn demo_rejects_sizes_it_cannot_run() {
+    for (flag, value) in [("--loans", "0"), ("--rate", "5")] {
+        let (code, out) = demo(&[flag, value], Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{flag} {value}: {out}");
+    }
 }
 
 #[test]

@@ -72,6 +72,8 @@ pub enum Ending {
     Clean,
     /// Verification found differing rows (a bug: please report it).
     Mismatch,
+    /// Verification could not settle every row (exit 2, the report says why).
+    Incomplete,
     /// Stopped by Ctrl-C / SIGTERM before the end.
     Interrupted,
 }
@@ -152,7 +154,9 @@ fn backfill_done(metrics: &Metrics) -> bool {
 pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     let control = Control::new();
     // The real handlers: Ctrl-C stops the demo cleanly, and the demo pauses itself by signal.
-    control::install_signals(control.clone(), || {})
+    // SIGHUP (the terminal closed) ends the demo too: nothing should outlive it.
+    let hangup = control.clone();
+    control::install_signals(control.clone(), move || hangup.shutdown())
         .map_err(|e| DemoError::Other(format!("installing signal handlers: {e}")))?;
     println!(
         "remodel demo: the guarantor migration (DESIGN.md) on two throwaway PostgreSQL clusters"
@@ -192,9 +196,12 @@ async fn scenario_run(
         .await
         .map_err(sql("creating the target schema"))?;
     let loading = Instant::now();
-    s.batch_execute(&scenario::load(1, opts.loans))
-        .await
-        .map_err(sql("loading loans"))?;
+    let stop = control.shutdown_token();
+    let load = scenario::load(1, opts.loans);
+    tokio::select! {
+        r = s.batch_execute(&load) => r.map_err(sql("loading loans"))?,
+        _ = stop.cancelled() => return Ok(Ending::Interrupted),
+    }
     println!(
         "loaded {} loans with free-text guarantors in {:.1} s, e.g.:",
         opts.loans,
@@ -233,9 +240,9 @@ async fn scenario_run(
     let stopped = daemon
         .await
         .map_err(|e| DemoError::Other(format!("the daemon task: {e}")))?;
-    let ending = outcome?;
+    // The daemon's own error explains a failed run best ("the daemon stopped" does not).
     stopped.map_err(Box::new)?;
-    Ok(ending)
+    outcome
 }
 
 async fn drive(
@@ -284,7 +291,12 @@ async fn drive(
     let per_tick = (opts.rate / 10).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let stop = control.shutdown_token();
-    while started.elapsed() < Duration::from_secs(opts.seconds) {
+    // The writer runs its time, and on until the pause has been shown (bounded: a daemon that
+    // never pauses is an error below).
+    let run_for = Duration::from_secs(opts.seconds);
+    while started.elapsed() < run_for
+        || (pause != PauseShow::Done && started.elapsed() < run_for + Duration::from_secs(30))
+    {
         tokio::select! {
             _ = stop.cancelled() => return Ok(Ending::Interrupted),
             _ = tick.tick() => {}
@@ -319,11 +331,19 @@ async fn drive(
         }
     }
     if pause != PauseShow::Done {
-        // A run too short to show it: still resume.
-        signal(Signal::SIGUSR2)?;
+        return Err(DemoError::Other(
+            "the daemon did not pause on SIGUSR1 within 30 s".into(),
+        ));
     }
     println!("writer stopped after {written} changes; waiting for backfill to finish…");
+    let backfill_by = Instant::now() + Duration::from_secs(120 + opts.loans / 1000);
     while !backfill_done(metrics) {
+        if Instant::now() > backfill_by {
+            return Err(DemoError::Other(format!(
+                "backfill did not finish within {} s; see the log above",
+                120 + opts.loans / 1000
+            )));
+        }
         if daemon.is_finished() {
             return Err(DemoError::Other("the daemon stopped".into()));
         }
@@ -346,15 +366,16 @@ async fn drive(
 
     before_after(s, t).await?;
     summary(metrics, &config.metrics.listen);
-    if opts.keep && report.exit_code() != 1 {
+    if opts.keep && report.exit_code() == 0 {
         println!(
             "\n--keep: the daemon and both clusters keep running; psql into them with the URLs above. Ctrl-C ends the demo."
         );
         control.shutdown_token().cancelled().await;
     }
     Ok(match report.exit_code() {
+        0 => Ending::Clean,
         1 => Ending::Mismatch,
-        _ => Ending::Clean,
+        _ => Ending::Incomplete,
     })
 }
 
