@@ -177,16 +177,27 @@ impl Drop for PidFile {
     }
 }
 
-/// The command `pid` runs, when Linux's /proc says it is not remodel; `None` when it is (or
-/// there is no /proc to ask: then the pidfile is trusted).
+/// The program `pid` runs, when Linux's /proc says it is not remodel; `None` when it is (or
+/// there is no /proc to ask: then the pidfile is trusted). The executable's file name decides,
+/// not the command line, which a PostgreSQL backend rewrites to text that can name a role
+/// called remodel. Another user's process hides its executable: then argv[0]'s file name.
 fn other_program(pid: i32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     let argv0 = String::from_utf8_lossy(argv0).to_string();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    (!argv0.contains("remodel") && !exe.contains("remodel")).then_some(argv0)
+    let name = match std::fs::read_link(format!("/proc/{pid}/exe")) {
+        Ok(exe) => exe
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .unwrap_or_default(),
+        Err(_) => argv0
+            .split_whitespace()
+            .next()
+            .and_then(|a| std::path::Path::new(a).file_name())
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    };
+    (!name.contains("remodel")).then_some(argv0)
 }
 
 fn read_pid(path: &Path) -> Result<i32, PidError> {
@@ -217,21 +228,24 @@ pub fn signal_daemon(path: &Path, sig: nix::sys::signal::Signal) -> Result<i32, 
         pid,
         source,
     };
-    match nix::sys::signal::kill(target, None) {
-        Ok(()) => {}
-        Err(nix::errno::Errno::EPERM) => {
-            return Err(PidError::NotPermitted {
-                path: path.into(),
-                pid,
-            })
+    let alive = nix::sys::signal::kill(target, None);
+    if let Err(e) = alive {
+        if e != nix::errno::Errno::EPERM {
+            return Err(not_running(e));
         }
-        Err(e) => return Err(not_running(e)),
     }
+    // Who it is, before any verdict on permissions: a reused pid is stale, whoever owns it.
     if let Some(command) = other_program(pid) {
         return Err(PidError::NotRemodel {
             path: path.into(),
             pid,
             command,
+        });
+    }
+    if alive.is_err() {
+        return Err(PidError::NotPermitted {
+            path: path.into(),
+            pid,
         });
     }
     nix::sys::signal::kill(target, sig).map_err(|e| match e {
