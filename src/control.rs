@@ -188,7 +188,11 @@ fn other_program(pid: i32) -> Option<String> {
     let name = match std::fs::read_link(format!("/proc/{pid}/exe")) {
         Ok(exe) => exe
             .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            })
             .unwrap_or_default(),
         Err(_) => argv0
             .split_whitespace()

@@ -273,6 +273,23 @@ fn alerts_cover_the_operating_risks_and_link_runbook_sections_that_exist() {
             runbook.contains(&format!("id=\"{anchor}\"")),
             "{name}: docs/runbook.md has no section {anchor}"
         );
+        // The section quotes the rule as shipped: its expression and its `for`.
+        let section = runbook
+            .split(&format!("id=\"{anchor}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("<a id=").next())
+            .unwrap_or_default();
+        let expr = rule["expr"].as_str().expect("expr").trim();
+        assert!(
+            section.contains(expr),
+            "{name}: docs/runbook.md does not quote the shipped rule `{expr}`"
+        );
+        if let Some(f) = rule["for"].as_str() {
+            assert!(
+                section.contains(&format!("for: {f}")),
+                "{name}: docs/runbook.md does not say `for: {f}`"
+            );
+        }
     }
 }
 
