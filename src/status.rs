@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -129,15 +130,39 @@ pub async fn gather(config: &Config) -> Status {
         source_read: false,
         errors: vec![],
     };
-    match dead_letters(config).await {
-        Ok(d) => st.dead_letters = d,
-        Err(e) => errors.push(e.to_string()),
+    // One target connection serves the three reads: one error if the target is unreachable.
+    let target = async {
+        Ok::<_, Error>(
+            config
+                .target_conn()
+                .map_err(crate::source::conninfo::ConnectError::from)?
+                .connect()
+                .await?,
+        )
+    };
+    let target = match target.await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    };
+    let state = StateSchema::new(&config.target.state_schema);
+    if let Some(client) = &target {
+        match dead_letters(client, &state).await {
+            Ok(d) => st.dead_letters = d,
+            Err(e) => errors.push(e.to_string()),
+        }
+        match backfill_tables(client, &state).await {
+            Ok(b) => st.backfill = b,
+            Err(e) => errors.push(e.to_string()),
+        }
     }
-    match backfill_tables(config).await {
-        Ok(b) => st.backfill = b,
-        Err(e) => errors.push(e.to_string()),
-    }
-    match target_progress(config).await {
+    let progress = match &target {
+        Some(client) => target_progress(client, &state, &config.source.slot).await,
+        None => Ok(None),
+    };
+    match progress {
         Ok(Some(p)) => {
             st.applied_lsn = Some(p.applied_lsn.to_string());
             st.progress_updated_at_unix = p.updated_at_unix;
@@ -179,19 +204,11 @@ pub async fn gather(config: &Config) -> Status {
             st.lag_seconds = Some(s);
         }
     }
-    // Each part connects on its own; one unreachable database is one error, not three.
-    errors.dedup();
     st.errors = errors;
     st
 }
 
-async fn dead_letters(config: &Config) -> Result<Vec<(String, i64)>, Error> {
-    let client = config
-        .target_conn()
-        .map_err(crate::source::conninfo::ConnectError::from)?
-        .connect()
-        .await?;
-    let st = StateSchema::new(&config.target.state_schema);
+async fn dead_letters(client: &Client, st: &StateSchema) -> Result<Vec<(String, i64)>, Error> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
@@ -203,16 +220,14 @@ async fn dead_letters(config: &Config) -> Result<Vec<(String, i64)>, Error> {
     if !exists {
         return Ok(vec![]);
     }
-    Ok(st.dead_letter_counts(&client).await?)
+    Ok(st.dead_letter_counts(client).await?)
 }
 
-async fn target_progress(config: &Config) -> Result<Option<crate::state::Progress>, Error> {
-    let client = config
-        .target_conn()
-        .map_err(crate::source::conninfo::ConnectError::from)?
-        .connect()
-        .await?;
-    let state = StateSchema::new(&config.target.state_schema);
+async fn target_progress(
+    client: &Client,
+    state: &StateSchema,
+    slot: &str,
+) -> Result<Option<crate::state::Progress>, Error> {
     let exists: bool = client
         .query_one(
             "SELECT to_regclass($1) IS NOT NULL",
@@ -227,16 +242,13 @@ async fn target_progress(config: &Config) -> Result<Option<crate::state::Progres
     if !exists {
         return Ok(None);
     }
-    Ok(state.progress(&client, &config.source.slot).await?)
+    Ok(state.progress(client, slot).await?)
 }
 
-async fn backfill_tables(config: &Config) -> Result<Vec<BackfillStatus>, Error> {
-    let client = config
-        .target_conn()
-        .map_err(crate::source::conninfo::ConnectError::from)?
-        .connect()
-        .await?;
-    let state = StateSchema::new(&config.target.state_schema);
+async fn backfill_tables(
+    client: &Client,
+    state: &StateSchema,
+) -> Result<Vec<BackfillStatus>, Error> {
     let sql = |source: tokio_postgres::Error| Error::Sql {
         what: "reading backfill state",
         source: source.into(),
