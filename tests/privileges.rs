@@ -38,6 +38,28 @@ fn docs_sql(side: &str, db: &str) -> String {
         .replace("DATABASE app ", &format!("DATABASE {db} "))
 }
 
+/// The guarantor example run against `db` as `userinfo` (`role` or `role:password`), with the
+/// publication the administrator made (`remodel`) and a slot named after the database.
+fn role_env(db: &support::TestDb, userinfo: &str, listen: &str) -> Vec<(String, String)> {
+    let url = |base: &str| base.replacen("postgres@", &format!("{userinfo}@"), 1);
+    assert!(url(&db.source_url).contains(&format!("{userinfo}@")));
+    [
+        ("REMODEL__SOURCE__URL", url(&db.source_url)),
+        ("REMODEL__TARGET__URL", url(&db.target_url)),
+        ("REMODEL__SOURCE__SLOT", db.name.clone()),
+        ("REMODEL__SOURCE__PUBLICATION", "remodel".into()),
+        ("REMODEL__METRICS__LISTEN", listen.into()),
+        ("REMODEL__VERIFY__STREAM_WAIT", "30s".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn guarantors_example() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/guarantors.toml")
+}
+
 #[tokio::test]
 async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
     let db = fresh_db(pair()).await;
@@ -57,21 +79,9 @@ async fn the_documented_least_privilege_roles_stream_backfill_and_verify() {
             ["false"]
         );
     }
-    let url = |base: &str| base.replacen("postgres@", "remodel:change-me@", 1);
-    assert!(url(&db.source_url).contains("remodel:change-me@"));
     let listen = free_listen();
-    let env: Vec<(String, String)> = [
-        ("REMODEL__SOURCE__URL", url(&db.source_url)),
-        ("REMODEL__TARGET__URL", url(&db.target_url)),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", "remodel".into()),
-        ("REMODEL__METRICS__LISTEN", listen.clone()),
-        ("REMODEL__VERIFY__STREAM_WAIT", "30s".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/guarantors.toml");
+    let env = role_env(&db, "remodel:change-me", &listen);
+    let file = guarantors_example();
     let file_arg = file.display().to_string();
     let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
     assert_eq!(code, Some(0), "check as the documented role: {out}");
@@ -174,17 +184,9 @@ async fn check_names_each_missing_privilege_with_its_grant() {
         ))
         .await
         .unwrap();
-    let url = |base: &str| base.replacen("postgres@", "remodel_weak@", 1);
-    let env: Vec<(String, String)> = [
-        ("REMODEL__SOURCE__URL", url(&db.source_url)),
-        ("REMODEL__TARGET__URL", url(&db.target_url)),
-        ("REMODEL__SOURCE__SLOT", db.name.clone()),
-        ("REMODEL__SOURCE__PUBLICATION", "remodel".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/guarantors.toml");
+    let listen = free_listen();
+    let env = role_env(&db, "remodel_weak", &listen);
+    let file = guarantors_example();
     let file_arg = file.display().to_string();
     let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
     assert_eq!(code, Some(1), "{out}");
@@ -213,9 +215,6 @@ async fn check_names_each_missing_privilege_with_its_grant() {
     let (code, out) = remodel_cmd(&["check", "--config", &file_arg], &env);
     assert_eq!(code, Some(0), "{out}");
     // And the daemon starts with it: the state schema is migrated without CREATE on the database.
-    let listen = free_listen();
-    let mut env = env;
-    env.push(("REMODEL__METRICS__LISTEN".into(), listen.clone()));
     let mut d = Daemon::start_file(&file, &listen, env);
     d.wait_ready().await;
     assert_eq!(
