@@ -54,6 +54,8 @@ pub struct Config {
     pub backfill: BackfillConfig,
     #[serde(default)]
     pub verify: VerifyConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
     /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
     #[serde(default)]
     pub tables: Vec<TableMapping>,
@@ -107,6 +109,45 @@ impl Default for ApplyConfig {
             max_batch_delay_ms: default_batch_delay(),
         }
     }
+}
+
+/// How long remodel waits on a database before it treats the connection as lost (a silent
+/// network cut, a black-holed route, a hung server) and reconnects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Connecting (TCP + TLS + authentication), when the URL has no `connect_timeout`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Silence on the replication connection. remodel asks the server for a keepalive after
+    /// half of it, so an idle source is not silent (like PostgreSQL's wal_receiver_timeout).
+    #[serde(default = "default_receive_timeout")]
+    pub receive_timeout_ms: u64,
+    /// One unit of SQL work: an apply step (a batch or commit), a backfill chunk, a lag
+    /// probe. Also the TCP user timeout and keepalive budget of SQL connections. Must exceed
+    /// the longest legitimate statement, lock waits on the target included.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout_ms: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            connect_timeout_ms: default_connect_timeout(),
+            receive_timeout_ms: default_receive_timeout(),
+            stall_timeout_ms: default_stall_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    10_000
+}
+fn default_receive_timeout() -> u64 {
+    60_000
+}
+fn default_stall_timeout() -> u64 {
+    120_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -479,6 +520,21 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        let n = &self.network;
+        if n.connect_timeout_ms == 0 || n.stall_timeout_ms == 0 {
+            return Err(invalid(
+                "network.connect_timeout_ms / network.stall_timeout_ms",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if n.receive_timeout_ms < 2 * self.source.status_interval_ms.max(500) {
+            return Err(invalid(
+                "network.receive_timeout_ms",
+                &n.receive_timeout_ms.to_string(),
+                "must be at least twice source.status_interval_ms (and at least 1000)",
+            ));
+        }
         if self.source.status_interval_ms == 0 {
             return Err(invalid(
                 "source.status_interval_ms",
@@ -490,11 +546,28 @@ impl Config {
     }
 
     pub fn source_conn(&self) -> Result<ConnInfo, ConnInfoError> {
-        ConnInfo::parse(&self.source.url)
+        Ok(self.networked(ConnInfo::parse(&self.source.url)?))
     }
 
     pub fn target_conn(&self) -> Result<ConnInfo, ConnInfoError> {
-        ConnInfo::parse(&self.target.url)
+        Ok(self.networked(ConnInfo::parse(&self.target.url)?))
+    }
+
+    fn networked(&self, mut info: ConnInfo) -> ConnInfo {
+        info.connect_timeout
+            .get_or_insert(Duration::from_millis(self.network.connect_timeout_ms));
+        info.stall_timeout = Some(self.stall_timeout());
+        info
+    }
+
+    /// `network.stall_timeout_ms`.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.network.stall_timeout_ms)
+    }
+
+    /// `network.receive_timeout_ms`.
+    pub fn receive_timeout(&self) -> Duration {
+        Duration::from_millis(self.network.receive_timeout_ms)
     }
 
     pub fn status_interval(&self) -> Duration {

@@ -53,7 +53,9 @@ pub enum Error {
 
 fn replication_retryable(e: &ReplicationError) -> bool {
     match e {
-        ReplicationError::Io { .. } | ReplicationError::Closed => true,
+        ReplicationError::Io { .. }
+        | ReplicationError::Closed
+        | ReplicationError::Silent { .. } => true,
         ReplicationError::Server { code, .. } => retryable_sqlstate(code),
         _ => false,
     }
@@ -130,10 +132,12 @@ impl Error {
             Error::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
             Error::State(_) => false,
             Error::Apply(ApplyError::Db { source, .. }) => pg_retryable(&source.0),
+            Error::Apply(ApplyError::Stalled { .. }) => true,
             Error::Apply(_) => false,
             Error::Sql { source, .. } => pg_retryable(&source.0),
             Error::Backfill(b) => match b {
                 BackfillError::Sql { source, .. } => pg_retryable(&source.0),
+                BackfillError::Stalled { .. } => true,
                 BackfillError::Copy { source, .. } => match source {
                     crate::backfill::copy::CopyError::Source(e)
                     | crate::backfill::copy::CopyError::Target(e) => pg_retryable(&e.0),

@@ -16,6 +16,7 @@ pub mod control;
 pub mod deadletter;
 pub mod demo;
 pub mod error;
+pub mod failpoint;
 pub mod lsn;
 pub mod metrics;
 pub mod pgerr;

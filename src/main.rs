@@ -255,6 +255,7 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    remodel::failpoint::init()?;
     match cli.cmd {
         Cmd::Run { config } => {
             let cfg = load(&config)?;

@@ -174,8 +174,8 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
     }
 }
 
-/// Restarting a stage after retryable errors: back-off from 250 ms doubling to 30 s, back to
-/// 250 ms after a minute of healthy running. The verdict itself is `Error::is_retryable`.
+/// Restarting a stage after retryable errors: back-off from 250 ms doubling to 30 s (each wait
+/// jittered to 50–100 %), back to 250 ms after a minute of healthy running. The verdict itself is `Error::is_retryable`.
 struct Retry {
     backoff: Duration,
     started: Instant,
@@ -214,14 +214,22 @@ impl Retry {
         if self.started.elapsed() > Duration::from_secs(60) {
             self.backoff = Duration::from_millis(250);
         }
-        tracing::warn!(error = %e, retry_in_ms = self.backoff.as_millis() as u64, "{stage}: retryable error; resuming from {resume}");
+        let wait = jittered(self.backoff);
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{stage}: retryable error; resuming from {resume}");
         tokio::select! {
             _ = shutdown.cancelled() => return Some(Ok(())),
-            _ = tokio::time::sleep(self.backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
         None
     }
+}
+
+/// "Full jitter" over the upper half: a wait in [backoff/2, backoff], so daemons (and the
+/// stream and backfill of one daemon) that lost the same server do not reconnect in lockstep.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    half + half.mul_f64(rand::random::<f64>())
 }
 
 /// Compile the configured mapping against both live schemas.
@@ -272,10 +280,12 @@ async fn run_once(
         .map_err(crate::source::conninfo::ConnectError::from)?;
     let source = src_info.connect().await?;
     setup::ensure_publication(&source, &config.source.publication, &config.source.tables).await?;
-    let slot_lsn = setup::ensure_slot(&source, &config.source.slot).await?;
     let mut target = tgt_info.connect().await?;
     let state = StateSchema::new(&config.target.state_schema);
     state.migrate(&mut target).await?;
+    let streamed = state.streamed(&target, &config.source.slot).await?;
+    let slot_lsn =
+        setup::ensure_slot(&source, &config.source.slot, streamed, &state.quoted).await?;
     let plan = compile_plan(config, &source, &target).await?;
     // Every mapped table's dead-letter series exists from the start at 0, so an alert on its
     // increase sees the first one.
@@ -311,13 +321,16 @@ async fn run_once(
     let monitor_stop = CancellationToken::new();
 
     let stream = tokio::spawn(
-        SourceStream::new(reader, Decoder::new(1), fb.clone(), tx).run(stream_stop.clone()),
+        SourceStream::new(reader, Decoder::new(1), fb.clone(), tx)
+            .receive_timeout(config.receive_timeout())
+            .run(stream_stop.clone()),
     );
     let feedback = {
         let (fb, stop, stream_stop) = (fb.clone(), feedback_stop.clone(), stream_stop.clone());
         let interval = config.status_interval();
+        let ask_after = config.receive_timeout() / 2;
         tokio::spawn(async move {
-            let r = feedback_loop(writer, fb, interval, stop).await;
+            let r = feedback_loop(writer, fb, interval, ask_after, stop).await;
             if r.is_err() {
                 stream_stop.cancel();
             }
@@ -342,6 +355,7 @@ async fn run_once(
             batch_rows: config.apply.batch_rows,
             max_delay: Duration::from_millis(config.apply.max_batch_delay_ms),
             isolate_until,
+            stall_timeout: config.stall_timeout(),
         },
         Transformer::new(Arc::new(plan)),
         FlushHandle::new(fb.clone()),
@@ -357,6 +371,8 @@ async fn run_once(
     monitor_stop.cancel();
     let streamed = stream.await.map_err(|e| Error::Task(e.to_string()))?;
     let fed = feedback.await.map_err(|e| Error::Task(e.to_string()))?;
+    // Aborted, not awaited: its probe may be waiting on a source that stopped answering.
+    monitor.abort();
     let _ = monitor.await;
     applied?;
     streamed?;
@@ -366,5 +382,23 @@ async fn run_once(
         Ok(())
     } else {
         Err(crate::source::replication::ReplicationError::Closed.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_are_jittered_within_half_to_full() {
+        let b = Duration::from_millis(1000);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(b)).collect();
+        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b), "{waits:?}");
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(
+            distinct.len() > 100,
+            "not jittered: {} distinct",
+            distinct.len()
+        );
     }
 }

@@ -62,6 +62,21 @@ pub enum ApplyError {
         #[source]
         source: crate::pgerr::PgError,
     },
+    /// The target did not answer within `network.stall_timeout_ms`: a silent network cut or a
+    /// hung server. The connection is abandoned (its open transaction never commits).
+    #[error("target: {what} got no answer within {} ms (network.stall_timeout_ms); treating the connection as lost: nothing of the open target transaction is kept, and it is retried on a new connection", .after.as_millis())]
+    Stalled { what: &'static str, after: Duration },
+}
+
+/// `fut` within `limit`, else [`ApplyError::Stalled`] naming `what`.
+async fn within<T>(
+    limit: Duration,
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, ApplyError>>,
+) -> Result<T, ApplyError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(ApplyError::Stalled { what, after: limit }))
 }
 
 impl ApplyError {
@@ -95,6 +110,8 @@ pub struct ApplySettings {
     pub max_delay: Duration,
     /// Commit every source transaction with a commit LSN up to this one on its own.
     pub isolate_until: Option<Lsn>,
+    /// One step's target work (a batch, a commit) taking longer is [`ApplyError::Stalled`].
+    pub stall_timeout: Duration,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -204,6 +221,7 @@ impl Applier {
                 batch_rows,
                 max_delay: std::time::Duration::from_secs(1),
                 isolate_until: None,
+                stall_timeout: Duration::from_secs(120),
             },
             Transformer::new(plan),
             FlushHandle::new(crate::source::stream::FeedbackState::new(Lsn::default())),
@@ -293,8 +311,9 @@ impl Applier {
         paused_rx: &mut tokio::sync::watch::Receiver<bool>,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> Result<bool, ApplyError> {
+        let limit = self.settings.stall_timeout;
         if self.source_txn.is_none() && self.control.is_paused() {
-            self.commit().await?;
+            within(limit, "committing before a pause", self.commit()).await?;
             self.metrics.paused.set(1);
             tracing::info!(applied = %self.applied, "paused: nothing is written to the target until resumed");
             while self.control.is_paused() {
@@ -316,22 +335,22 @@ impl Applier {
         let ev = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
-                self.stop().await?;
+                within(limit, "committing at shutdown", self.stop()).await?;
                 return Ok(false);
             }
             _ = paused_rx.changed(), if self.source_txn.is_none() => return Ok(true),
             _ = sleep_until(deadline), if deadline.is_some() => {
-                self.commit().await?;
+                within(limit, "committing a batch", self.commit()).await?;
                 return Ok(true);
             }
             ev = rx.recv() => ev,
         };
         let Some(ev) = ev else {
-            self.stop().await?;
+            within(limit, "committing at the end of the stream", self.stop()).await?;
             return Ok(false);
         };
         let idle = rx.is_empty();
-        self.handle(ev, idle).await?;
+        within(limit, "applying a batch", self.handle(ev, idle)).await?;
         Ok(true)
     }
 
@@ -424,7 +443,13 @@ impl Applier {
         self.pending.clear();
         self.source_txn = None;
         if self.txn.take().is_some() {
-            let _ = self.client.batch_execute("ROLLBACK").await;
+            // Bounded: on a connection that stopped answering, ROLLBACK would wait forever
+            // (and the transaction dies with the connection anyway).
+            let _ = tokio::time::timeout(
+                self.settings.stall_timeout,
+                self.client.batch_execute("ROLLBACK"),
+            )
+            .await;
         }
     }
 
@@ -461,6 +486,7 @@ impl Applier {
             .batch_execute("COMMIT")
             .await
             .map_err(db("committing"))?;
+        crate::failpoint::hit("apply.after_commit");
         self.metrics
             .apply_batch_seconds
             .observe(t.started.elapsed().as_secs_f64());
@@ -508,6 +534,7 @@ impl Applier {
                     source: e.into(),
                 });
             }
+            crate::failpoint::hit("apply.mid_batch");
         }
         if let Some(t) = self.txn.as_mut() {
             t.rows += n;

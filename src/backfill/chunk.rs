@@ -371,6 +371,7 @@ pub(super) async fn copy_table(
                 // Paused while the chunk was written: commit nothing; it is read again later.
                 return Ok(None);
             }
+            crate::failpoint::hit("backfill.mid_chunk");
             let done = piped.rows < limit;
             let next = piped.last_key.clone().or_else(|| cursor.clone());
             target
@@ -391,14 +392,25 @@ pub(super) async fn copy_table(
                 .map_err(sql("committing a chunk"))?;
             Ok::<_, BackfillError>(Some((piped, done, next)))
         };
+        let limit = shared.config.stall_timeout();
+        let chunk = async {
+            tokio::time::timeout(limit, chunk)
+                .await
+                .unwrap_or(Err(BackfillError::Stalled {
+                    table: job.rel.clone(),
+                    after: limit,
+                }))
+        };
+        // ROLLBACK is bounded too: on a connection that stopped answering it would wait forever.
+        let rollback = || tokio::time::timeout(limit, target.batch_execute("ROLLBACK"));
         let (piped, done, next) = match chunk.await {
             Ok(Some(v)) => v,
             Ok(None) => {
-                let _ = target.batch_execute("ROLLBACK").await;
+                let _ = rollback().await;
                 continue;
             }
             Err(e) => {
-                let _ = target.batch_execute("ROLLBACK").await;
+                let _ = rollback().await;
                 return Err(e);
             }
         };

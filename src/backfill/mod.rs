@@ -86,6 +86,13 @@ pub enum BackfillError {
     SlotReply(String),
     #[error("backfill: {0}")]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// A chunk took longer than `network.stall_timeout_ms`: a silent network cut or a hung
+    /// server on either side. Nothing of it committed; it is copied again.
+    #[error("backfill of {table}: a chunk got no answer within {} ms (network.stall_timeout_ms); treating the connections as lost: nothing of the chunk committed, and it is copied again on new connections", .after.as_millis())]
+    Stalled {
+        table: String,
+        after: std::time::Duration,
+    },
 }
 
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
@@ -333,6 +340,7 @@ async fn pass(
         let t = tgt_info.connect().await?;
         conns.push((s, t));
     }
+    crate::failpoint::hit("backfill.pass_switch");
     // Every worker holds the snapshot now; the exporting connection (and its slot) can go.
     drop(exported);
     target

@@ -80,6 +80,9 @@ pub struct ConnInfo {
     pub sslrootcert: Option<PathBuf>,
     pub application_name: String,
     pub connect_timeout: Option<std::time::Duration>,
+    /// TCP user timeout and keepalive budget for SQL connections (`network.stall_timeout_ms`):
+    /// a peer gone without a FIN or RST is noticed by the kernel within it.
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
 fn decode(s: &str) -> String {
@@ -117,6 +120,7 @@ impl ConnInfo {
             sslrootcert: None,
             application_name: "remodel".into(),
             connect_timeout: None,
+            stall_timeout: None,
         };
         for (k, v) in u.query_pairs() {
             match &*k {
@@ -225,6 +229,14 @@ impl ConnInfo {
         }
         if let Some(t) = self.connect_timeout {
             c.connect_timeout(t);
+        }
+        if let Some(t) = self.stall_timeout {
+            // Keepalive probes start after a third of it, then every tenth, three tries.
+            c.keepalives(true)
+                .keepalives_idle((t / 3).max(std::time::Duration::from_secs(1)))
+                .keepalives_interval((t / 10).max(std::time::Duration::from_secs(1)))
+                .keepalives_retries(3)
+                .tcp_user_timeout(t);
         }
         c
     }

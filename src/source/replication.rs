@@ -61,6 +61,13 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("replication connection closed by the server")]
     Closed,
+    /// Nothing from the server for `network.receive_timeout_ms`, not even the keepalive asked
+    /// for halfway: a silent network cut or a hung server.
+    #[error("replication connection to {target}: nothing received for {} ms (network.receive_timeout_ms), not even a requested keepalive; treating the connection as lost", .after.as_millis())]
+    Silent {
+        target: String,
+        after: std::time::Duration,
+    },
 }
 
 impl ReplicationError {
@@ -486,6 +493,21 @@ pub struct ReplicationReader {
 }
 
 impl ReplicationReader {
+    /// [`ReplicationReader::next`], or [`ReplicationError::Silent`] after `timeout` without a
+    /// message. Dropping a half-read frame is fine: the connection is abandoned after it.
+    pub async fn next_within(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<ReplicationMessage, ReplicationError> {
+        match tokio::time::timeout(timeout, self.next()).await {
+            Ok(m) => m,
+            Err(_) => Err(ReplicationError::Silent {
+                target: self.target.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
     pub async fn next(&mut self) -> Result<ReplicationMessage, ReplicationError> {
         loop {
             let (tag, mut body) = match self.framed.read().await {

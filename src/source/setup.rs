@@ -29,6 +29,34 @@ pub enum SetupError {
     Physical { slot: String },
     #[error("source: invalid table name {0:?} in source.tables: use schema.table")]
     TableName(String),
+    /// The slot is gone but the target says remodel streamed from it: re-creating it would
+    /// start after the changes in between, silently.
+    #[error("source: replication slot {slot:?} does not exist, but the target's state says remodel already streamed from it up to {position}: it was dropped (or the source was restored or failed over without it). The changes committed since {position} are no longer in any slot, and re-creating it would skip them, so remodel stops. {}", recover(.slot, .state))]
+    SlotLost {
+        slot: String,
+        position: Lsn,
+        state: String,
+    },
+    /// PostgreSQL invalidated the slot (it retained more than `max_slot_wal_keep_size`).
+    #[error("source: replication slot {slot:?} was invalidated by the server (wal_status = lost: it retained more WAL than max_slot_wal_keep_size allows, and the WAL after {position} was removed). Those changes can no longer be streamed, so remodel stops. Drop it on the source with SELECT pg_drop_replication_slot('{slot}'), consider raising max_slot_wal_keep_size, then: {}", recover(.slot, .state))]
+    SlotInvalidated {
+        slot: String,
+        position: Lsn,
+        state: String,
+    },
+}
+
+/// The recovery both slot-loss errors name (docs/troubleshooting.md#slot-lost).
+fn recover(slot: &str, state: &str) -> String {
+    let lit = slot.replace('\'', "''");
+    format!(
+        "Recover (docs/troubleshooting.md#slot-lost): on the target run \
+         DELETE FROM {state}.progress WHERE slot = '{lit}'; \
+         UPDATE {state}.backfill_tables SET state = 'pending', cursor = NULL; \
+         then start remodel run again (it creates a new slot, and backfill copies every row \
+         again, never over a newer write), and when backfill is done run remodel verify --repair \
+         to remove the rows deleted on the source meanwhile"
+    )
 }
 
 fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
@@ -88,10 +116,18 @@ pub async fn ensure_publication(
 }
 
 /// Create the logical slot if missing; returns its confirmed flush position.
-pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, SetupError> {
+/// `streamed`: how far the target's state says remodel already streamed from `slot` (None on
+/// a first start). With it, a missing or invalidated slot is fatal: never silently re-created.
+pub async fn ensure_slot(
+    client: &Client,
+    slot: &str,
+    streamed: Option<Lsn>,
+    state: &str,
+) -> Result<Lsn, SetupError> {
     let row = client
         .query_opt(
-            "SELECT plugin, database, slot_type, confirmed_flush_lsn::text \
+            "SELECT plugin, database, slot_type, confirmed_flush_lsn::text, \
+             coalesce(wal_status, '') \
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
@@ -125,7 +161,23 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<Lsn, SetupError>
             });
         }
         let lsn: Option<String> = row.get(3);
-        return Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or_default());
+        let lsn = lsn.and_then(|l| l.parse().ok()).unwrap_or_default();
+        let wal_status: String = row.get(4);
+        if wal_status == "lost" {
+            return Err(SetupError::SlotInvalidated {
+                slot: slot.into(),
+                position: streamed.unwrap_or(lsn).max(lsn),
+                state: state.into(),
+            });
+        }
+        return Ok(lsn);
+    }
+    if let Some(position) = streamed {
+        return Err(SetupError::SlotLost {
+            slot: slot.into(),
+            position,
+            state: state.into(),
+        });
     }
     let lsn: String = client
         .query_one(

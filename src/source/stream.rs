@@ -38,6 +38,10 @@ pub struct FeedbackState {
     /// What we report as flushed: `max(applied, idle keepalive position)`.
     confirmed: AtomicU64,
     wake: Notify,
+    /// When the reader last got a message (ms since `born`): the feedback task asks for a
+    /// keepalive once it is older than half the receive timeout.
+    last_received_ms: AtomicU64,
+    born: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl FeedbackState {
@@ -46,6 +50,7 @@ impl FeedbackState {
         s.applied.store(start.0, Ordering::SeqCst);
         s.confirmed.store(start.0, Ordering::SeqCst);
         s.server_wal_end.store(start.0, Ordering::SeqCst);
+        let _ = s.born();
         Arc::new(s)
     }
     pub fn server_wal_end(&self) -> Lsn {
@@ -56,6 +61,18 @@ impl FeedbackState {
     }
     pub fn confirmed(&self) -> Lsn {
         Lsn(self.confirmed.load(Ordering::SeqCst))
+    }
+    fn born(&self) -> std::time::Instant {
+        *self.born.get_or_init(std::time::Instant::now)
+    }
+    fn received(&self) {
+        let ms = self.born().elapsed().as_millis() as u64;
+        self.last_received_ms.store(ms, Ordering::SeqCst);
+    }
+    /// How long since the reader last got a message from the server.
+    pub fn quiet_for(&self) -> Duration {
+        let now = self.born().elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_received_ms.load(Ordering::SeqCst)))
     }
     fn saw_server_position(&self, lsn: Lsn) {
         self.server_wal_end.fetch_max(lsn.0, Ordering::SeqCst);
@@ -107,6 +124,7 @@ pub struct SourceStream {
     /// Some((xid, commit_lsn)) between Begin and Commit.
     open_txn: Option<(u32, Lsn)>,
     last_forwarded_end: Lsn,
+    receive_timeout: Duration,
 }
 
 impl SourceStream {
@@ -125,7 +143,15 @@ impl SourceStream {
             tx,
             open_txn: None,
             last_forwarded_end: start,
+            receive_timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Silence on the connection longer than this is [`ReplicationError::Silent`] (the
+    /// feedback task asks for a keepalive halfway, so an idle source is not silent).
+    pub fn receive_timeout(mut self, t: Duration) -> Self {
+        self.receive_timeout = t;
+        self
     }
 
     /// Runs until the server closes, an error, the receiver is dropped, or `shutdown`.
@@ -134,8 +160,9 @@ impl SourceStream {
             let msg = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                m = self.reader.next() => m?,
+                m = self.reader.next_within(self.receive_timeout) => m?,
             };
+            self.state.received();
             match msg {
                 ReplicationMessage::Keepalive {
                     wal_end,
@@ -318,10 +345,12 @@ fn identity_key(rel: &Relation, tuple: &Tuple) -> SourceKey {
 }
 
 /// Sends standby status updates every `interval`, when the server asks, and once at shutdown.
+/// Once the server has been quiet for `ask_after`, each update asks it for a keepalive.
 pub async fn feedback_loop(
     mut writer: FeedbackWriter,
     state: Arc<FeedbackState>,
     interval: Duration,
+    ask_after: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), ReplicationError> {
     let mut last_sent = Lsn::ZERO;
@@ -333,7 +362,8 @@ pub async fn feedback_loop(
         };
         let confirmed = state.confirmed();
         let written = state.server_wal_end().max(confirmed);
-        writer.send_status(written, confirmed, false).await?;
+        let ask = state.quiet_for() >= ask_after;
+        writer.send_status(written, confirmed, ask).await?;
         if confirmed != last_sent {
             tracing::debug!(%confirmed, "confirmed flush position to the source");
             last_sent = confirmed;

@@ -258,6 +258,31 @@ impl StateSchema {
 }
 
 impl StateSchema {
+    /// How far remodel already worked from `slot`'s stream, if at all: its progress row, else
+    /// (backfill copied chunks before the stream applied anything) the newest pass version.
+    /// A slot missing while this is `Some` was lost, not never created.
+    pub async fn streamed(&self, client: &Client, slot: &str) -> Result<Option<Lsn>, StateError> {
+        if let Some(p) = self.progress(client, slot).await? {
+            return Ok(Some(p.applied_lsn));
+        }
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT (SELECT max(version)::text FROM {passes}) \
+                     WHERE EXISTS (SELECT 1 FROM {tables} WHERE chunks > 0)",
+                    passes = self.table("backfill_passes"),
+                    tables = self.table("backfill_tables"),
+                ),
+                &[],
+            )
+            .await
+            .map_err(self.err("reading backfill passes"))?;
+        // No row: nothing copied yet (the common first start).
+        Ok(row
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .and_then(|v| v.parse().ok()))
+    }
+
     /// Register key maps (creating remodel's own sequences where no target sequence owns one).
     pub async fn ensure_keymaps(
         &self,

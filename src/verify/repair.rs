@@ -107,6 +107,7 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
                 .apply_alone(ops, "SELECT 1", &[])
                 .await
                 .map_err(Box::new)?;
+            crate::failpoint::hit("verify.repair");
         }
         tracing::info!(table = %t.rel, keys = keys.len(), snapshot = %snap.p, "repaired; checking again");
         t.after_repair = true;
