@@ -226,3 +226,105 @@ async fn halt_names_table_key_lsn_value_and_reason() {
     .await;
     drop_slot(&db).await;
 }
+
+/// A row dead-lettered at V1 and deleted at V2, both before a backfill pass's snapshot: the
+/// pass prunes tombstones older than its P, but must keep this one, or `dead-letters --retry`
+/// (which writes at V1) brings the deleted row back. Deterministic form of a race seen once.
+#[tokio::test]
+async fn retry_never_resurrects_a_row_deleted_after_it_was_dead_lettered() {
+    let db = fresh_db(pair()).await;
+    db.source.batch_execute(SOURCE).await.unwrap();
+    db.target.batch_execute(TARGET).await.unwrap();
+    db.source
+        .batch_execute(
+            "INSERT INTO customers VALUES (922, 'Ann', 'Lee', ' ann@example.com ', \
+             '{\"address\": {\"city\": \"Oslo\"}}', '2020-01-01 00:00:00+00', 'active', 'thirty'), \
+             (1, 'Bo', 'Ek', 'bo@example.com', '{}', '2021-01-01 00:00:00+00', 'active', '40')",
+        )
+        .await
+        .unwrap();
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/expressions.toml");
+    let listen = free_listen();
+    let mut env = env(&db, &listen);
+    let mut streaming_only = env.clone();
+    streaming_only.push(("REMODEL__BACKFILL__ENABLED".into(), "false".into()));
+    let mut d = Daemon::start_file(&file, &listen, streaming_only);
+    d.wait_ready().await;
+    db.source
+        .batch_execute("UPDATE customers SET email = 'ann@new.example' WHERE id = 922")
+        .await
+        .unwrap();
+    db.source
+        .batch_execute("DELETE FROM customers WHERE id = 922")
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let t = &db.target;
+        move || async move {
+            let n = rows(t, sql).await;
+            if n == ["1"] {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        }
+    };
+    const LETTER: &str =
+        "SELECT count(*)::text FROM remodel.dead_letters WHERE skey::jsonb->>0 = '922'";
+    const TOMBSTONE: &str =
+        "SELECT count(*)::text FROM remodel.ledger WHERE skey::jsonb->>0 = '922' AND deleted";
+    wait_until(
+        "a dead letter for 922",
+        Duration::from_secs(30),
+        count(LETTER),
+    )
+    .await;
+    wait_until(
+        "a tombstone for 922",
+        Duration::from_secs(30),
+        count(TOMBSTONE),
+    )
+    .await;
+    d.stop();
+    // Backfill now: its pass's P is past the tombstone, and it prunes at the end of the pass.
+    let mut d = Daemon::start_file(&file, &listen, env.clone());
+    d.wait_ready().await;
+    wait_until("backfill complete", Duration::from_secs(60), || async {
+        if d.log().contains("backfill complete") {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+    d.stop();
+    assert_eq!(
+        rows(&db.target, TOMBSTONE).await,
+        ["1"],
+        "the tombstone an older dead letter needs was pruned"
+    );
+    let fixed_dir = tempfile::tempdir().unwrap();
+    let fixed = fixed_dir.path().join("fixed.toml");
+    std::fs::write(
+        &fixed,
+        std::fs::read_to_string(&file).unwrap().replace(
+            "age = \"age_text::integer\"",
+            "age = \"nullif(regex_replace(age_text, '[^0-9]', ''), '')::integer\"",
+        ),
+    )
+    .unwrap();
+    let fixed_path = fixed.display().to_string();
+    env.retain(|(k, _)| k != "REMODEL__BACKFILL__ENABLED");
+    let (code, out) = remodel_cmd(&["dead-letters", "--config", &fixed_path, "--retry"], &env);
+    assert_eq!(code, Some(0), "retry: {out}");
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT count(*)::text FROM customers WHERE id = 922"
+        )
+        .await,
+        ["0"],
+        "retry resurrected a deleted row; {out}"
+    );
+    drop_slot(&db).await;
+}

@@ -431,11 +431,16 @@ async fn wait_for_stream(
 
 async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), BackfillError> {
     // A tombstone only stops a pass whose P is ≤ its version; later passes have a larger P.
-    // Keep what a pass still running (in any process: its lock is held) may need.
+    // Keep what a pass still running (in any process: its lock is held) may need. Keep too
+    // what an older dead letter of the key needs: `dead-letters --retry` writes at the
+    // letter's version, and only the tombstone stops it resurrecting a deleted row.
     let n = target
         .execute(
             &format!(
-                "DELETE FROM {ledger} WHERE deleted AND version < COALESCE(
+                "DELETE FROM {ledger} t WHERE deleted
+                 AND NOT EXISTS (SELECT 1 FROM {dead} d
+                                 WHERE d.rel = t.rel AND d.skey = t.skey AND d.version < t.version)
+                 AND version < COALESCE(
                      (SELECT min(p.version) FROM {passes} p
                       WHERE p.finished_at IS NULL AND EXISTS (
                           SELECT 1 FROM pg_locks l
@@ -446,6 +451,7 @@ async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), Backfi
                      (SELECT max(version) FROM {passes}))",
                 ledger = shared.state.table("ledger"),
                 passes = shared.state.table("backfill_passes"),
+                dead = shared.state.table("dead_letters"),
             ),
             &[],
         )

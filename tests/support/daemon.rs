@@ -144,7 +144,21 @@ impl Daemon {
         Self::start_with_args(config_toml, listen, &[])
     }
 
+    /// `start` with extra environment for this run (e.g. `REMODEL_FAILPOINTS`).
+    pub fn start_env(config_toml: &str, listen: &str, env: Vec<(String, String)>) -> Daemon {
+        Self::start_full(config_toml, listen, &[], env)
+    }
+
     pub fn start_with_args(config_toml: &str, listen: &str, args: &[&str]) -> Daemon {
+        Self::start_full(config_toml, listen, args, Vec::new())
+    }
+
+    fn start_full(
+        config_toml: &str,
+        listen: &str,
+        args: &[&str],
+        env: Vec<(String, String)>,
+    ) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("remodel.toml");
         let pid = dir.path().join("remodel.pid");
@@ -161,7 +175,7 @@ impl Daemon {
             log_path,
             listen: listen.to_string(),
             args: args.iter().map(|a| a.to_string()).collect(),
-            env: Vec::new(),
+            env,
         };
         d.spawn();
         d
