@@ -208,12 +208,18 @@ fn init_tracing(level: &str, format: &str) -> anyhow::Result<Reload> {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_ansi(false)
                     .with_writer(std::io::stderr),
             )
             .try_init()?;
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colour only on a terminal: escape codes make log files unsearchable.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
             .try_init()?;
     }
     Ok(Box::new(move |level: &str| {
