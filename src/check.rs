@@ -301,12 +301,23 @@ async fn check_source(
     }
     if let Ok(Some(row)) = s
         .query_opt(
-            "SELECT plugin FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin, coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.source.slot],
         )
         .await
     {
         let plugin: Option<String> = row.get(0);
+        let wal_status: String = row.get(1);
+        if wal_status == "lost" {
+            out.push(finding(
+                "source",
+                format!(
+                    "slot {:?} was invalidated (wal_status lost): the changes it held are gone",
+                    config.source.slot
+                ),
+                "follow docs/troubleshooting.md#slot-lost (drop the slot, reset remodel's state, backfill again, verify --repair)",
+            ));
+        }
         if plugin.as_deref() != Some("pgoutput") {
             out.push(finding(
                 "source",

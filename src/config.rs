@@ -528,11 +528,11 @@ impl Config {
                 "must be at least 1",
             ));
         }
-        if n.receive_timeout_ms < 2 * self.source.status_interval_ms.max(500) {
+        if n.receive_timeout_ms < 4 * self.source.status_interval_ms.max(250) {
             return Err(invalid(
                 "network.receive_timeout_ms",
                 &n.receive_timeout_ms.to_string(),
-                "must be at least twice source.status_interval_ms (and at least 1000)",
+                "must be at least four times source.status_interval_ms (and at least 1000): the keepalive asked for halfway must have time to arrive",
             ));
         }
         if self.source.status_interval_ms == 0 {

@@ -49,6 +49,12 @@ pub enum Error {
     Backfill(#[from] BackfillError),
     #[error("a pipeline task ended unexpectedly: {0}")]
     Task(String),
+    /// A database stopped answering during work with no finer timeout of its own.
+    #[error("{what}: no answer within {} ms (network.stall_timeout_ms + connect timeouts); treating the connections as lost", .after.as_millis())]
+    Stalled {
+        what: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 fn replication_retryable(e: &ReplicationError) -> bool {
@@ -135,6 +141,7 @@ impl Error {
             Error::Apply(ApplyError::Stalled { .. }) => true,
             Error::Apply(_) => false,
             Error::Sql { source, .. } => pg_retryable(&source.0),
+            Error::Stalled { .. } => true,
             Error::Backfill(b) => match b {
                 BackfillError::Sql { source, .. } => pg_retryable(&source.0),
                 BackfillError::Stalled { .. } => true,
@@ -170,6 +177,7 @@ impl Error {
             Error::Sql { .. } => "sql",
             Error::Task(_) => "task",
             Error::Backfill(_) => "backfill",
+            Error::Stalled { .. } => "stalled",
         }
     }
 }

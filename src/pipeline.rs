@@ -24,8 +24,8 @@ use crate::control::Control;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::source::pgoutput::Decoder;
-use crate::source::replication::{quote_ident, ReplicationConn};
-use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream};
+use crate::source::replication::{quote_ident, ReplicationConn, ReplicationError};
+use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream, StreamError};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
 use crate::transform::{catalog, Plan, Transformer};
@@ -145,10 +145,29 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
     let shutdown = control.shutdown_token();
     let mut retry = Retry::new();
     let mut isolate_until = None;
+    // Consecutive silences: each doubles the next attempt's receive timeout (up to 32×), so
+    // a server that is merely slow to send (PostgreSQL 15 decoding a huge table rewrite emits
+    // nothing) is waited out instead of restarted from the same transaction forever.
+    let mut silences = 0u32;
     loop {
         retry.attempt();
-        let result = run_once(config, control, metrics, isolate_until.take()).await;
+        let receive_timeout = config.receive_timeout() * 2u32.pow(silences.min(5));
+        let result = run_once(
+            config,
+            control,
+            metrics,
+            isolate_until.take(),
+            receive_timeout,
+        )
+        .await;
         metrics.set_ready(false);
+        silences = match &result {
+            Err(Error::Replication(ReplicationError::Silent { .. }))
+            | Err(Error::Stream(StreamError::Replication(ReplicationError::Silent { .. }))) => {
+                silences + 1
+            }
+            _ => 0,
+        };
         match result {
             Ok(()) => return Ok(()),
             Err(Error::Apply(ApplyError::Isolate { until, inner })) => {
@@ -271,6 +290,7 @@ async fn run_once(
     control: &Control,
     metrics: &Arc<Metrics>,
     isolate_until: Option<crate::Lsn>,
+    receive_timeout: Duration,
 ) -> Result<(), Error> {
     let src_info = config
         .source_conn()
@@ -278,42 +298,63 @@ async fn run_once(
     let tgt_info = config
         .target_conn()
         .map_err(crate::source::conninfo::ConnectError::from)?;
-    let source = src_info.connect().await?;
-    setup::ensure_publication(&source, &config.source.publication, &config.source.tables).await?;
-    let mut target = tgt_info.connect().await?;
-    let state = StateSchema::new(&config.target.state_schema);
-    state.migrate(&mut target).await?;
-    let streamed = state.streamed(&target, &config.source.slot).await?;
-    let slot_lsn =
-        setup::ensure_slot(&source, &config.source.slot, streamed, &state.quoted).await?;
-    let plan = compile_plan(config, &source, &target).await?;
-    // Every mapped table's dead-letter series exists from the start at 0, so an alert on its
-    // increase sees the first one.
-    for table in plan.tables.keys() {
-        metrics.dead_letters.with_label_values(&[table]).inc_by(0);
-    }
-    let progress = state
-        .progress(&target, &config.source.slot)
-        .await?
-        .map(|p| p.applied_lsn)
-        .unwrap_or_default();
-    let start = progress.max(slot_lsn);
-    tracing::info!(source = %src_info, target = %tgt_info, slot = %config.source.slot, %progress, %slot_lsn, tables = plan.tables.len(), "starting replication");
+    // Setting up talks to both databases before any stream timeout runs: bounded as a whole,
+    // so a database that stopped answering mid-setup is a retry, not a hang.
+    let limit =
+        config.stall_timeout() + Duration::from_millis(config.network.connect_timeout_ms) * 3;
+    let setup = async {
+        let source = src_info.connect().await?;
+        setup::ensure_publication(&source, &config.source.publication, &config.source.tables)
+            .await?;
+        let mut target = tgt_info.connect().await?;
+        let state = StateSchema::new(&config.target.state_schema);
+        state.migrate(&mut target).await?;
+        let streamed = state
+            .progress(&target, &config.source.slot)
+            .await?
+            .map(|p| p.applied_lsn);
+        let slot_lsn =
+            setup::ensure_slot(&source, &config.source.slot, streamed, &state.quoted).await?;
+        state
+            .claim_slot(&target, &config.source.slot, slot_lsn)
+            .await?;
+        let plan = compile_plan(config, &source, &target).await?;
+        // Every mapped table's dead-letter series exists from the start at 0, so an alert on its
+        // increase sees the first one.
+        for table in plan.tables.keys() {
+            metrics.dead_letters.with_label_values(&[table]).inc_by(0);
+        }
+        let progress = state
+            .progress(&target, &config.source.slot)
+            .await?
+            .map(|p| p.applied_lsn)
+            .unwrap_or_default();
+        let start = progress.max(slot_lsn);
+        tracing::info!(source = %src_info, target = %tgt_info, slot = %config.source.slot, %progress, %slot_lsn, tables = plan.tables.len(), "starting replication");
 
-    let repl = ReplicationConn::connect(&src_info).await?;
-    let publications = quote_ident(&config.source.publication);
-    let (reader, writer) = repl
-        .start_replication(
-            &config.source.slot,
-            start,
-            // Messages: a backfill pass's marker must reach apply even on an idle source.
-            &[
-                ("proto_version", "1"),
-                ("publication_names", &publications),
-                ("messages", "true"),
-            ],
-        )
-        .await?;
+        let repl = ReplicationConn::connect(&src_info).await?;
+        let publications = quote_ident(&config.source.publication);
+        let (reader, writer) = repl
+            .start_replication(
+                &config.source.slot,
+                start,
+                // Messages: a backfill pass's marker must reach apply even on an idle source.
+                &[
+                    ("proto_version", "1"),
+                    ("publication_names", &publications),
+                    ("messages", "true"),
+                ],
+            )
+            .await?;
+        Ok::<_, Error>((source, start, plan, state, target, progress, reader, writer))
+    };
+    let (source, start, plan, state, target, progress, reader, writer) =
+        tokio::time::timeout(limit, setup)
+            .await
+            .map_err(|_| Error::Stalled {
+                what: "setting up the stream (connect, publication, slot, state schema, mapping)",
+                after: limit,
+            })??;
     let fb = FeedbackState::new(start);
     let (tx, rx) = mpsc::channel(config.source.channel_capacity);
     let stream_stop = CancellationToken::new();
@@ -322,13 +363,13 @@ async fn run_once(
 
     let stream = tokio::spawn(
         SourceStream::new(reader, Decoder::new(1), fb.clone(), tx)
-            .receive_timeout(config.receive_timeout())
+            .receive_timeout(receive_timeout)
             .run(stream_stop.clone()),
     );
     let feedback = {
         let (fb, stop, stream_stop) = (fb.clone(), feedback_stop.clone(), stream_stop.clone());
         let interval = config.status_interval();
-        let ask_after = config.receive_timeout() / 2;
+        let ask_after = receive_timeout / 2;
         tokio::spawn(async move {
             let r = feedback_loop(writer, fb, interval, ask_after, stop).await;
             if r.is_err() {

@@ -57,6 +57,9 @@ pub struct SlotStatus {
     pub active: bool,
     pub confirmed_flush_lsn: Option<String>,
     pub retained_wal_bytes: Option<i64>,
+    /// `pg_replication_slots.wal_status`: `reserved`, `extended`, `unreserved` (about to be
+    /// invalidated) or `lost` (invalidated: the stream cannot go on).
+    pub wal_status: Option<String>,
 }
 
 async fn daemon_status(listen: &str) -> Option<serde_json::Value> {
@@ -303,7 +306,8 @@ async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>
         .get(0);
     let slot = client
         .query_opt(
-            "SELECT active, confirmed_flush_lsn::text, (pg_current_wal_lsn() - restart_lsn)::int8
+            "SELECT active, confirmed_flush_lsn::text, (pg_current_wal_lsn() - restart_lsn)::int8,
+                    wal_status
              FROM pg_replication_slots WHERE slot_name = $1",
             &[&config.source.slot],
         )
@@ -314,6 +318,7 @@ async fn source_slot(config: &Config) -> Result<(Option<Lsn>, Option<SlotStatus>
             active: r.get(0),
             confirmed_flush_lsn: r.get(1),
             retained_wal_bytes: r.get(2),
+            wal_status: r.get(3),
         });
     Ok((current.parse().ok(), slot))
 }
@@ -358,15 +363,25 @@ impl std::fmt::Display for Status {
                 .unwrap_or_else(|| "- s".into())
         )?;
         match &self.slot {
+            Some(s) if s.wal_status.as_deref() == Some("lost") => writeln!(
+                f,
+                "slot      {} INVALIDATED (wal_status lost: it retained more than max_slot_wal_keep_size); the stream cannot go on, see docs/troubleshooting.md#slot-lost",
+                s.name
+            )?,
             Some(s) => writeln!(
                 f,
-                "slot      {} {} · confirmed {} · retains {} of WAL",
+                "slot      {} {} · confirmed {} · retains {} of WAL{}",
                 s.name,
                 if s.active { "active" } else { "inactive" },
                 or(&s.confirmed_flush_lsn),
                 s.retained_wal_bytes
                     .map(|b| bytes(b.max(0) as u64))
-                    .unwrap_or_else(|| "-".into())
+                    .unwrap_or_else(|| "-".into()),
+                if s.wal_status.as_deref() == Some("unreserved") {
+                    " · UNRESERVED: about to be invalidated (max_slot_wal_keep_size)"
+                } else {
+                    ""
+                }
             )?,
             None if self.source_read => writeln!(f, "slot      (does not exist yet)")?,
             None => writeln!(f, "slot      unknown (the source could not be read)")?,

@@ -66,7 +66,7 @@ pub enum BackfillError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("backfill: the stream's slot {slot:?} does not exist on the source; start `remodel run` first (backfill copies what the stream cannot, and writes a pass only once the stream has applied everything before it)")]
+    #[error("backfill: the stream's slot {slot:?} does not exist on the source. If remodel run never ran, start it first (backfill copies what the stream cannot, and writes a pass only once the stream has applied everything before it). If it ran before, the slot was dropped and the changes since are lost to remodel: see docs/troubleshooting.md#slot-lost (remodel run prints the exact recovery)")]
     NoSlot { slot: String },
     #[error("backfill: source table {table} column {column}: its type is unknown; backfill reads tables the mapping compiled against")]
     Table { table: String, column: String },
@@ -485,6 +485,11 @@ async fn worker(
             Some(job) => chunk::copy_table(shared, source, target, &job, p, deadline).await,
             None => Ok(()),
         };
+        if let Err(e @ BackfillError::Stalled { .. }) = result {
+            // The connection stopped answering: send nothing more on it (the unlock would
+            // queue behind the hung statement); ending the session releases the lock.
+            return Err(e);
+        }
         let _ = target
             .execute(
                 "SELECT pg_advisory_unlock(hashtextextended('remodel-backfill:' || $1, 0))",

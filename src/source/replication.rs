@@ -160,7 +160,26 @@ pub struct ReplicationConn {
 }
 
 impl ReplicationConn {
+    /// Connect, negotiate TLS and authenticate, all within the URL's `connect_timeout` (or
+    /// `network.connect_timeout_ms`).
     pub async fn connect(info: &ConnInfo) -> Result<ReplicationConn, ReplicationError> {
+        let timeout = info.connect_timeout.unwrap_or(Duration::from_secs(30));
+        match tokio::time::timeout(timeout, Self::connect_inner(info)).await {
+            Ok(r) => r,
+            Err(_) => Err(ReplicationError::Io {
+                target: info.redacted(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting, TLS and authentication took over {} ms",
+                        timeout.as_millis()
+                    ),
+                ),
+            }),
+        }
+    }
+
+    async fn connect_inner(info: &ConnInfo) -> Result<ReplicationConn, ReplicationError> {
         let target = info.redacted();
         let io_err = |source| ReplicationError::Io {
             target: target.clone(),
@@ -173,6 +192,17 @@ impl ReplicationConn {
                 .map_err(|_| io_err(std::io::ErrorKind::TimedOut.into()))?
                 .map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
+        if let Some(t) = info.stall_timeout {
+            // A peer gone without FIN/RST: the kernel gives up within the stall budget (the
+            // server's kernel keeps ACKing while the walsender decodes, so no false alarm).
+            let sock = socket2::SockRef::from(&tcp);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time((t / 3).max(Duration::from_secs(1)))
+                .with_interval((t / 10).max(Duration::from_secs(1)))
+                .with_retries(3);
+            sock.set_tcp_keepalive(&keepalive).map_err(io_err)?;
+            sock.set_tcp_user_timeout(Some(t)).map_err(io_err)?;
+        }
         let stream = Self::negotiate_tls(tcp, info, &target).await?;
         let mut conn = ReplicationConn {
             framed: Framed {

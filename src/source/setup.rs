@@ -50,12 +50,14 @@ pub enum SetupError {
 fn recover(slot: &str, state: &str) -> String {
     let lit = slot.replace('\'', "''");
     format!(
-        "Recover (docs/troubleshooting.md#slot-lost): on the target run \
-         DELETE FROM {state}.progress WHERE slot = '{lit}'; \
-         UPDATE {state}.backfill_tables SET state = 'pending', cursor = NULL; \
-         then start remodel run again (it creates a new slot, and backfill copies every row \
-         again, never over a newer write), and when backfill is done run remodel verify --repair \
-         to remove the rows deleted on the source meanwhile"
+        "Recover (docs/troubleshooting.md#slot-lost): stop remodel; on the target run \
+         BEGIN; DELETE FROM {state}.progress WHERE slot = '{lit}'; \
+         TRUNCATE {state}.ledger, {state}.truncations, {state}.deferred, \
+         {state}.dead_letters, {state}.backfill_passes; \
+         UPDATE {state}.backfill_tables SET state = 'pending', cursor = NULL; COMMIT; \
+         then start remodel run (a new slot; backfill copies every row again, and dead-letters \
+         again whatever still cannot be transformed) and, once backfill is done, run remodel verify --repair to remove the rows deleted on the \
+         source meanwhile"
     )
 }
 

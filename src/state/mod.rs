@@ -258,29 +258,27 @@ impl StateSchema {
 }
 
 impl StateSchema {
-    /// How far remodel already worked from `slot`'s stream, if at all: its progress row, else
-    /// (backfill copied chunks before the stream applied anything) the newest pass version.
-    /// A slot missing while this is `Some` was lost, not never created.
-    pub async fn streamed(&self, client: &Client, slot: &str) -> Result<Option<Lsn>, StateError> {
-        if let Some(p) = self.progress(client, slot).await? {
-            return Ok(Some(p.applied_lsn));
-        }
-        let row = client
-            .query_opt(
+    /// Record that remodel streams from `slot`, starting at `lsn`, unless it already does: a
+    /// progress row exists from the moment the slot does, so a slot that later disappears
+    /// while the row exists was lost, not never created.
+    pub async fn claim_slot(
+        &self,
+        client: &Client,
+        slot: &str,
+        lsn: Lsn,
+    ) -> Result<(), StateError> {
+        client
+            .execute(
                 &format!(
-                    "SELECT (SELECT max(version)::text FROM {passes}) \
-                     WHERE EXISTS (SELECT 1 FROM {tables} WHERE chunks > 0)",
-                    passes = self.table("backfill_passes"),
-                    tables = self.table("backfill_tables"),
+                    "INSERT INTO {} (slot, applied_lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now()) \
+                     ON CONFLICT (slot) DO NOTHING",
+                    self.table("progress")
                 ),
-                &[],
+                &[&slot, &lsn.to_string()],
             )
             .await
-            .map_err(self.err("reading backfill passes"))?;
-        // No row: nothing copied yet (the common first start).
-        Ok(row
-            .and_then(|r| r.get::<_, Option<String>>(0))
-            .and_then(|v| v.parse().ok()))
+            .map_err(self.err("recording the slot's start"))?;
+        Ok(())
     }
 
     /// Register key maps (creating remodel's own sequences where no target sequence owns one).
