@@ -14,6 +14,10 @@ pub struct ColumnInfo {
     pub has_default: bool,
     pub generated: bool,
     pub identity_always: bool,
+    /// `atttypid` and `atttypmod`: what a pgoutput Relation message says of the column, so a
+    /// type changed under a running stream is noticed.
+    pub type_oid: u32,
+    pub typmod: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +33,10 @@ pub struct TableInfo {
     pub identity_columns: Vec<String>,
     /// Unique indexes other than the primary key (their columns; expression indexes left out).
     pub unique_keys: Vec<Vec<String>>,
+    /// UNLOGGED: its changes never reach the WAL, so no logical stream carries them.
+    pub unlogged: bool,
+    /// `pg_class.oid`: what Relation messages name the table by, across renames.
+    pub oid: u32,
 }
 
 impl TableInfo {
@@ -49,7 +57,8 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
                     a.attgenerated <> '', a.attidentity = 'a',
                     COALESCE(a.attnum = ANY (i.indkey::int2[]), false),
                     array_position(i.indkey::int2[], a.attnum),
-                    COALESCE(a.attnum = ANY (ri.indkey::int2[]), false)
+                    COALESCE(a.attnum = ANY (ri.indkey::int2[]), false),
+                    a.atttypid, a.atttypmod, c.relpersistence = 'u', c.oid
              FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -77,6 +86,8 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
             replica_identity: ident.chars().next().unwrap_or('d'),
             identity_columns: vec![],
             unique_keys: vec![],
+            unlogged: r.get(14),
+            oid: r.get(15),
         });
         let col: String = r.get(3);
         t.columns.push(ColumnInfo {
@@ -86,6 +97,8 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
             has_default: r.get(6),
             generated: r.get(7),
             identity_always: r.get(8),
+            type_oid: r.get(12),
+            typmod: r.get(13),
         });
         let in_identity = match t.replica_identity {
             'f' => true,

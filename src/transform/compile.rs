@@ -168,7 +168,13 @@ async fn compile_table(
     let src_name = qualify(&m.source);
     let tgt_name = qualify(m.target.as_deref().unwrap_or(&src_name));
     let table = src_name.as_str();
-    if !env.published.contains(&src_name) {
+    if env.source.get(&src_name).is_some_and(|s| s.unlogged) {
+        problems.add(
+            table,
+            "is UNLOGGED: its changes never reach the WAL, so no replication stream can carry them (and no publication includes it)",
+            format!("ALTER TABLE {src_name} SET LOGGED on the source (it rewrites the table), or leave it out of [[tables]]"),
+        );
+    } else if !env.published.contains(&src_name) {
         problems.add(
             table,
             "is mapped but not in the publication",
@@ -321,6 +327,12 @@ async fn compile_table(
         source: src_name,
         source_key,
         known_columns: s.columns.iter().map(|c| c.name.clone()).collect(),
+        source_oid: s.oid,
+        source_types: s
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.type_oid, c.typmod))
+            .collect(),
         columns,
         filter,
         filter_text: m.filter.clone(),

@@ -72,6 +72,17 @@ pub(super) async fn row_output(
     for sc in &s.columns {
         let (tname, cast) = match m.columns.get(&sc.name) {
             Some(ColumnSpec::Action(ColumnAction::Drop)) => continue,
+            // A generated source column is not in the change stream (PostgreSQL 15 leaves it
+            // out): unless mapped explicitly, it is left to the target (which may generate
+            // it too).
+            None if sc.generated => continue,
+            Some(_) if sc.generated => {
+                p(
+                    format!("source column {} is generated: the change stream does not carry it", sc.name),
+                    "leave it out of [tables.columns] and compute it on the target (a generated column, or a computed column from the columns it is generated from)".to_string(),
+                );
+                continue;
+            }
             None | Some(ColumnSpec::Action(ColumnAction::Keep)) => (sc.name.clone(), None),
             Some(ColumnSpec::Map(cm)) => (
                 cm.rename.clone().unwrap_or_else(|| sc.name.clone()),

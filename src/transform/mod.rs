@@ -135,6 +135,24 @@ pub enum TransformError {
         column: String,
         lsn: Lsn,
     },
+    #[error("source table {table} column {column} changed type under the stream (stream at {lsn}: the mapping was compiled for {from}, the source now sends type oid {to_oid} typmod {to_typmod}); nothing after it was written. Align the target column (and any cast or expression on it) with the new type, then restart: the mapping is compiled again from the live schemas")]
+    TypeChanged {
+        table: String,
+        column: String,
+        from: String,
+        to_oid: u32,
+        to_typmod: i32,
+        lsn: Lsn,
+    },
+    #[error("source table {table} column {old} was renamed to {new} (stream at {lsn}); nothing after it was written. Map it under its new name ({new} = {{ rename = \"{old}\" }} keeps the target column {old}) and restart. Do not map {new} = \"drop\": the target column would silently stop being filled")]
+    RenamedColumn {
+        table: String,
+        old: String,
+        new: String,
+        lsn: Lsn,
+    },
+    #[error("source table {old} was renamed to {new} (stream at {lsn}); nothing after it was written. Set source = \"{new}\" in its [[tables]] entry and restart")]
+    RenamedTable { old: String, new: String, lsn: Lsn },
     #[error("cannot transform {op} on {table} key {key} at {lsn}: {reason}. Fix the mapping (or the row), or set on_error = \"dead_letter\" on the table to set such rows aside, and restart")]
     Row {
         table: String,

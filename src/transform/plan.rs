@@ -204,6 +204,12 @@ pub struct TablePlan {
     pub known_columns: Vec<String>,
     /// The source columns (name, type) in table order: what expressions and transforms read.
     pub columns: Vec<(String, String)>,
+    /// Each known source column's type oid and typmod when the plan was compiled: a Relation
+    /// message saying otherwise means the type changed under the stream.
+    pub source_types: Vec<(String, u32, i32)>,
+    /// The source table's oid when compiled: a Relation message with this oid under another
+    /// name is a renamed table.
+    pub source_oid: u32,
     pub filter: Option<Arc<Compiled>>,
     pub filter_text: Option<String>,
     pub custom: Option<CustomPlan>,

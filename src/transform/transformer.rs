@@ -149,24 +149,71 @@ pub fn row_json(rel: &Relation, t: &Tuple) -> serde_json::Value {
 
 fn bind(plan: &Plan, rel: &Arc<Relation>, lsn: Lsn) -> Result<Bound, TransformError> {
     let name = rel.qualified();
-    let table = plan
-        .tables
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| TransformError::Unmapped {
-            table: name.clone(),
-            lsn,
-        })?;
+    let Some(table) = plan.tables.get(&name).cloned() else {
+        // The same table (by oid) under another name: renamed, not a new unmapped table.
+        if let Some(old) = plan.tables.values().find(|t| t.source_oid == rel.oid) {
+            return Err(TransformError::RenamedTable {
+                old: old.source.clone(),
+                new: name,
+                lsn,
+            });
+        }
+        return Err(TransformError::Unmapped { table: name, lsn });
+    };
     if let Some(new) = rel
         .columns
         .iter()
         .find(|c| !table.known_columns.contains(&c.name))
     {
+        // One known column gone and one unknown of the same type arrived: a rename (whose
+        // "new column" fix, mapping it as drop, would silently stop filling the target).
+        let gone: Vec<&(String, u32, i32)> = table
+            .source_types
+            .iter()
+            .filter(|(n, ..)| rel.column_position(n).is_none())
+            .collect();
+        let unknown = rel
+            .columns
+            .iter()
+            .filter(|c| !table.known_columns.contains(&c.name))
+            .count();
+        if let ([(old, oid, _)], 1) = (gone.as_slice(), unknown) {
+            if *oid == new.type_oid {
+                return Err(TransformError::RenamedColumn {
+                    table: name.clone(),
+                    old: old.clone(),
+                    new: new.name.clone(),
+                    lsn,
+                });
+            }
+        }
         return Err(TransformError::NewColumn {
             table: name.clone(),
             column: new.name.clone(),
             lsn,
         });
+    }
+    // A type changed under the stream: the compiled casts and expressions no longer fit.
+    // (Type oid 0: a relation built by backfill or a retry, which carries no types.)
+    for c in rel.columns.iter().filter(|c| c.type_oid != 0) {
+        if let Some((_, oid, typmod)) = table.source_types.iter().find(|(n, ..)| *n == c.name) {
+            if (*oid, *typmod) != (c.type_oid, c.type_modifier) {
+                let from = table
+                    .columns
+                    .iter()
+                    .find(|(n, _)| *n == c.name)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default();
+                return Err(TransformError::TypeChanged {
+                    table: name.clone(),
+                    column: c.name.clone(),
+                    from,
+                    to_oid: c.type_oid,
+                    to_typmod: c.type_modifier,
+                    lsn,
+                });
+            }
+        }
     }
     let drift = |c: &str| TransformError::SchemaDrift {
         table: name.clone(),
