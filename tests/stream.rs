@@ -111,17 +111,6 @@ async fn truncate_empties_the_target_and_later_rows_land() {
     drop_slot(&db).await;
 }
 
-fn rss_peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A 100k-row transaction with 1 kB per row (~100 MB of row data) lands all at once, and the
 /// daemon's memory stays far below the transaction's size (bounded by channel + batch).
 #[tokio::test]
@@ -174,7 +163,7 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
         seen.iter().all(|n| *n == 0 || *n == 100_000),
         "partial transaction visible: {seen:?}"
     );
-    let peak = rss_peak_kib(d.pid().as_raw() as u32);
+    let peak = d.peak_rss_kib();
     eprintln!(
         "100k-row transaction: applied {:.0} changes/s after source commit ({:.2} s), daemon peak RSS {} MiB",
         100_000.0 / applied_in.as_secs_f64(),
