@@ -92,28 +92,37 @@ async fn wrong_password_is_fatal_and_never_printed() {
 }
 
 #[tokio::test]
-async fn tls_verify_full_streams_over_tls() {
+async fn tls_verify_full_to_both_databases_and_the_password_shown_nowhere() {
     let tls = tls_source();
-    let p = pair();
     let name = unique_name("tls");
+    let target_db = format!("{name}_t");
     tls.cluster.create_database(&name).await;
-    p.target.create_database(&name).await;
+    tls.cluster.create_database(&target_db).await;
     let src_admin = tls.cluster.client(&name).await;
-    let tgt_admin = p.target.client(&name).await;
+    let tgt_admin = tls.cluster.client(&target_db).await;
     src_admin.batch_execute(DDL).await.unwrap();
     tgt_admin.batch_execute(DDL).await.unwrap();
     let role = unique_name("tlsuser");
     tls.cluster
         .create_role_with_password(&role, "tls-pw", PasswordAuth::ScramTlsOnly)
         .await;
+    tgt_admin
+        .batch_execute(&format!(
+            "GRANT CREATE ON DATABASE {target_db} TO {role}; GRANT ALL ON t TO {role}"
+        ))
+        .await
+        .unwrap();
     let ca = tls.certs.ca_pem_path.display().to_string();
-    let src = format!(
-        "postgresql://{role}:tls-pw@localhost:{}/{name}?sslmode=verify-full&sslrootcert={ca}",
-        tls.cluster.port()
-    );
+    // Both sides verify-full: the CA, and the host name against the certificate.
+    let url = |db: &str| {
+        format!(
+            "postgresql://{role}:tls-pw@localhost:{}/{db}?sslmode=verify-full&sslrootcert={ca}",
+            tls.cluster.port()
+        )
+    };
     let listen = free_listen();
     let mut d = Daemon::start(
-        &config_urls(&src, &p.target.admin_url(&name), &name, &listen, "", ""),
+        &config_urls(&url(&name), &url(&target_db), &name, &listen, "", ""),
         &listen,
     );
     d.wait_ready().await;
@@ -135,17 +144,57 @@ async fn tls_verify_full_streams_over_tls() {
         }
     })
     .await;
-    // Both of the daemon's source connections (SQL and walsender) use TLS.
-    let plain: i64 = src_admin
+    // Every connection of the daemon (source SQL, walsender, target) uses TLS.
+    let (tls_conns, plain): (i64, i64) = {
+        let r = src_admin
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+                 FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1",
+                &[&role],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(plain, 0);
+    let on_target: i64 = src_admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) WHERE a.usename = $1 AND NOT s.ssl",
-            &[&role],
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.usename = $1 AND a.datname = $2 AND s.ssl",
+            &[&role, &target_db],
         )
         .await
         .unwrap()
         .get(0);
-    assert_eq!(plain, 0);
+    assert!(
+        tls_conns >= 3 && on_target >= 1,
+        "{tls_conns} TLS connections, {on_target} to the target"
+    );
+    // The password is in no log line, metric, /status, `status` output or error.
+    let (_, metrics) = d.get("/metrics").await.expect("metrics");
+    let (_, status) = d.get("/status").await.expect("status");
+    let cfg = d.config_path.display().to_string();
+    let (_, status_cmd) = support::daemon::remodel_cmd(&["status", "--config", &cfg], &[]);
+    let bad_target = [(
+        "REMODEL__TARGET__URL".to_string(),
+        url(&target_db).replace(&format!("/{target_db}?"), "/no_such_db?"),
+    )];
+    let (code, error) = support::daemon::remodel_cmd(&["verify", "--config", &cfg], &bad_target);
+    assert_eq!(code, Some(2), "{error}");
+    assert!(error.contains("no_such_db"), "{error}");
     d.stop();
+    for (what, text) in [
+        ("log", d.log()),
+        ("metrics", metrics),
+        ("/status", status),
+        ("remodel status", status_cmd),
+        ("an error", error),
+    ] {
+        assert!(
+            !text.contains("tls-pw"),
+            "the password is in {what}:\n{text}"
+        );
+    }
     src_admin
         .batch_execute(&format!("SELECT pg_drop_replication_slot('{name}')"))
         .await
