@@ -274,9 +274,19 @@ pub async fn compile_plan(
         state_schema: &config.target.state_schema,
         registry: &config.transforms,
     };
-    let plan = crate::transform::compile(&config.tables, &env)
+    let mut plan = crate::transform::compile(&config.tables, &env)
         .await
         .map_err(Error::Plan)?;
+    // After the catalog was read: see `Plan::compiled_at`.
+    let at: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(|source| Error::Sql {
+            what: "reading the source WAL position",
+            source: source.into(),
+        })?
+        .get(0);
+    plan.compiled_at = at.parse().unwrap_or_default();
     if !plan.keymaps.is_empty() {
         StateSchema::new(&config.target.state_schema)
             .ensure_keymaps(target, &plan.keymaps)

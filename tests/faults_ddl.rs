@@ -203,3 +203,34 @@ async fn renaming_a_table_is_named_as_a_rename() {
     .await;
     drop_slot(&db).await;
 }
+
+/// The daemon is down while a row is written and the column's type then changes. On start the
+/// plan is compiled for the new type, and the stream first replays the older transaction with
+/// the old type in its Relation message: that is history, not a change under the stream, and
+/// must not stop the daemon (it would stop on every restart, forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_replayed_from_before_a_type_change_is_not_mistaken_for_one() {
+    let (db, mut d) = setup().await;
+    d.stop();
+    let long = "abcdefghij0123456789ABCDEFGHIJ";
+    db.source
+        .batch_execute("INSERT INTO t VALUES (99, 99, 'before', 'short', 'd')")
+        .await
+        .unwrap();
+    db.source
+        .batch_execute(&format!(
+            "ALTER TABLE t ALTER COLUMN c TYPE varchar(50); INSERT INTO t VALUES (100, 100, 'after', '{long}', 'd')"
+        ))
+        .await
+        .unwrap();
+    db.target
+        .batch_execute("ALTER TABLE t ALTER COLUMN c TYPE varchar(50)")
+        .await
+        .unwrap();
+    d.spawn();
+    d.wait_ready().await;
+    converge(&db, ROWS).await;
+    assert!(!d.log().contains("changed type"), "{}", d.log());
+    d.stop();
+    drop_slot(&db).await;
+}

@@ -331,6 +331,7 @@ async fn compile_table(
         source_types: s
             .columns
             .iter()
+            .filter(|c| !c.generated)
             .map(|c| (c.name.clone(), c.type_oid, c.typmod))
             .collect(),
         columns,

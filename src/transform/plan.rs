@@ -204,8 +204,9 @@ pub struct TablePlan {
     pub known_columns: Vec<String>,
     /// The source columns (name, type) in table order: what expressions and transforms read.
     pub columns: Vec<(String, String)>,
-    /// Each known source column's type oid and typmod when the plan was compiled: a Relation
-    /// message saying otherwise means the type changed under the stream.
+    /// Each known source column's type oid and typmod when the plan was compiled (generated
+    /// columns left out: the stream never carries them): a Relation message saying otherwise
+    /// means the type changed under the stream.
     pub source_types: Vec<(String, u32, i32)>,
     /// The source table's oid when compiled: a Relation message with this oid under another
     /// name is a renamed table.
@@ -257,6 +258,11 @@ pub struct KeyMap {
 
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
+    /// The source's WAL insert position read right after its catalog was: a transaction
+    /// committed at or after it was written under (at least) the schema the plan was compiled
+    /// for, so a Relation message there that differs from the plan is DDL after compiling.
+    /// Before it, a Relation may be history (a replay after a restart), not news.
+    pub compiled_at: crate::lsn::Lsn,
     pub tables: HashMap<String, Arc<TablePlan>>,
     pub outputs: Vec<Arc<OutputPlan>>,
     pub keymaps: Vec<KeyMap>,

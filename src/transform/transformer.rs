@@ -149,16 +149,29 @@ pub fn row_json(rel: &Relation, t: &Tuple) -> serde_json::Value {
 
 fn bind(plan: &Plan, rel: &Arc<Relation>, lsn: Lsn) -> Result<Bound, TransformError> {
     let name = rel.qualified();
-    let Some(table) = plan.tables.get(&name).cloned() else {
-        // The same table (by oid) under another name: renamed, not a new unmapped table.
-        if let Some(old) = plan.tables.values().find(|t| t.source_oid == rel.oid) {
-            return Err(TransformError::RenamedTable {
-                old: old.source.clone(),
-                new: name,
-                lsn,
-            });
-        }
-        return Err(TransformError::Unmapped { table: name, lsn });
+    // Written after the plan was compiled (see `Plan::compiled_at`): a difference is news.
+    let news = lsn >= plan.compiled_at;
+    let by_oid = || {
+        plan.tables
+            .values()
+            .find(|t| t.source_oid == rel.oid && t.source_oid != 0)
+            .cloned()
+    };
+    let table = match plan.tables.get(&name).cloned() {
+        Some(t) => t,
+        // The same table (by oid) under another name. After compiling: renamed under the
+        // stream. Before: the plan already has its new name; this is its history.
+        None => match by_oid() {
+            Some(old) if news => {
+                return Err(TransformError::RenamedTable {
+                    old: old.source.clone(),
+                    new: name,
+                    lsn,
+                })
+            }
+            Some(t) => t,
+            None => return Err(TransformError::Unmapped { table: name, lsn }),
+        },
     };
     if let Some(new) = rel
         .columns
@@ -177,7 +190,7 @@ fn bind(plan: &Plan, rel: &Arc<Relation>, lsn: Lsn) -> Result<Bound, TransformEr
             .iter()
             .filter(|c| !table.known_columns.contains(&c.name))
             .count();
-        if let ([(old, oid, _)], 1) = (gone.as_slice(), unknown) {
+        if let ([(old, oid, _)], 1, true) = (gone.as_slice(), unknown, news) {
             if *oid == new.type_oid {
                 return Err(TransformError::RenamedColumn {
                     table: name.clone(),
@@ -192,28 +205,6 @@ fn bind(plan: &Plan, rel: &Arc<Relation>, lsn: Lsn) -> Result<Bound, TransformEr
             column: new.name.clone(),
             lsn,
         });
-    }
-    // A type changed under the stream: the compiled casts and expressions no longer fit.
-    // (Type oid 0: a relation built by backfill or a retry, which carries no types.)
-    for c in rel.columns.iter().filter(|c| c.type_oid != 0) {
-        if let Some((_, oid, typmod)) = table.source_types.iter().find(|(n, ..)| *n == c.name) {
-            if (*oid, *typmod) != (c.type_oid, c.type_modifier) {
-                let from = table
-                    .columns
-                    .iter()
-                    .find(|(n, _)| *n == c.name)
-                    .map(|(_, t)| t.clone())
-                    .unwrap_or_default();
-                return Err(TransformError::TypeChanged {
-                    table: name.clone(),
-                    column: c.name.clone(),
-                    from,
-                    to_oid: c.type_oid,
-                    to_typmod: c.type_modifier,
-                    lsn,
-                });
-            }
-        }
     }
     let drift = |c: &str| TransformError::SchemaDrift {
         table: name.clone(),
@@ -272,6 +263,50 @@ fn bind(plan: &Plan, rel: &Arc<Relation>, lsn: Lsn) -> Result<Bound, TransformEr
     for &i in &used {
         if cols.get(i).copied().flatten().is_none() {
             return Err(drift(&table.columns[i].0));
+        }
+    }
+    // A type changed under the stream, on a column the mapping reads: the compiled casts and
+    // expressions no longer fit. Only for transactions after the plan was compiled: before
+    // that, a Relation may describe history the plan already moved past (a replay after a
+    // restart), and stopping there would stop forever. Type oid 0: a relation built by
+    // backfill or a retry, which carries no types.
+    if lsn >= plan.compiled_at {
+        let mut read: Vec<&str> = table.source_key.iter().map(String::as_str).collect();
+        read.extend(used.iter().map(|&i| table.columns[i].0.as_str()));
+        for o in &outputs {
+            read.extend(o.iter().flatten().map(|&i| table.columns[i].0.as_str()));
+        }
+        read.extend(
+            split_col
+                .iter()
+                .flatten()
+                .map(|&i| table.columns[i].0.as_str()),
+        );
+        for c in rel
+            .columns
+            .iter()
+            .filter(|c| c.type_oid != 0 && read.contains(&c.name.as_str()))
+        {
+            let Some((_, oid, typmod)) = table.source_types.iter().find(|(n, ..)| *n == c.name)
+            else {
+                continue;
+            };
+            if (*oid, *typmod) != (c.type_oid, c.type_modifier) {
+                let from = table
+                    .columns
+                    .iter()
+                    .find(|(n, _)| *n == c.name)
+                    .map(|(_, t)| t.clone())
+                    .unwrap_or_default();
+                return Err(TransformError::TypeChanged {
+                    table: name.clone(),
+                    column: c.name.clone(),
+                    from,
+                    to_oid: c.type_oid,
+                    to_typmod: c.type_modifier,
+                    lsn,
+                });
+            }
         }
     }
     Ok(Bound {
