@@ -12,11 +12,13 @@ use support::compare::{converge, random_writes, rng, seed, ACCOUNTS_DDL, ACCOUNT
 use support::daemon::{config_urls, drop_slot, free_listen, Daemon};
 use support::{fresh_db, pair, Proxy};
 
-async fn cut_while_writing(cut_source: bool, cut_target: bool, name: &str) {
+/// `accounts` with 3 000 rows for backfill, a proxy in front of each cluster, and the source
+/// and target URLs through them.
+async fn accounts_behind_proxies() -> (support::TestDb, Proxy, Proxy, String, String) {
     let p = pair();
     let db = fresh_db(p).await;
     db.on_both(ACCOUNTS_DDL).await;
-    // Rows before the daemon: backfill copies them while the connections are being cut.
+    // Rows before the daemon: backfill copies them while the connections are cut or held.
     db.source
         .batch_execute("INSERT INTO accounts SELECT g, g, 'pre' FROM generate_series(1, 3000) g")
         .await
@@ -26,6 +28,11 @@ async fn cut_while_writing(cut_source: bool, cut_target: bool, name: &str) {
     let via = |url: &str, from: u16, to: u16| url.replace(&format!(":{from}/"), &format!(":{to}/"));
     let src = via(&db.source_url, p.source.port(), source_proxy.port);
     let tgt = via(&db.target_url, p.target.port(), target_proxy.port);
+    (db, source_proxy, target_proxy, src, tgt)
+}
+
+async fn cut_while_writing(cut_source: bool, cut_target: bool, name: &str) {
+    let (db, source_proxy, target_proxy, src, tgt) = accounts_behind_proxies().await;
     let listen = free_listen();
     let d = Daemon::start(
         &config_urls(
@@ -324,18 +331,7 @@ async fn an_immediate_source_restart_while_backfilling_is_retried_without_loss()
 /// `network.stall_timeout_ms`; both reconnect once the network is back.
 #[tokio::test]
 async fn black_holed_connections_are_detected_within_the_configured_timeouts() {
-    let p = pair();
-    let db = fresh_db(p).await;
-    db.on_both(ACCOUNTS_DDL).await;
-    db.source
-        .batch_execute("INSERT INTO accounts SELECT g, g, 'pre' FROM generate_series(1, 3000) g")
-        .await
-        .unwrap();
-    let source_proxy = Proxy::start(p.source.port()).await;
-    let target_proxy = Proxy::start(p.target.port()).await;
-    let via = |url: &str, from: u16, to: u16| url.replace(&format!(":{from}/"), &format!(":{to}/"));
-    let src = via(&db.source_url, p.source.port(), source_proxy.port);
-    let tgt = via(&db.target_url, p.target.port(), target_proxy.port);
+    let (db, source_proxy, target_proxy, src, tgt) = accounts_behind_proxies().await;
     let listen = free_listen();
     let d = Daemon::start(
         &config_urls(

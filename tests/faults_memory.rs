@@ -29,26 +29,15 @@ async fn a_two_million_row_transaction_lands_atomically_in_bounded_memory() {
         .await
         .unwrap();
     let committed = started.elapsed();
-    let mut seen = Vec::new();
-    loop {
-        let n: i64 = db
-            .target
-            .query_one("SELECT count(*) FROM big", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if !seen.contains(&n) {
-            seen.push(n);
-        }
-        if n == 2_000_000 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "not applied in 600 s; seen {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let seen = support::compare::counts_until(
+        &db.target,
+        "big",
+        2_000_000,
+        started,
+        Duration::from_secs(600),
+        Duration::from_millis(200),
+    )
+    .await;
     let applied = started.elapsed() - committed;
     let peak = d.peak_rss_kib();
     eprintln!(

@@ -38,6 +38,22 @@ fn expected(fixed: bool) -> String {
 const ACTUAL: &str = "SELECT id || '|' || coalesce(full_name, '-') || '|' || coalesce(email, '-') || '|' || coalesce(email_domain, '-')
     || '|' || coalesce(city, '-') || '|' || coalesce(signup_year::text, '-') || '|' || coalesce(age::text, '-') FROM customers ORDER BY id";
 
+/// `expressions.toml` with the age mapping fixed (digits only), in a temp dir kept alive by
+/// the returned handle.
+fn fixed_mapping(file: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let fixed = dir.path().join("fixed.toml");
+    std::fs::write(
+        &fixed,
+        std::fs::read_to_string(file).unwrap().replace(
+            "age = \"age_text::integer\"",
+            "age = \"nullif(regex_replace(age_text, '[^0-9]', ''), '')::integer\"",
+        ),
+    )
+    .unwrap();
+    (dir, fixed)
+}
+
 fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
     support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "200")])
 }
@@ -151,16 +167,7 @@ async fn computed_columns_filters_and_dead_letters_then_retry() {
     assert!(dead >= 1, "{out}");
     d.stop();
     // Fix the mapping, retry: every dead letter applies, and the target is complete.
-    let fixed_dir = tempfile::tempdir().unwrap();
-    let fixed = fixed_dir.path().join("fixed.toml");
-    std::fs::write(
-        &fixed,
-        std::fs::read_to_string(&file).unwrap().replace(
-            "age = \"age_text::integer\"",
-            "age = \"nullif(regex_replace(age_text, '[^0-9]', ''), '')::integer\"",
-        ),
-    )
-    .unwrap();
+    let (_fixed_dir, fixed) = fixed_mapping(&file);
     let fixed_path = fixed.display().to_string();
     let (code, out) = remodel_cmd(&["dead-letters", "--config", &fixed_path, "--retry"], &env);
     assert_eq!(code, Some(0), "retry: {out}");
@@ -303,16 +310,7 @@ async fn retry_never_resurrects_a_row_deleted_after_it_was_dead_lettered() {
         ["1"],
         "the tombstone an older dead letter needs was pruned"
     );
-    let fixed_dir = tempfile::tempdir().unwrap();
-    let fixed = fixed_dir.path().join("fixed.toml");
-    std::fs::write(
-        &fixed,
-        std::fs::read_to_string(&file).unwrap().replace(
-            "age = \"age_text::integer\"",
-            "age = \"nullif(regex_replace(age_text, '[^0-9]', ''), '')::integer\"",
-        ),
-    )
-    .unwrap();
+    let (_fixed_dir, fixed) = fixed_mapping(&file);
     let fixed_path = fixed.display().to_string();
     env.retain(|(k, _)| k != "REMODEL__BACKFILL__ENABLED");
     let (code, out) = remodel_cmd(&["dead-letters", "--config", &fixed_path, "--retry"], &env);

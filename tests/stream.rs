@@ -138,26 +138,15 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
         .unwrap();
     let committed = Instant::now();
     // Atomicity: the target shows 0 rows or all of them, never a part.
-    let t = &db.target;
-    let mut seen = Vec::new();
-    loop {
-        let n: i64 = t
-            .query_one("SELECT count(*) FROM big", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if !seen.contains(&n) {
-            seen.push(n);
-        }
-        if n == 100_000 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "not applied in 120 s; seen {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = support::compare::counts_until(
+        &db.target,
+        "big",
+        100_000,
+        started,
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+    )
+    .await;
     let applied_in = committed.elapsed();
     assert!(
         seen.iter().all(|n| *n == 0 || *n == 100_000),

@@ -93,3 +93,31 @@ pub fn rng(seed: u64) -> StdRng {
 }
 
 pub const ACCOUNTS_ROWS: &str = "SELECT row_to_json(a)::text FROM accounts a ORDER BY id";
+
+/// Poll `SELECT count(*)` of `table` on `c` until it is `want` (panicking after `deadline`
+/// from `started`); every distinct count seen, in order — for atomicity checks.
+pub async fn counts_until(
+    c: &Client,
+    table: &str,
+    want: i64,
+    started: std::time::Instant,
+    deadline: Duration,
+    every: Duration,
+) -> Vec<i64> {
+    let sql = format!("SELECT count(*) FROM {table}");
+    let mut seen = Vec::new();
+    loop {
+        let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+        if n == want {
+            return seen;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "not applied in {deadline:?}; seen {seen:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
