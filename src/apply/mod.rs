@@ -122,6 +122,8 @@ enum StmtKey {
     Clear(usize),
     Children(usize),
     DeadLetters,
+    Progress,
+    Lock,
 }
 
 struct OpenTxn {
@@ -461,31 +463,41 @@ impl Applier {
         let Some(t) = self.txn.take() else {
             return Ok(());
         };
-        if let Some((end, ts)) = t.last_commit {
-            let stmt = self
+        match t.last_commit {
+            Some((end, ts)) => {
+                let stmt = match self.stmts.get(&StmtKey::Progress) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = self
+                            .client
+                            .prepare_typed(
+                                &sql::progress(&self.state),
+                                &[Type::TEXT, Type::TEXT, Type::FLOAT8],
+                            )
+                            .await
+                            .map_err(db("preparing the progress update"))?;
+                        self.stmts.insert(StmtKey::Progress, s.clone());
+                        s
+                    }
+                };
+                let (end_text, secs) = (end.to_string(), pg_ts_to_unix_secs(ts));
+                let params: [&(dyn ToSql + Sync); 3] = [&self.settings.slot, &end_text, &secs];
+                // Pipelined: the progress row and COMMIT go out together (one round trip).
+                // If the progress row fails, the server turns that COMMIT into a rollback,
+                // so the progress error alone decides: nothing is confirmed.
+                let (progress, commit) = tokio::join!(
+                    self.client.execute(&stmt, &params),
+                    self.client.batch_execute("COMMIT")
+                );
+                progress.map_err(db("writing progress"))?;
+                commit.map_err(db("committing"))?;
+            }
+            None => self
                 .client
-                .prepare_typed(
-                    &sql::progress(&self.state),
-                    &[Type::TEXT, Type::TEXT, Type::FLOAT8],
-                )
+                .batch_execute("COMMIT")
                 .await
-                .map_err(db("preparing the progress update"))?;
-            self.client
-                .execute(
-                    &stmt,
-                    &[
-                        &self.settings.slot,
-                        &end.to_string(),
-                        &pg_ts_to_unix_secs(ts),
-                    ],
-                )
-                .await
-                .map_err(db("writing progress"))?;
+                .map_err(db("committing"))?,
         }
-        self.client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(db("committing"))?;
         crate::failpoint::hit("apply.after_commit");
         self.metrics
             .apply_batch_seconds
@@ -595,16 +607,29 @@ impl Applier {
         }
     }
 
-    /// Hold the source table's lock (shared) for the rest of the target transaction.
-    async fn lock_table(&mut self, rel: &str) -> Result<(), tokio_postgres::Error> {
-        if self.txn.as_ref().is_some_and(|t| t.locked.contains(rel)) {
-            return Ok(());
+    /// The prepared shared-lock statement (see sql::lock_shared).
+    async fn lock_stmt(&mut self) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.stmts.get(&StmtKey::Lock) {
+            return Ok(s.clone());
         }
-        self.client.execute(&sql::lock_shared(), &[&rel]).await?;
-        if let Some(t) = self.txn.as_mut() {
-            t.locked.insert(rel.to_string());
-        }
-        Ok(())
+        let s = self
+            .client
+            .prepare_typed(&sql::lock_shared(), &[Type::TEXT])
+            .await?;
+        self.stmts.insert(StmtKey::Lock, s.clone());
+        Ok(s)
+    }
+
+    /// Of `rels`, those whose lock this target transaction does not hold yet; they are marked
+    /// held (the caller takes them before anything else of its statement runs).
+    fn locks_needed(&mut self, rels: &[String]) -> Vec<String> {
+        let Some(t) = self.txn.as_mut() else {
+            return rels.to_vec();
+        };
+        rels.iter()
+            .filter(|r| t.locked.insert(r.to_string()))
+            .cloned()
+            .collect()
     }
 
     async fn exec(&mut self, group: &Group) -> Result<(), tokio_postgres::Error> {
@@ -617,8 +642,22 @@ impl Applier {
             Group::Truncate { tables } => tables.iter().map(|t| t.0.to_string()).collect(),
             Group::DeadLetters { .. } => vec![],
         };
-        for rel in &rels {
-            self.lock_table(rel).await?;
+        let mut need = self.locks_needed(&rels);
+        let mut lock = if need.is_empty() {
+            None
+        } else {
+            Some(self.lock_stmt().await?)
+        };
+        let pipelined = matches!(
+            group,
+            Group::Upsert { .. } | Group::Update { .. } | Group::Delete { .. }
+        ) && need.len() == 1;
+        if !pipelined {
+            if let Some(lock) = lock.take() {
+                for rel in need.drain(..) {
+                    self.client.execute(&lock, &[&rel]).await?;
+                }
+            }
         }
         let (output, key, cols, from, rows) = match group {
             Group::Upsert { output, rows } => (
@@ -661,13 +700,25 @@ impl Applier {
             }
             StmtKey::Delete(_) => sql::delete(&state, output),
             // Prepared by their own methods (clear, children, dead_letters).
-            StmtKey::Clear(_) | StmtKey::Children(_) | StmtKey::DeadLetters => String::new(),
+            StmtKey::Clear(_)
+            | StmtKey::Children(_)
+            | StmtKey::DeadLetters
+            | StmtKey::Progress
+            | StmtKey::Lock => String::new(),
         };
         let stmt = self.stmt(key, text, n).await?;
-        // Only partial updates return rows: the keys they had to defer.
-        let deferred = self
-            .run_rows(&stmt, &output.source, rows, &cols, from)
-            .await?;
+        // Only partial updates return rows: the keys they had to defer. The table lock (one
+        // source table here) is its own statement, pipelined just before (same round trip).
+        let run = self.run_rows(&stmt, &output.source, rows, &cols, from);
+        let deferred = match (&lock, need.first()) {
+            (Some(lock), Some(rel)) => {
+                let p: [&(dyn ToSql + Sync); 1] = [rel];
+                let (locked, deferred) = tokio::join!(self.client.execute(lock, &p), run);
+                locked?;
+                deferred?
+            }
+            _ => run.await?,
+        };
         if !deferred.is_empty() {
             self.metrics
                 .deferred_rows

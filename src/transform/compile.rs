@@ -88,7 +88,10 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
         }
         mappings
     };
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        fk_tables: fk_tables(env.target_client).await,
+        ..Plan::default()
+    };
     // target table → (source, merge?, columns it fills)
     let mut feeds: Feeds = BTreeMap::new();
     let mut lookups: Vec<(String, String, String)> = Vec::new(); // (map, source table, from)
@@ -343,6 +346,29 @@ async fn compile_table(
     })
 }
 
+/// Target tables on either side of a foreign key (None when the catalog could not be read).
+async fn fk_tables(target: &tokio_postgres::Client) -> Option<BTreeSet<String>> {
+    let rows = target
+        .query(
+            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint k
+             JOIN pg_class c ON c.oid IN (k.conrelid, k.confrelid)
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE k.contype = 'f'",
+            &[],
+        )
+        .await
+        .ok()?;
+    rows.iter()
+        .map(|r| {
+            Some(format!(
+                "{}.{}",
+                r.try_get::<_, String>(0).ok()?,
+                r.try_get::<_, String>(1).ok()?
+            ))
+        })
+        .collect()
+}
+
 fn output(
     plan: &mut Plan,
     source: &str,
@@ -359,6 +385,10 @@ fn output(
         columns,
         key,
         kind,
+        linked: plan
+            .fk_tables
+            .as_ref()
+            .is_none_or(|fk| fk.contains(&t.qualified())),
     });
     plan.outputs.push(o.clone());
     o

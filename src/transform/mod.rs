@@ -108,6 +108,16 @@ pub struct DeadLetter {
 }
 
 impl TargetOp {
+    /// The output a row op writes (None for table-wide and dead-letter ops).
+    pub fn output(&self) -> Option<&Arc<OutputPlan>> {
+        match self {
+            TargetOp::Upsert { output, .. }
+            | TargetOp::Delete { output, .. }
+            | TargetOp::Clear { output, .. }
+            | TargetOp::Children { output, .. } => Some(output),
+            TargetOp::Truncate { .. } | TargetOp::DeadLetter(_) => None,
+        }
+    }
     pub fn guard(&self) -> Option<&Guard> {
         match self {
             TargetOp::Upsert { guard, .. }

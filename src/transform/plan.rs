@@ -158,6 +158,10 @@ pub struct OutputPlan {
     /// Indices into `columns` of the target's primary key.
     pub key: Vec<usize>,
     pub kind: OutputKind,
+    /// The target table takes part in a foreign key (either side, or it could not be told):
+    /// its writes keep their order relative to other source tables' writes. An unlinked
+    /// output's ops may be grouped with other source tables' ops (see apply::batch).
+    pub linked: bool,
 }
 
 impl OutputPlan {
@@ -266,6 +270,9 @@ pub struct Plan {
     pub tables: HashMap<String, Arc<TablePlan>>,
     pub outputs: Vec<Arc<OutputPlan>>,
     pub keymaps: Vec<KeyMap>,
+    /// Target tables on either side of a foreign key; None when they could not be read
+    /// (every output is then treated as linked).
+    pub fk_tables: Option<std::collections::BTreeSet<String>>,
 }
 
 /// One thing wrong with the mapping, with where and how to fix it.
