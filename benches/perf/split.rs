@@ -21,7 +21,8 @@ const SPLIT_MAPPING: &str = "[[tables]]\nsource = \"public.loans\"\n[tables.colu
     [[tables.split]]\ntarget = \"public.guarantors\"\ncolumn = \"guarantor\"\n\
     protected = [\"& Co.\", \"Inc.\", \"LLC\", \"L.P.\"]\n\
     [tables.split.annotations]\npledge = \"(Pledge)\"\n\
-    [tables.split.columns]\nid = \"child_id\"\nloan_id = \"parent.id\"\nposition = \"position\"\nname = \"name\"\npledge = \"pledge\"\n";
+    [tables.split.columns]\nid = \"child_id\"\nloan_id = \"parent.id\"\nposition = \"position\"\nname = \"name\"\npledge = \"pledge\"\n\
+    [[tables]]\nsource = \"public.marker\"\n";
 
 /// A guarantor text in one of the five styles of the loans data, with a per-row suffix.
 const TEXT: &str = "CASE g % 5

@@ -88,8 +88,22 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
         }
         mappings
     };
+    let mut named: BTreeMap<String, usize> = BTreeMap::new();
+    for m in mappings {
+        *named
+            .entry(qualify(m.target.as_deref().unwrap_or(&m.source)))
+            .or_default() += 1;
+        for sp in &m.split {
+            *named.entry(qualify(&sp.target)).or_default() += 1;
+        }
+    }
     let mut plan = Plan {
         fk_tables: fk_tables(env.target_client).await,
+        shared_targets: named
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(t, _)| t)
+            .collect(),
         ..Plan::default()
     };
     // target table → (source, merge?, columns it fills)
@@ -388,7 +402,10 @@ fn output(
         linked: plan
             .fk_tables
             .as_ref()
-            .is_none_or(|fk| fk.contains(&t.qualified())),
+            .is_none_or(|fk| fk.contains(&t.qualified()))
+            || !t.unique_keys.is_empty()
+            || plan.shared_targets.contains(&t.qualified())
+            || plan.outputs.iter().any(|o| o.target() == t.qualified()),
     });
     plan.outputs.push(o.clone());
     o

@@ -158,7 +158,8 @@ pub struct OutputPlan {
     /// Indices into `columns` of the target's primary key.
     pub key: Vec<usize>,
     pub kind: OutputKind,
-    /// The target table takes part in a foreign key (either side, or it could not be told):
+    /// The target table takes part in a foreign key (either side, or it could not be told),
+    /// has a unique index besides its primary key, or is written by more than one mapping:
     /// its writes keep their order relative to other source tables' writes. An unlinked
     /// output's ops may be grouped with other source tables' ops (see apply::batch).
     pub linked: bool,
@@ -273,6 +274,9 @@ pub struct Plan {
     /// Target tables on either side of a foreign key; None when they could not be read
     /// (every output is then treated as linked).
     pub fk_tables: Option<std::collections::BTreeSet<String>>,
+    /// Target tables more than one mapping writes (an owner and its merges, two splits):
+    /// their outputs are linked, since one target row is guarded under several source keys.
+    pub shared_targets: std::collections::BTreeSet<String>,
 }
 
 /// One thing wrong with the mapping, with where and how to fix it.
