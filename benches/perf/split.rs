@@ -32,6 +32,10 @@ const TEXT: &str = "CASE g % 5
     WHEN 3 THEN '(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe ' || g
     ELSE 'Atlas Property Holdings; BlueRock Investment Solutions ' || g || ' (Pledge)' END";
 
+fn mapping_is_identity(db: &str) -> bool {
+    db == "we_identity"
+}
+
 const LIMIT: Duration = Duration::from_secs(1800);
 
 pub async fn run(cl: &Clusters, args: &Args, report: &mut Report) -> Result<()> {
@@ -94,6 +98,7 @@ pub async fn run(cl: &Clusters, args: &Args, report: &mut Report) -> Result<()> 
     }
     s.batch_execute("INSERT INTO marker VALUES (1)").await?;
     let mut drain = Vec::new();
+    let mut verified = None;
     for (db, name, setup, t) in &setups {
         let started = Instant::now();
         let mut d = setup.start().await?;
@@ -112,8 +117,11 @@ pub async fn run(cl: &Clusters, args: &Args, report: &mut Report) -> Result<()> 
             rss_mib: Some(harness::peak_rss_mib(d.pid())),
             ..Row::default()
         });
+        if !mapping_is_identity(db) {
+            // verify needs the daemon streaming (it waits for the stream to pass its snapshot).
+            verified = Some(setup.verify().await?);
+        }
         d.stop()?;
-        harness::drop_slot(&s, db).await?;
         drain.push(took);
     }
     // Content: the identity copy equals the source; the split is checked by `remodel verify`.
@@ -123,13 +131,14 @@ pub async fn run(cl: &Clusters, args: &Args, report: &mut Report) -> Result<()> 
         &harness::digest(&s, "loans").await?,
         &harness::digest(ti, "loans").await?,
     );
-    let (_, _, setup, _) = &setups[1];
-    let code = setup.verify().await?;
     report.same(
         "(e) split: remodel verify exit code",
         "0",
-        &code.to_string(),
+        &verified.map_or("not run".into(), |c: i32| c.to_string()),
     );
+    for (db, ..) in &setups {
+        harness::drop_slot(&s, db).await?;
+    }
     if let ([bi, bs], [di, ds]) = (&backfill[..], &drain[..]) {
         report.targets.push(Target {
             what: "(e) split backfill speed vs identity (no bar: absolute figure)".into(),
