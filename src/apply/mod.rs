@@ -16,6 +16,7 @@
 //! commit returned, and never write while paused.
 
 pub mod batch;
+mod pipelined;
 pub mod sql;
 mod statements;
 
@@ -537,10 +538,26 @@ impl Applier {
         }
         let ops = std::mem::take(&mut self.pending);
         let n = ops.len();
-        for group in batch::groups(ops) {
-            if let Err(e) = self.exec(&group).await {
+        let groups = batch::groups(ops);
+        let mut i = 0;
+        while i < groups.len() {
+            // A stretch of row groups goes out pipelined; other kinds run one by one.
+            let end = (i..groups.len())
+                .find(|&k| !pipelined::pipelinable(&groups[k]))
+                .unwrap_or(groups.len());
+            let (result, next) = if end > i {
+                (
+                    self.exec_pipelined(&groups[i..end])
+                        .await
+                        .map_err(|(k, e)| (i + k, e)),
+                    end,
+                )
+            } else {
+                (self.exec(&groups[i]).await.map_err(|e| (i, e)), i + 1)
+            };
+            if let Err((k, e)) = result {
                 if is_data_rejection(&e) {
-                    return Err(self.diagnose(&group, e).await);
+                    return Err(self.diagnose(&groups[k], e).await);
                 }
                 return Err(ApplyError::Db {
                     what: "writing a batch",
@@ -548,6 +565,7 @@ impl Applier {
                 });
             }
             crate::failpoint::hit("apply.mid_batch");
+            i = next;
         }
         if let Some(t) = self.txn.as_mut() {
             t.rows += n;

@@ -12,7 +12,8 @@ use tokio_postgres::Statement;
 use super::batch::{self, Group};
 use super::{sql, Applier, StmtKey};
 use crate::source::replication::quote_ident;
-use crate::transform::{Guard, Value};
+use crate::state::StateSchema;
+use crate::transform::{Guard, OutputPlan, Value};
 
 impl Applier {
     /// The prepared shared-lock statement (see sql::lock_shared).
@@ -68,52 +69,20 @@ impl Applier {
             }
         }
         let (output, key, cols, from, rows) = match group {
-            Group::Upsert { output, rows } => (
-                output,
-                StmtKey::Upsert(output.id),
-                (0..output.columns.len()).collect::<Vec<_>>(),
-                &[][..],
-                rows,
-            ),
-            Group::Update {
-                output,
-                present,
-                rows,
-                from,
-            } => (
-                output,
-                StmtKey::Update(output.id, present.clone(), !from.is_empty()),
-                present.clone(),
-                &from[..],
-                rows,
-            ),
-            Group::Delete { output, rows } => (
-                output,
-                StmtKey::Delete(output.id),
-                (0..output.key.len()).collect(),
-                &[][..],
-                rows,
-            ),
             Group::Truncate { tables } => return self.truncate(tables).await,
             Group::Clear { output, rows } => return self.clear(output, rows).await,
             Group::Children { output, parents } => return self.children(output, parents).await,
             Group::DeadLetters { rows } => return self.dead_letters(rows).await,
+            Group::Upsert { .. } | Group::Update { .. } | Group::Delete { .. } => {
+                match data_parts(group) {
+                    Some(parts) => parts,
+                    None => return Ok(()),
+                }
+            }
         };
         let state = self.state.clone();
         let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
-        let text = |key: &StmtKey| match key {
-            StmtKey::Upsert(_) => sql::upsert(&state, output),
-            StmtKey::Update(_, present, moved) => {
-                sql::update_present(&state, output, present, *moved)
-            }
-            StmtKey::Delete(_) => sql::delete(&state, output),
-            // Prepared by their own methods (clear, children, dead_letters).
-            StmtKey::Clear(_)
-            | StmtKey::Children(_)
-            | StmtKey::DeadLetters
-            | StmtKey::Progress
-            | StmtKey::Lock => String::new(),
-        };
+        let text = |key: &StmtKey| stmt_text(&state, output, key);
         let stmt = self.stmt(key, text, n).await?;
         // Only partial updates return rows: the keys they had to defer. The table lock (one
         // source table here) is its own statement, pipelined just before (same round trip).
@@ -127,25 +96,36 @@ impl Applier {
             }
             _ => run.await?,
         };
-        if !deferred.is_empty() {
-            self.metrics
-                .deferred_rows
-                .with_label_values(&[&output.source])
-                .inc_by(deferred.len() as u64);
-            tracing::warn!(
-                table = %output.source,
-                keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
-                count = deferred.len(),
-                lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
-                "update with unchanged TOASTed columns for rows the target does not have: \
-                 kept in {}.deferred until backfill brings the rows",
-                self.state.schema
-            );
-        }
+        self.note_deferred(output, rows, &deferred);
         Ok(())
     }
 
-    /// A prepared statement for `key`, all of whose `n` parameters are text arrays but `$1`.
+    /// Partial updates whose rows the target does not have: counted and logged (the statement
+    /// already kept them in `<state>.deferred`).
+    pub(super) fn note_deferred(
+        &self,
+        output: &OutputPlan,
+        rows: &[(Guard, Vec<Value>)],
+        deferred: &[String],
+    ) {
+        if deferred.is_empty() {
+            return;
+        }
+        self.metrics
+            .deferred_rows
+            .with_label_values(&[&output.source])
+            .inc_by(deferred.len() as u64);
+        tracing::warn!(
+            table = %output.source,
+            keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
+            count = deferred.len(),
+            lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
+            "update with unchanged TOASTed columns for rows the target does not have: \
+             kept in {}.deferred until backfill brings the rows",
+            self.state.schema
+        );
+    }
+
     pub(super) async fn stmt(
         &mut self,
         key: StmtKey,
@@ -287,41 +267,9 @@ impl Applier {
         cols: &[usize],
         from: &[Vec<Value>],
     ) -> Result<Vec<String>, tokio_postgres::Error> {
-        let skeys: Vec<String> = rows.iter().map(|(g, _)| g.key.encode()).collect();
-        let vers: Vec<String> = rows.iter().map(|(g, _)| g.version.to_string()).collect();
-        let columns: Vec<Vec<Option<&str>>> = cols
-            .iter()
-            .map(|&c| {
-                rows.iter()
-                    .map(|(_, r)| match r.get(c) {
-                        Some(Value::Text(s)) => Some(s.as_str()),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .collect();
-        let text = |v: &Value| match v {
-            Value::Text(s) => Some(s.clone()),
-            _ => None,
-        };
-        let from_cols: Vec<Vec<Option<String>>> = match from.first() {
-            Some(first) => (0..first.len())
-                .map(|j| from.iter().map(|k| k.get(j).and_then(text)).collect())
-                .collect(),
-            None => vec![],
-        };
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&rel, &skeys, &vers];
-        for c in &columns {
-            params.push(c);
-        }
-        for c in &from_cols {
-            params.push(c);
-        }
-        let out = self.client.query(stmt, &params).await?;
-        Ok(out
-            .iter()
-            .filter_map(|r| r.try_get::<_, String>(0).ok())
-            .collect())
+        let params = RowParams::new(rows, cols, from);
+        let out = self.client.query(stmt, &params.refs(&rel)).await?;
+        Ok(deferred_keys(&out))
     }
 
     pub(super) async fn truncate(
@@ -390,4 +338,116 @@ pub(super) fn text_of(v: Option<&Value>) -> Option<&str> {
         Some(Value::Text(s)) => Some(s.as_str()),
         _ => None,
     }
+}
+
+/// The parts of a row group's statement: output, statement key, the row columns it sends, the
+/// old keys of moved rows, and the rows. None for the other group kinds.
+#[allow(clippy::type_complexity)]
+pub(super) fn data_parts(
+    group: &Group,
+) -> Option<(
+    &Arc<OutputPlan>,
+    StmtKey,
+    Vec<usize>,
+    &[Vec<Value>],
+    &batch::GuardedRows,
+)> {
+    match group {
+        Group::Upsert { output, rows } => Some((
+            output,
+            StmtKey::Upsert(output.id),
+            (0..output.columns.len()).collect(),
+            &[][..],
+            rows,
+        )),
+        Group::Update {
+            output,
+            present,
+            rows,
+            from,
+        } => Some((
+            output,
+            StmtKey::Update(output.id, present.clone(), !from.is_empty()),
+            present.clone(),
+            &from[..],
+            rows,
+        )),
+        Group::Delete { output, rows } => Some((
+            output,
+            StmtKey::Delete(output.id),
+            (0..output.key.len()).collect(),
+            &[][..],
+            rows,
+        )),
+        _ => None,
+    }
+}
+
+/// The SQL of a row group's statement.
+pub(super) fn stmt_text(state: &StateSchema, output: &OutputPlan, key: &StmtKey) -> String {
+    match key {
+        StmtKey::Upsert(_) => sql::upsert(state, output),
+        StmtKey::Update(_, present, moved) => sql::update_present(state, output, present, *moved),
+        StmtKey::Delete(_) => sql::delete(state, output),
+        // Prepared by their own methods (clear, children, dead_letters, commit, locks).
+        StmtKey::Clear(_)
+        | StmtKey::Children(_)
+        | StmtKey::DeadLetters
+        | StmtKey::Progress
+        | StmtKey::Lock => String::new(),
+    }
+}
+
+/// A row group's array parameters (`$2..`; `$1` is the source table), owned so that a request
+/// can borrow them while it is in flight.
+pub(super) struct RowParams<'a> {
+    skeys: Vec<String>,
+    vers: Vec<String>,
+    columns: Vec<Vec<Option<&'a str>>>,
+    from_cols: Vec<Vec<Option<String>>>,
+}
+
+impl<'a> RowParams<'a> {
+    pub(super) fn new(
+        rows: &'a [(Guard, Vec<Value>)],
+        cols: &[usize],
+        from: &[Vec<Value>],
+    ) -> Self {
+        let text = |v: &Value| match v {
+            Value::Text(s) => Some(s.clone()),
+            _ => None,
+        };
+        RowParams {
+            skeys: rows.iter().map(|(g, _)| g.key.encode()).collect(),
+            vers: rows.iter().map(|(g, _)| g.version.to_string()).collect(),
+            columns: cols
+                .iter()
+                .map(|&c| rows.iter().map(|(_, r)| text_of(r.get(c))).collect())
+                .collect(),
+            from_cols: match from.first() {
+                Some(first) => (0..first.len())
+                    .map(|j| from.iter().map(|k| k.get(j).and_then(text)).collect())
+                    .collect(),
+                None => vec![],
+            },
+        }
+    }
+
+    pub(super) fn refs<'b>(&'b self, rel: &'b &'b str) -> Vec<&'b (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![rel, &self.skeys, &self.vers];
+        for c in &self.columns {
+            params.push(c);
+        }
+        for c in &self.from_cols {
+            params.push(c);
+        }
+        params
+    }
+}
+
+/// The keys a partial update returned (rows it had to defer).
+pub(super) fn deferred_keys(rows: &[tokio_postgres::Row]) -> Vec<String> {
+    rows.iter()
+        .filter_map(|r| r.try_get::<_, String>(0).ok())
+        .collect()
 }
