@@ -123,6 +123,53 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
     drop_slot(&db).await;
 }
 
+/// A flush sends every table's lock and statement before reading an answer (apply/pipelined.rs):
+/// a rejection in a later table of the stretch must still be named exactly, and roll back the
+/// earlier table's rows of the same source transaction.
+#[tokio::test]
+async fn a_rejection_in_a_later_table_of_a_pipelined_flush_names_that_table_and_keeps_nothing_of_it(
+) {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute(
+            "CREATE TABLE pa (id int PRIMARY KEY, amount int);
+             CREATE TABLE pb (id int PRIMARY KEY, amount int);",
+        )
+        .await
+        .unwrap();
+    db.target
+        .batch_execute(
+            "CREATE TABLE pa (id int PRIMARY KEY, amount int);
+             CREATE TABLE pb (id int PRIMARY KEY, amount int CHECK (amount >= 0));",
+        )
+        .await
+        .unwrap();
+    let listen = free_listen();
+    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    d.wait_ready().await;
+    d.signal(nix::sys::signal::Signal::SIGUSR1);
+    d.wait_paused(true).await;
+    for sql in [
+        "BEGIN; INSERT INTO pa VALUES (1, 1); INSERT INTO pb VALUES (1, 1); COMMIT",
+        "BEGIN; INSERT INTO pa VALUES (2, 2), (3, 3); INSERT INTO pb VALUES (2, 2), (7, -5); COMMIT",
+    ] {
+        db.source.batch_execute(sql).await.unwrap();
+    }
+    d.signal(nix::sys::signal::Signal::SIGUSR2);
+    let st = d.wait_exit(Duration::from_secs(60));
+    let log = d.log();
+    assert_eq!(st.code(), Some(1), "{log}");
+    assert!(
+        log.contains("source table public.pb key (7) at LSN"),
+        "{log}"
+    );
+    assert!(log.contains("pb_amount_check"), "{log}");
+    let ids = "SELECT (SELECT string_agg(id::text, ',' ORDER BY id) FROM pa) || '|' ||
+                      (SELECT string_agg(id::text, ',' ORDER BY id) FROM pb)";
+    assert_eq!(rows(&db.target, ids).await, ["1|1"]);
+    drop_slot(&db).await;
+}
+
 #[tokio::test]
 async fn json_logs_are_one_json_object_per_line() {
     let db = fresh_db(pair()).await;

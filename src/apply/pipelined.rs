@@ -9,7 +9,10 @@
 //! Each request is still its own statement (its own snapshot under READ COMMITTED), executed in
 //! the order sent; a failing one aborts the transaction, so every later one fails too and the
 //! first error in order is the real one. Must never reorder requests: each is sent on its
-//! future's first poll, and the futures are first polled in order, in one pass.
+//! future's first poll, and the futures are first polled in order, in one pass. That rests on
+//! tokio-postgres 0.7 sending a request with a prepared `Statement` without waiting (its
+//! request channel is unbounded; the first await is for the answer): a client wrapper or pool
+//! that could wait before sending would break it.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -86,6 +86,8 @@ impl Applier {
         let stmt = self.stmt(key, text, n).await?;
         // Only partial updates return rows: the keys they had to defer. The table lock (one
         // source table here) is its own statement, pipelined just before (same round trip).
+        // (Flushes send stretches of row groups through exec_pipelined; this path serves the
+        // other kinds and diagnose's one-row groups.)
         let run = self.run_rows(&stmt, &output.source, rows, &cols, from);
         let deferred = match (&lock, need.first()) {
             (Some(lock), Some(rel)) => {
