@@ -63,35 +63,45 @@ async fn mapping_problems_are_all_listed_at_start() {
     drop_slot(&db).await;
 }
 
-#[tokio::test]
-async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
+/// Tables on both sides, `writes` committed on the source while the daemon is paused (so they
+/// reach apply together), then resume and wait for the daemon to stop on the rejection (exit 1).
+async fn rejected_after_paused_writes(
+    source_ddl: &str,
+    target_ddl: &str,
+    writes: &[&str],
+) -> (support::TestDb, Daemon, String) {
     let db = fresh_db(pair()).await;
-    db.source
-        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int)")
-        .await
-        .unwrap();
-    db.target
-        .batch_execute("CREATE TABLE pay (id int PRIMARY KEY, amount int CHECK (amount >= 0))")
-        .await
-        .unwrap();
+    db.source.batch_execute(source_ddl).await.unwrap();
+    db.target.batch_execute(target_ddl).await.unwrap();
     let listen = free_listen();
     let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
     d.wait_ready().await;
-    // Paused while the source commits, so the good and the bad transaction reach apply
-    // together and share one target transaction: the bad one must not take the good one down.
     d.signal(nix::sys::signal::Signal::SIGUSR1);
     d.wait_paused(true).await;
-    for sql in [
-        "INSERT INTO pay VALUES (1, 10), (2, 20)",
-        "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",
-        "INSERT INTO pay VALUES (5, 50)",
-    ] {
+    for sql in writes {
         db.source.batch_execute(sql).await.unwrap();
     }
     d.signal(nix::sys::signal::Signal::SIGUSR2);
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();
     assert_eq!(st.code(), Some(1), "{log}");
+    (db, d, log)
+}
+
+#[tokio::test]
+async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
+    // Paused while the source commits, so the good and the bad transaction reach apply
+    // together and share one target transaction: the bad one must not take the good one down.
+    let (db, mut d, log) = rejected_after_paused_writes(
+        "CREATE TABLE pay (id int PRIMARY KEY, amount int)",
+        "CREATE TABLE pay (id int PRIMARY KEY, amount int CHECK (amount >= 0))",
+        &[
+            "INSERT INTO pay VALUES (1, 10), (2, 20)",
+            "BEGIN; INSERT INTO pay VALUES (3, -5); INSERT INTO pay VALUES (4, 40); COMMIT",
+            "INSERT INTO pay VALUES (5, 50)",
+        ],
+    )
+    .await;
     assert!(log.contains("isolating source transactions"), "{log}");
     assert!(
         log.contains("source table public.pay key (3) at LSN"),
@@ -129,36 +139,17 @@ async fn a_row_the_target_rejects_stops_the_daemon_naming_table_key_and_lsn() {
 #[tokio::test]
 async fn a_rejection_in_a_later_table_of_a_pipelined_flush_names_that_table_and_keeps_nothing_of_it(
 ) {
-    let db = fresh_db(pair()).await;
-    db.source
-        .batch_execute(
-            "CREATE TABLE pa (id int PRIMARY KEY, amount int);
-             CREATE TABLE pb (id int PRIMARY KEY, amount int);",
-        )
-        .await
-        .unwrap();
-    db.target
-        .batch_execute(
-            "CREATE TABLE pa (id int PRIMARY KEY, amount int);
-             CREATE TABLE pb (id int PRIMARY KEY, amount int CHECK (amount >= 0));",
-        )
-        .await
-        .unwrap();
-    let listen = free_listen();
-    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
-    d.wait_ready().await;
-    d.signal(nix::sys::signal::Signal::SIGUSR1);
-    d.wait_paused(true).await;
-    for sql in [
-        "BEGIN; INSERT INTO pa VALUES (1, 1); INSERT INTO pb VALUES (1, 1); COMMIT",
-        "BEGIN; INSERT INTO pa VALUES (2, 2), (3, 3); INSERT INTO pb VALUES (2, 2), (7, -5); COMMIT",
-    ] {
-        db.source.batch_execute(sql).await.unwrap();
-    }
-    d.signal(nix::sys::signal::Signal::SIGUSR2);
-    let st = d.wait_exit(Duration::from_secs(60));
-    let log = d.log();
-    assert_eq!(st.code(), Some(1), "{log}");
+    let (db, _d, log) = rejected_after_paused_writes(
+        "CREATE TABLE pa (id int PRIMARY KEY, amount int);
+         CREATE TABLE pb (id int PRIMARY KEY, amount int);",
+        "CREATE TABLE pa (id int PRIMARY KEY, amount int);
+         CREATE TABLE pb (id int PRIMARY KEY, amount int CHECK (amount >= 0));",
+        &[
+            "BEGIN; INSERT INTO pa VALUES (1, 1); INSERT INTO pb VALUES (1, 1); COMMIT",
+            "BEGIN; INSERT INTO pa VALUES (2, 2), (3, 3); INSERT INTO pb VALUES (2, 2), (7, -5); COMMIT",
+        ],
+    )
+    .await;
     assert!(
         log.contains("source table public.pb key (7) at LSN"),
         "{log}"

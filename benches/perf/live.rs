@@ -103,14 +103,7 @@ async fn load(
         .context("pgbench")?;
     let mut arrived: Vec<Instant> = Vec::new();
     let (out, ended) = loop {
-        let seen: i32 = target
-            .query_one("SELECT coalesce(max(id), 0) FROM beat", &[])
-            .await?
-            .get(0);
-        let now = Instant::now();
-        while (arrived.len() as i32) < seen {
-            arrived.push(now);
-        }
+        poll_beats(target, &mut arrived).await?;
         if let Some(status) = bench.try_wait()? {
             if !status.success() {
                 bail!("pgbench failed: {status}");
@@ -126,14 +119,7 @@ async fn load(
     let total = sent.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.len();
     let started = Instant::now();
     while arrived.len() < total {
-        let seen: i32 = target
-            .query_one("SELECT coalesce(max(id), 0) FROM beat", &[])
-            .await?
-            .get(0);
-        let now = Instant::now();
-        while (arrived.len() as i32) < seen {
-            arrived.push(now);
-        }
+        poll_beats(target, &mut arrived).await?;
         alive()?;
         if started.elapsed() > Duration::from_secs(1800) {
             bail!("did not catch up within 30 min of the load's end");
@@ -159,6 +145,19 @@ async fn load(
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     Ok(Live { tps, lags, settle })
+}
+
+/// Record the arrival time of every heartbeat the target shows now and had not shown before.
+async fn poll_beats(target: &Client, arrived: &mut Vec<Instant>) -> Result<()> {
+    let seen: i32 = target
+        .query_one("SELECT coalesce(max(id), 0) FROM beat", &[])
+        .await?
+        .get(0);
+    let now = Instant::now();
+    while (arrived.len() as i32) < seen {
+        arrived.push(now);
+    }
+    Ok(())
 }
 
 fn row(system: &str, live: &Live, cpu: f64, ws: f64, rss: f64) -> Row {
