@@ -18,26 +18,9 @@ use remodel::cluster::{Cluster, ClusterOptions};
 use remodel::transform::mapping::TableMapping;
 
 mod common;
-
-const SOURCE_DDL: &str =
-    "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text)";
-const SPLIT_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
-    CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans, position int NOT NULL,
-                             name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
-    CREATE INDEX ON guarantors (loan_id);";
-const SPLIT_MAPPING: &str = "[[tables]]\nsource = \"public.loans\"\n[tables.columns]\nguarantor = \"drop\"\n\
-    [[tables.split]]\ntarget = \"public.guarantors\"\ncolumn = \"guarantor\"\n\
-    protected = [\"& Co.\", \"Inc.\", \"LLC\", \"L.P.\"]\n\
-    [tables.split.annotations]\npledge = \"(Pledge)\"\n\
-    [tables.split.columns]\nid = \"child_id\"\nloan_id = \"parent.id\"\nposition = \"position\"\nname = \"name\"\npledge = \"pledge\"\n";
-
-/// A guarantor text in one of the issue's five styles, with a per-row suffix.
-const TEXT: &str = "CASE g % 5
-    WHEN 0 THEN 'Meridian Capital Advisors ' || g
-    WHEN 1 THEN 'Oakridge Asset Holdings, Zenith Equity Management, Atlas Property Holdings ' || g
-    WHEN 2 THEN 'Redwood Holdings & Co. & NorthStar Investment Trust ' || g
-    WHEN 3 THEN '(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe ' || g
-    ELSE 'Atlas Property Holdings; BlueRock Investment Solutions ' || g || ' (Pledge)' END";
+#[path = "common/loans.rs"]
+mod loans;
+use loans::{SOURCE_DDL, SPLIT_DDL, SPLIT_MAPPING, TEXT};
 
 fn env_num(name: &str, default: i64) -> i64 {
     std::env::var(name)
@@ -185,15 +168,21 @@ async fn transform_only(source: &Cluster, target: &Cluster, n: i64) -> (Duration
         schema: "public".into(),
         name: "loans".into(),
         replica_identity: b'd',
-        columns: ["id", "amount", "guarantor"]
-            .iter()
-            .map(|c| RelationColumn {
-                is_key: *c == "id",
-                name: c.to_string(),
-                type_oid: 25,
-                type_modifier: -1,
-            })
-            .collect(),
+        // The source's real types (uuid, numeric(12,2), text): the transformer checks them
+        // against the plan and stops on a type change.
+        columns: [
+            ("id", 2950, -1),
+            ("amount", 1700, (12 << 16 | 2) + 4),
+            ("guarantor", 25, -1),
+        ]
+        .iter()
+        .map(|&(c, type_oid, type_modifier)| RelationColumn {
+            is_key: c == "id",
+            name: c.to_string(),
+            type_oid,
+            type_modifier,
+        })
+        .collect(),
     });
     let texts = [
         "Meridian Capital Advisors 7",

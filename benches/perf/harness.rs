@@ -99,17 +99,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 
 /// Peak resident set (VmHWM) of a live process in MiB; 0 when it cannot be read.
 pub fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<f64>()
-                .ok()
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    crate::common::rss_kib(pid, "VmHWM:") as f64 / 1024.0
 }
 
 /// CPU seconds of the walsender serving `slot`, if one is active.

@@ -20,9 +20,13 @@
 //! Exit codes: 0 clean, 1 a target's rows differ from the source, 2 could not run or settle.
 
 mod backfill;
+#[path = "../common/mod.rs"]
+mod common;
 mod drain;
 mod harness;
 mod live;
+#[path = "../common/loans.rs"]
+mod loans;
 mod split;
 
 use std::time::Duration;

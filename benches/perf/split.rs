@@ -7,30 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::harness::{self, Clusters, RemodelSetup};
+use crate::loans::{SOURCE_DDL, SPLIT_DDL, SPLIT_MAPPING, TEXT};
 use crate::{Args, Report, Row, Target};
 
-const SOURCE_DDL: &str =
-    "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text);
-    CREATE TABLE marker (id int PRIMARY KEY);";
-const SPLIT_DDL: &str = "CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2));
-    CREATE TABLE guarantors (id uuid PRIMARY KEY, loan_id uuid NOT NULL REFERENCES loans, position int NOT NULL,
-                             name text NOT NULL, pledge boolean NOT NULL DEFAULT false);
-    CREATE INDEX ON guarantors (loan_id);
-    CREATE TABLE marker (id int PRIMARY KEY);";
-const SPLIT_MAPPING: &str = "[[tables]]\nsource = \"public.loans\"\n[tables.columns]\nguarantor = \"drop\"\n\
-    [[tables.split]]\ntarget = \"public.guarantors\"\ncolumn = \"guarantor\"\n\
-    protected = [\"& Co.\", \"Inc.\", \"LLC\", \"L.P.\"]\n\
-    [tables.split.annotations]\npledge = \"(Pledge)\"\n\
-    [tables.split.columns]\nid = \"child_id\"\nloan_id = \"parent.id\"\nposition = \"position\"\nname = \"name\"\npledge = \"pledge\"\n\
-    [[tables]]\nsource = \"public.marker\"\n";
-
-/// A guarantor text in one of the five styles of the loans data, with a per-row suffix.
-const TEXT: &str = "CASE g % 5
-    WHEN 0 THEN 'Meridian Capital Advisors ' || g
-    WHEN 1 THEN 'Oakridge Asset Holdings, Zenith Equity Management, Atlas Property Holdings ' || g
-    WHEN 2 THEN 'Redwood Holdings & Co. & NorthStar Investment Trust ' || g
-    WHEN 3 THEN '(a) Fortress Capital Advisors (b) Endeavor Capital Ventures (c) John Doe ' || g
-    ELSE 'Atlas Property Holdings; BlueRock Investment Solutions ' || g || ' (Pledge)' END";
+/// Every run's marker table: committed after the backlog, it shows the drain is done.
+const MARKER_DDL: &str = "CREATE TABLE marker (id int PRIMARY KEY)";
+const MARKER_MAPPING: &str = "[[tables]]\nsource = \"public.marker\"\n";
 
 fn mapping_is_identity(db: &str) -> bool {
     db == "we_identity"
@@ -41,15 +23,23 @@ const LIMIT: Duration = Duration::from_secs(1800);
 pub async fn run(cl: &Clusters, args: &Args, report: &mut Report) -> Result<()> {
     cl.source.create_database("we").await?;
     let s = cl.source.client("we").await?;
-    s.batch_execute(SOURCE_DDL).await?;
+    let source_ddl = format!("{SOURCE_DDL}; {MARKER_DDL}");
+    s.batch_execute(&source_ddl).await?;
     s.batch_execute(&format!(
         "INSERT INTO loans SELECT md5(g::text)::uuid, (g % 100000) / 100.0, {TEXT} FROM generate_series(1, {}) g; ANALYZE loans;",
         args.loans
     ))
     .await?;
+    let split_ddl = format!("{SPLIT_DDL}\n{MARKER_DDL};");
+    let split_mapping = format!("{SPLIT_MAPPING}{MARKER_MAPPING}");
     let runs = [
-        ("we_identity", "identity mapping", SOURCE_DDL, ""),
-        ("we_split", "guarantor split", SPLIT_DDL, SPLIT_MAPPING),
+        ("we_identity", "identity mapping", source_ddl.as_str(), ""),
+        (
+            "we_split",
+            "guarantor split",
+            split_ddl.as_str(),
+            split_mapping.as_str(),
+        ),
     ];
     let mut setups = Vec::new();
     let mut backfill = Vec::new();
