@@ -35,6 +35,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "a new pass's snapshot exported and its pass row registered, version not yet recorded",
     ),
     (
+        "deferred.resolve",
+        "a resolution round read the deferred entries and their rows at its snapshot; nothing written yet",
+    ),
+    (
         "verify.repair",
         "one batch of verify --repair committed, the rest not written",
     ),

@@ -32,6 +32,9 @@ pub mod names {
     pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
     pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
     pub const DEFERRED_ROWS_TOTAL: &str = "remodel_deferred_rows_total";
+    pub const DEFERRED_ROWS: &str = "remodel_deferred_rows";
+    pub const DEFERRED_OLDEST_SECONDS: &str = "remodel_deferred_oldest_seconds";
+    pub const DEFERRED_RESOLVED_TOTAL: &str = "remodel_deferred_resolved_total";
     pub const DEAD_LETTERS_TOTAL: &str = "remodel_dead_letters_total";
     pub const BACKFILL_ROWS_TOTAL: &str = "remodel_backfill_rows_total";
     pub const BACKFILL_PROGRESS_RATIO: &str = "remodel_backfill_progress_ratio";
@@ -55,6 +58,9 @@ pub mod names {
         CONFIRMED_FLUSH_LSN,
         RESTARTS_TOTAL,
         DEFERRED_ROWS_TOTAL,
+        DEFERRED_ROWS,
+        DEFERRED_OLDEST_SECONDS,
+        DEFERRED_RESOLVED_TOTAL,
         DEAD_LETTERS_TOTAL,
         BACKFILL_ROWS_TOTAL,
         BACKFILL_PROGRESS_RATIO,
@@ -81,6 +87,11 @@ pub struct Metrics {
     pub confirmed_flush_lsn: IntGauge,
     pub restarts: IntCounter,
     pub deferred_rows: IntCounterVec,
+    /// Deferred entries outstanding (read from the state table by the resolver).
+    pub deferred_outstanding: IntGauge,
+    /// Age of the oldest outstanding deferred entry, 0 when none.
+    pub deferred_oldest_seconds: Gauge,
+    pub deferred_resolved: IntCounterVec,
     pub dead_letters: IntCounterVec,
     pub backfill_rows: IntCounterVec,
     pub backfill_progress: GaugeVec,
@@ -183,6 +194,24 @@ impl Metrics {
                 &["table"],
             )
             .expect("valid metric"),
+            deferred_outstanding: IntGauge::new(
+                names::DEFERRED_ROWS,
+                "Deferred partial updates outstanding: rows the target still lacks, waiting to be re-read from the source",
+            )
+            .expect("valid metric"),
+            deferred_oldest_seconds: Gauge::new(
+                names::DEFERRED_OLDEST_SECONDS,
+                "Age of the oldest outstanding deferred partial update (0 when none)",
+            )
+            .expect("valid metric"),
+            deferred_resolved: IntCounterVec::new(
+                Opts::new(
+                    names::DEFERRED_RESOLVED_TOTAL,
+                    "Deferred partial updates resolved by re-reading the row from the source, by source table",
+                ),
+                &["table"],
+            )
+            .expect("valid metric"),
             dead_letters: IntCounterVec::new(
                 Opts::new(
                     names::DEAD_LETTERS_TOTAL,
@@ -254,6 +283,9 @@ impl Metrics {
             Box::new(m.confirmed_flush_lsn.clone()),
             Box::new(m.restarts.clone()),
             Box::new(m.deferred_rows.clone()),
+            Box::new(m.deferred_outstanding.clone()),
+            Box::new(m.deferred_oldest_seconds.clone()),
+            Box::new(m.deferred_resolved.clone()),
             Box::new(m.dead_letters.clone()),
             Box::new(m.backfill_rows.clone()),
             Box::new(m.backfill_progress.clone()),
@@ -382,6 +414,7 @@ mod tests {
         m.changes_applied.with_label_values(&["t", "insert"]).inc();
         m.errors.with_label_values(&["x"]).inc();
         m.deferred_rows.with_label_values(&["t"]).inc();
+        m.deferred_resolved.with_label_values(&["t"]).inc();
         m.dead_letters.with_label_values(&["t"]).inc();
         m.backfill_rows.with_label_values(&["t"]).inc();
         m.backfill_progress.with_label_values(&["t"]).set(0.5);

@@ -5,6 +5,7 @@
 //!            │ setup::ensure_publication/slot   state::migrate   plan::compile │
 //!            │ ReplicationConn ─▶ SourceStream ─mpsc─▶ Applier ─▶ target       │
 //!            │                 └▶ feedback_loop      monitor ─▶ metrics        │
+//!            │ backfill::run (beside)   verify::deferred::run   verify::continuous │
 //!            └─────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -40,8 +41,14 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
         control.clone(),
         metrics.clone(),
     ));
+    let resolving = tokio::spawn(crate::verify::deferred::run(
+        config.clone(),
+        control.clone(),
+        metrics.clone(),
+    ));
     let result = run_stages(config, &control, metrics).await;
     verifying.abort();
+    resolving.abort();
     result
 }
 

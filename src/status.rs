@@ -28,6 +28,9 @@ pub struct Status {
     pub backfill: Vec<BackfillStatus>,
     /// Rows set aside per source table (on_error = "dead_letter").
     pub dead_letters: Vec<(String, i64)>,
+    /// Partial updates of rows the target lacks, waiting to be re-read from the source: how
+    /// many, and the oldest one's age. None when the target could not be read.
+    pub deferred: Option<crate::state::DeferredSummary>,
     /// False when the source could not be read (then `slot` says nothing).
     pub source_read: bool,
     pub errors: Vec<String>,
@@ -130,6 +133,7 @@ pub async fn gather(config: &Config) -> Status {
         lag_seconds: None,
         backfill: vec![],
         dead_letters: vec![],
+        deferred: None,
         source_read: false,
         errors: vec![],
     };
@@ -158,6 +162,10 @@ pub async fn gather(config: &Config) -> Status {
         }
         match backfill_tables(client, &state).await {
             Ok(b) => st.backfill = b,
+            Err(e) => errors.push(e.to_string()),
+        }
+        match deferred(client, &state).await {
+            Ok(d) => st.deferred = d,
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -224,6 +232,25 @@ async fn dead_letters(client: &Client, st: &StateSchema) -> Result<Vec<(String, 
         return Ok(vec![]);
     }
     Ok(st.dead_letter_counts(client).await?)
+}
+
+/// None before the state schema exists (nothing can be deferred then).
+async fn deferred(
+    client: &Client,
+    st: &StateSchema,
+) -> Result<Option<crate::state::DeferredSummary>, Error> {
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&st.table("deferred")],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    if !exists {
+        return Ok(None);
+    }
+    Ok(Some(st.deferred_summary(client).await?))
 }
 
 async fn target_progress(
@@ -441,6 +468,19 @@ impl std::fmt::Display for Status {
                     "dead letters: see them with `remodel dead-letters --config ...`"
                 )?;
             }
+        }
+        if let Some(d) = self.deferred.filter(|d| d.rows > 0) {
+            writeln!(
+                f,
+                "deferred  {} partial update(s) of rows the target lacks, oldest {:.0} s: re-read from the source by the running daemon within seconds{}",
+                d.rows,
+                d.oldest_seconds,
+                if d.oldest_seconds > 300.0 {
+                    "; OLDER THAN 5 MINUTES: see docs/troubleshooting.md#deferred"
+                } else {
+                    ""
+                }
+            )?;
         }
         for e in &self.errors {
             writeln!(f, "error     {e}")?;

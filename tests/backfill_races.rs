@@ -33,163 +33,35 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use support::compare::{converge, converge_with, rows};
-use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
+use support::daemon::{drop_slot, remodel_cmd};
+use support::locks::{
+    count, hold, release, start, start_unprepared, table_state, tail, until, wait_backfilled,
+    wait_waiters, Run, WAIT,
+};
 use support::{fresh_db, pair, TestDb};
 use tokio_postgres::Client;
 
-const WAIT: Duration = Duration::from_secs(30);
 const BACKFILL_BARRIER: &str = "REMODEL_TEST_BACKFILL_BARRIER";
 const APPLY_BARRIER: &str = "REMODEL_TEST_APPLY_BARRIER";
+/// Held by the tests of the backfill's own fold of deferred partial updates, so the daemon's
+/// resolution of deferred entries (tests/deferred.rs) stays out of them: it waits there before
+/// its snapshot.
+const DEFERRED_BARRIER: &str = "REMODEL_TEST_DEFERRED_BARRIER";
 /// Barrier keys (advisory locks are per database, and every test has its own).
 const BF: i64 = 4242;
 const APPLY: i64 = 4343;
+const DEFERRED: i64 = 4444;
 
 const T_DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text NOT NULL, n int NOT NULL)";
 const T_ROWS: &str = "SELECT row_to_json(t)::text FROM t ORDER BY id";
 const T_ROWS_4: &str = "SELECT row_to_json(t)::text FROM t WHERE id = 4";
 /// 30 rows and chunks of 10: chunk 1 is ids 1..=10, chunk 3 is ids 21..=30.
 const T_CHUNKS: &str = "[backfill]\nchunk_rows = 10\nworkers = 1\n";
-
-/// A running daemon and the directory holding its config file.
-struct Run {
-    d: Daemon,
-    _config_dir: tempfile::TempDir,
-}
-
-/// Write the config for `db` (with `extra` appended) and start `remodel run` with the given
-/// test hooks set, as it is: the daemon creates the publication and the slot itself.
-fn start_unprepared(db: &TestDb, extra: &str, hooks: &[(&str, i64)]) -> Run {
-    let listen = free_listen();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("remodel.toml");
-    std::fs::write(&path, config(db, &listen, extra)).expect("write config");
-    let env = hooks
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Run {
-        d: Daemon::start_file(&path, &listen, env),
-        _config_dir: dir,
-    }
-}
-
-/// [`start_unprepared`] after creating the publication and the slot on the source, so that the
-/// backfill, which starts beside the stream, cannot get ahead of the stream's setup: these tests
-/// are about chunks against stream writes; that startup race has a test of its own
-/// (`backfill_copies_existing_rows_when_it_starts_before_the_stream_has_set_up`).
-async fn start(db: &TestDb, extra: &str, hooks: &[(&str, i64)]) -> Run {
-    // Two statements: a slot cannot be created in a transaction that has written.
-    db.source
-        .batch_execute(&format!(
-            "CREATE PUBLICATION \"{}\" FOR ALL TABLES",
-            db.name
-        ))
-        .await
-        .expect("publication");
-    db.source
-        .execute(
-            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-            &[&db.name],
-        )
-        .await
-        .expect("slot");
-    start_unprepared(db, extra, hooks)
-}
-
-/// The daemon log's last lines, without the periodic feedback lines.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| !l.contains("confirmed flush position"))
-        .collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// Poll `f` until it returns `Ok` (deadline [`WAIT`]); on timeout panic with the last
-/// observation and the tail of the daemon's log.
-async fn until<T, F, Fut>(d: &Daemon, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let started = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) if d.log().contains("remodel: fatal") => panic!(
-                "the daemon stopped while waiting for {what}; last observed: {last}\n\
-                 --- daemon log (tail) ---\n{}",
-                tail(&d.log())
-            ),
-            Err(last) if started.elapsed() > WAIT => panic!(
-                "timed out after {WAIT:?} waiting for {what}; last observed: {last}\n\
-                 --- daemon log (tail) ---\n{}",
-                tail(&d.log())
-            ),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-async fn count(
-    c: &Client,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> i64 {
-    c.query_one(sql, params)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
-/// How many sessions wait for the advisory lock `key` in `mode` ('ShareLock' /
-/// 'ExclusiveLock') in the current database.
-async fn waiters(c: &Client, key: i64, mode: &str) -> i64 {
-    count(
-        c,
-        "SELECT count(*) FROM pg_locks
-         WHERE locktype = 'advisory' AND NOT granted AND mode = $2 AND objsubid = 1
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-           AND classid::int8 = (($1::int8 >> 32) & 4294967295)
-           AND objid::int8 = ($1::int8 & 4294967295)",
-        &[&key, &mode],
-    )
-    .await
-}
-
-async fn wait_waiters(d: &Daemon, c: &Client, key: i64, mode: &str, n: i64, what: &str) {
-    until(d, what, || async move {
-        match waiters(c, key, mode).await {
-            w if w == n => Ok(()),
-            w => Err(format!(
-                "{w} sessions wait for advisory lock {key} ({mode}), want {n}"
-            )),
-        }
-    })
-    .await
-}
-
-/// Take the advisory lock `key` exclusively on `c`'s session.
-async fn hold(c: &Client, key: i64) {
-    c.execute("SELECT pg_advisory_lock($1)", &[&key])
-        .await
-        .expect("take advisory lock");
-}
-
-async fn release(c: &Client, key: i64) {
-    let released: bool = c
-        .query_one("SELECT pg_advisory_unlock($1)", &[&key])
-        .await
-        .expect("release advisory lock")
-        .get(0);
-    assert!(released, "the test did not hold advisory lock {key}");
-}
 
 /// The per-table lock key (apply::sql::table_lock_key) of source table `rel`.
 async fn table_lock(c: &Client, rel: &str) -> i64 {
@@ -200,35 +72,6 @@ async fn table_lock(c: &Client, rel: &str) -> i64 {
     .await
     .expect("table lock key")
     .get(0)
-}
-
-/// (state, chunks, cursor) of `rel` in backfill_tables; None before it is registered.
-async fn table_state(c: &Client, rel: &str) -> Option<(String, i64, Option<String>)> {
-    c.query_opt(
-        "SELECT state, chunks, cursor FROM remodel.backfill_tables WHERE rel = $1",
-        &[&rel],
-    )
-    .await
-    .ok()
-    .flatten()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
-
-/// Wait until the backfill of `rel` is done (state and metric).
-async fn wait_backfilled(r: &Run, db: &TestDb, rel: &str) {
-    let c = &db.target;
-    until(&r.d, &format!("backfill of {rel} done"), || async move {
-        match table_state(c, rel).await {
-            Some((s, _, _)) if s == "done" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
-    r.d.wait_metric(
-        &format!("remodel_backfill_progress_ratio{{table=\"{rel}\"}}"),
-        |v| v == 1.0,
-    )
-    .await;
 }
 
 /// Wait until the worker sits at the backfill barrier with the first chunk of `rel` staged
@@ -704,23 +547,6 @@ async fn a_chunk_written_after_the_stream_applied_a_newer_version_skips_that_row
 // ---------------------------------------------------------------------------------------
 // Partial updates (unchanged TOAST) of rows the target does not have yet.
 
-const DOCS_DDL: &str = "CREATE TABLE docs (id int PRIMARY KEY, v text NOT NULL, big text NOT NULL)";
-const DOCS_ROWS: &str = "SELECT id || ':' || v || ':' || md5(big) FROM docs ORDER BY id";
-
-/// 30 docs whose `big` is stored out of line, so an update of `v` sends `big` unchanged.
-async fn seed_docs(db: &TestDb) {
-    db.on_both(DOCS_DDL).await;
-    db.source
-        .batch_execute(
-            "ALTER TABLE docs ALTER COLUMN big SET STORAGE EXTERNAL;
-             INSERT INTO docs SELECT g, 'old ' || g,
-                 (SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, 150) x)
-             FROM generate_series(1, 30) g;",
-        )
-        .await
-        .unwrap();
-}
-
 /// While chunk 1 is staged, id 4's `v` is updated and its TOASTed `big` left unchanged: the
 /// stream cannot build the row and defers it; the merge must fold it in.
 #[tokio::test]
@@ -728,7 +554,13 @@ async fn an_update_leaving_a_toasted_column_unchanged_before_its_chunk_is_merged
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
     hold(&db.target, BF).await;
-    let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
+    hold(&db.target, DEFERRED).await;
+    let r = start(
+        &db,
+        T_CHUNKS,
+        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, DEFERRED)],
+    )
+    .await;
     r.d.wait_ready().await;
     wait_worker_at_barrier(&r, &db, "public.docs").await;
 
@@ -864,7 +696,13 @@ async fn an_unchanged_toast_update_that_waited_for_a_chunk_merge_lands() {
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
     hold(&db.target, BF).await;
-    let r = start(&db, T_CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
+    hold(&db.target, DEFERRED).await;
+    let r = start(
+        &db,
+        T_CHUNKS,
+        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, DEFERRED)],
+    )
+    .await;
     r.d.wait_ready().await;
     stream_statement_behind_a_merge(
         &r,

@@ -5,10 +5,9 @@
 
 mod support;
 
-use std::os::unix::process::ExitStatusExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use support::compare::{converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
@@ -60,35 +59,6 @@ impl Writer {
     }
 }
 
-/// Wait (async, with a deadline) for the daemon to die by SIGKILL at `point`.
-async fn wait_killed_at(d: &mut Daemon, point: &str) {
-    let started = Instant::now();
-    loop {
-        let child = d.child.as_mut().expect("running");
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            d.child = None;
-            assert_eq!(
-                st.signal(),
-                Some(9),
-                "expected SIGKILL at {point}, got {st}; log:\n{}",
-                d.log()
-            );
-            assert!(
-                d.log().contains(&format!("failpoint {point}")),
-                "killed, but not at {point}; log:\n{}",
-                d.log()
-            );
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "failpoint {point} never reached in 90 s; log:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn setup(pre_rows: u32) -> TestDb {
     let db = fresh_db(pair()).await;
     db.on_both(ACCOUNTS_DDL).await;
@@ -137,7 +107,7 @@ async fn crash_at(point: &str, hit: u32, extra: &str) -> (TestDb, Daemon, (Strin
     );
     let s = seed(point);
     let writer = Writer::start(&db, s);
-    wait_killed_at(&mut d, point).await;
+    d.wait_killed_at(point).await;
     let (slot, progress) = positions(&db).await;
     eprintln!("{point}: killed; slot confirmed {slot:?}, target progress {progress:?}");
     d.env.clear();

@@ -117,13 +117,14 @@ impl Applier {
             .deferred_rows
             .with_label_values(&[&output.source])
             .inc_by(deferred.len() as u64);
-        tracing::warn!(
+        tracing::info!(
             table = %output.source,
             keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
             count = deferred.len(),
             lsn = %rows.first().map(|r| r.0.version).unwrap_or_default(),
             "update with unchanged TOASTed columns for rows the target does not have: \
-             kept in {}.deferred until backfill brings the rows",
+             kept in {}.deferred; the daemon re-reads those rows from the source within seconds \
+             (remodel_deferred_rows)",
             self.state.schema
         );
     }

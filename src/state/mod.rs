@@ -19,6 +19,10 @@
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
 //! data tables, and never write progress outside the apply transaction that earned it.
 
+mod deferred;
+
+pub use deferred::{DeferredEntry, DeferredSummary};
+
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;

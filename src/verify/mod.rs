@@ -26,6 +26,7 @@
 //! the snapshot as a mismatch.
 
 mod compare;
+pub mod deferred;
 mod repair;
 pub mod report;
 mod scan;

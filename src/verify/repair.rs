@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use futures_util::StreamExt;
 
-use super::{scan, sql, Ctx, Table, VerifyError, Why};
+use super::{scan, sql, Ctx, Snap, Table, VerifyError, Why};
 use crate::apply::Applier;
 use crate::backfill::rows::parse_tuple;
 use crate::change::{Change, Datum, Op, SourceKey, Tuple};
@@ -45,60 +45,10 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
         if keys.is_empty() {
             continue;
         }
-        let rel = t.rj.rel.clone();
-        let width = rel.columns.len();
-        let key_len = t.ts.key_len;
         for batch in keys.chunks(BATCH) {
             ctx.check()?;
             let listed: Vec<Vec<Option<String>>> = batch.iter().map(|(_, k)| k.clone()).collect();
-            let mut found = read(
-                &snap.reader,
-                &sql::copy_listed(&t.ts, &listed),
-                width,
-                key_len,
-            )
-            .await
-            .map_err(|e| {
-                VerifyError::Read(crate::backfill::BackfillError::Copy {
-                    table: t.rel.clone(),
-                    source: e,
-                })
-            })?;
-            let mut ops = Vec::new();
-            for k in &listed {
-                let change = match found.remove(k) {
-                    Some(row) => Change {
-                        rel: rel.clone(),
-                        op: Op::Update,
-                        key: SourceKey(k.clone()),
-                        old: None,
-                        new: Some(row),
-                        commit_lsn: version,
-                        xid: 0,
-                    },
-                    None => {
-                        let mut old: Tuple = vec![Datum::Null; width];
-                        for (j, v) in k.iter().enumerate() {
-                            old[j] = v.clone().map_or(Datum::Null, Datum::Text);
-                        }
-                        Change {
-                            rel: rel.clone(),
-                            op: Op::Delete,
-                            key: SourceKey(k.clone()),
-                            old: Some(old),
-                            new: None,
-                            commit_lsn: version,
-                            xid: 0,
-                        }
-                    }
-                };
-                transformer
-                    .transform(&change, &mut ops)
-                    .map_err(|e| VerifyError::Transform {
-                        table: t.rel.clone(),
-                        source: e,
-                    })?;
-            }
+            let mut ops = reread(&snap, t, &listed, version, &mut transformer).await?;
             // A row the mapping cannot transform stays a dead letter; nothing to repair with.
             // A merge's clear needs the values it clears (the old row): without them it could
             // wipe what another row wrote since, so it is left out (the row stays different).
@@ -138,6 +88,71 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
         }
     }
     Ok(())
+}
+
+/// The ops that rewrite the `listed` source rows of `t` as the snapshot `snap` has them, at
+/// `version` (P−1): a row the snapshot has becomes an update of its whole row (old row
+/// unknown), a row it lacks a delete. Shared by `--repair` and the resolution of deferred
+/// partial updates ([`super::deferred`]); the caller decides which ops to keep and writes them
+/// through the ledger-guarded writer.
+pub(super) async fn reread(
+    snap: &Snap,
+    t: &Table,
+    listed: &[Vec<Option<String>>],
+    version: Lsn,
+    transformer: &mut Transformer,
+) -> Result<Vec<TargetOp>, VerifyError> {
+    let rel = t.rj.rel.clone();
+    let width = rel.columns.len();
+    let mut found = read(
+        &snap.reader,
+        &sql::copy_listed(&t.ts, listed),
+        width,
+        t.ts.key_len,
+    )
+    .await
+    .map_err(|e| {
+        VerifyError::Read(crate::backfill::BackfillError::Copy {
+            table: t.rel.clone(),
+            source: e,
+        })
+    })?;
+    let mut ops = Vec::new();
+    for k in listed {
+        let change = match found.remove(k) {
+            Some(row) => Change {
+                rel: rel.clone(),
+                op: Op::Update,
+                key: SourceKey(k.clone()),
+                old: None,
+                new: Some(row),
+                commit_lsn: version,
+                xid: 0,
+            },
+            None => {
+                let mut old: Tuple = vec![Datum::Null; width];
+                for (j, v) in k.iter().enumerate() {
+                    old[j] = v.clone().map_or(Datum::Null, Datum::Text);
+                }
+                Change {
+                    rel: rel.clone(),
+                    op: Op::Delete,
+                    key: SourceKey(k.clone()),
+                    old: Some(old),
+                    new: None,
+                    commit_lsn: version,
+                    xid: 0,
+                }
+            }
+        };
+        transformer
+            .transform(&change, &mut ops)
+            .map_err(|e| VerifyError::Transform {
+                table: t.rel.clone(),
+                source: e,
+            })?;
+    }
+    Ok(ops)
 }
 
 /// The listed rows the source has, by key (the first `key_len` fields).

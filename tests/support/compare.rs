@@ -121,3 +121,24 @@ pub async fn counts_until(
         tokio::time::sleep(every).await;
     }
 }
+
+// Rows with a value stored out of line (TOAST): an update of another column sends it as
+// "unchanged", so the stream cannot build the row where the target lacks it.
+
+pub const DOCS_DDL: &str =
+    "CREATE TABLE docs (id int PRIMARY KEY, v text NOT NULL, big text NOT NULL)";
+pub const DOCS_ROWS: &str = "SELECT id || ':' || v || ':' || md5(big) FROM docs ORDER BY id";
+
+/// 30 docs whose `big` is stored out of line, so an update of `v` sends `big` unchanged.
+pub async fn seed_docs(db: &TestDb) {
+    db.on_both(DOCS_DDL).await;
+    db.source
+        .batch_execute(
+            "ALTER TABLE docs ALTER COLUMN big SET STORAGE EXTERNAL;
+             INSERT INTO docs SELECT g, 'old ' || g,
+                 (SELECT string_agg(md5(g::text || x::text), '') FROM generate_series(1, 150) x)
+             FROM generate_series(1, 30) g;",
+        )
+        .await
+        .unwrap();
+}

@@ -1,6 +1,7 @@
 //! Runs the real `remodel` binary as a child process against test databases.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -270,6 +271,36 @@ impl Daemon {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (async, with a deadline) for the daemon to die by SIGKILL at `point` (a failpoint).
+    pub async fn wait_killed_at(&mut self, point: &str) {
+        let d = self;
+        let started = Instant::now();
+        loop {
+            let child = d.child.as_mut().expect("running");
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                d.child = None;
+                assert_eq!(
+                    st.signal(),
+                    Some(9),
+                    "expected SIGKILL at {point}, got {st}; log:\n{}",
+                    d.log()
+                );
+                assert!(
+                    d.log().contains(&format!("failpoint {point}")),
+                    "killed, but not at {point}; log:\n{}",
+                    d.log()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "failpoint {point} never reached in 90 s; log:\n{}",
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

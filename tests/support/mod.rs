@@ -19,6 +19,7 @@
 pub mod clusters;
 pub mod compare;
 pub mod daemon;
+pub mod locks;
 pub mod proxy;
 pub mod tls;
 

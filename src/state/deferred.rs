@@ -1,0 +1,94 @@
+//! `<schema>.deferred`: partial updates (unchanged TOAST) of rows the target did not have when
+//! the stream applied them. Written by apply's partial-update statement and folded in by a
+//! backfill chunk that copies the row; this file holds the statements of their resolution
+//! (`verify::deferred`): what is outstanding, and removing what a re-read settled.
+//!
+//! Must never remove an entry newer than the snapshot that settled it: a partial update the
+//! stream defers after that snapshot is newer than the re-read row and waits for the next round.
+
+use tokio_postgres::Client;
+
+use super::{StateError, StateSchema};
+use crate::lsn::Lsn;
+
+/// One outstanding entry: source table, source key (JSON array of its text values, as the
+/// ledger keys it), the target table it is for, its version, and its age.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeferredEntry {
+    pub rel: String,
+    pub skey: String,
+    pub target: String,
+    pub version: Lsn,
+    pub age_seconds: f64,
+}
+
+/// What is outstanding: how many entries, and the oldest one's age (0 when none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct DeferredSummary {
+    pub rows: i64,
+    pub oldest_seconds: f64,
+}
+
+impl StateSchema {
+    /// Count and age of the outstanding entries.
+    pub async fn deferred_summary(&self, client: &Client) -> Result<DeferredSummary, StateError> {
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT count(*), COALESCE(extract(epoch FROM now() - min(created_at))::float8, 0)
+                     FROM {}",
+                    self.table("deferred")
+                ),
+                &[],
+            )
+            .await
+            .map_err(self.err("counting deferred updates"))?;
+        Ok(DeferredSummary {
+            rows: row.get(0),
+            oldest_seconds: row.get::<_, f64>(1).max(0.0),
+        })
+    }
+
+    /// Up to `limit` outstanding entries, oldest first.
+    pub async fn deferred_entries(
+        &self,
+        client: &Client,
+        limit: i64,
+    ) -> Result<Vec<DeferredEntry>, StateError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT rel, skey, target, version::text,
+                            extract(epoch FROM now() - created_at)::float8
+                     FROM {} ORDER BY created_at, rel, skey LIMIT $1",
+                    self.table("deferred")
+                ),
+                &[&limit],
+            )
+            .await
+            .map_err(self.err("listing deferred updates"))?;
+        Ok(rows
+            .iter()
+            .map(|r| DeferredEntry {
+                rel: r.get(0),
+                skey: r.get(1),
+                target: r.get(2),
+                version: r.get::<_, String>(3).parse().unwrap_or_default(),
+                age_seconds: r.get(4),
+            })
+            .collect())
+    }
+
+    /// The statement that removes the entries a re-read at snapshot `P` settled, to run in the
+    /// target transaction that wrote the re-read rows: `$1` source table, `$2` a JSON array of
+    /// source keys (as stored), `$3` `P` (entries at a version ≥ P are newer than the re-read
+    /// row and stay). Every output's entry of those keys goes: the re-read wrote every output.
+    pub fn deferred_settle_sql(&self) -> String {
+        format!(
+            "DELETE FROM {} WHERE rel = $1
+               AND skey IN (SELECT jsonb_array_elements_text($2::text::jsonb))
+               AND version < $3::text::pg_lsn",
+            self.table("deferred")
+        )
+    }
+}

@@ -1,0 +1,376 @@
+//! Nothing parked forever (invariants 1 and 7): an update that leaves a TOASTed column unchanged,
+//! for a row the target does not have, is kept in `remodel.deferred` — and resolved within
+//! seconds by re-reading the row from the source, whatever put it there and whether or not a
+//! backfill chunk will ever come for it.
+//!
+//! One test per path into `deferred` (a key change ahead of the backfill cursor, a key change of
+//! a row whose chunk is staged, a filter flipping a row in ahead of the cursor and after the
+//! table is done), and per race of the resolution with the stream (the row deleted before the
+//! re-read, a newer stream write after it, `kill -9` between deferral and resolution). The
+//! backfill and the resolution are held at advisory-lock barriers (tests/support/locks.rs), so
+//! every interleaving is forced, none waited for with a sleep.
+
+mod support;
+
+use std::time::Duration;
+
+use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
+use support::daemon::{drop_slot, remodel_json};
+use support::locks::{
+    count, hold, release, start, table_state, until, wait_backfilled, wait_waiters, Run,
+};
+use support::{fresh_db, pair, TestDb};
+
+const BACKFILL_BARRIER: &str = "REMODEL_TEST_BACKFILL_BARRIER";
+const DEFERRED_BARRIER: &str = "REMODEL_TEST_DEFERRED_BARRIER";
+/// Barrier keys: the backfill's, and the resolution's (before its snapshot; +1 before writing).
+const BF: i64 = 5151;
+const RES: i64 = 5252;
+
+/// Chunks of 10 rows: the 30 docs are three chunks, ids 21..=30 the last.
+const CHUNKS: &str = "[backfill]\nchunk_rows = 10\nworkers = 1\n";
+/// Only published docs are migrated (the flag itself is not).
+const FILTERED: &str = "[backfill]\nchunk_rows = 10\nworkers = 1\n\
+    [[tables]]\nsource = \"public.docs\"\nfilter = \"published\"\n\
+    [tables.columns]\npublished = \"drop\"\n";
+const PUBLISHED_ROWS: &str =
+    "SELECT id || ':' || v || ':' || md5(big) FROM docs WHERE published ORDER BY id";
+
+/// The docs, with even ids published (the source only has the flag).
+async fn seed_published(db: &TestDb) {
+    seed_docs(db).await;
+    db.source
+        .batch_execute(
+            "ALTER TABLE docs ADD COLUMN published boolean NOT NULL DEFAULT false;
+             UPDATE docs SET published = (id % 2 = 0);",
+        )
+        .await
+        .expect("published flag");
+}
+
+async fn deferred(db: &TestDb) -> i64 {
+    count(&db.target, "SELECT count(*) FROM remodel.deferred", &[]).await
+}
+
+/// Wait until the stream has deferred a partial update of `rel` (its counter moved).
+async fn wait_deferred_by_stream(r: &Run, n: f64) {
+    r.d.wait_metric("remodel_deferred_rows_total{table=\"public.docs\"}", |v| {
+        v >= n
+    })
+    .await;
+}
+
+/// Wait until the target's rows for `ids` are the source's (`sql` with `{ids}`).
+async fn wait_rows_as_source(r: &Run, db: &TestDb, ids: &str, what: &str) -> Vec<String> {
+    let q = format!(
+        "SELECT id || ':' || v || ':' || md5(big) FROM docs WHERE id IN ({ids}) ORDER BY id"
+    );
+    let want = rows(&db.source, &q).await;
+    let (t, q) = (&db.target, q.as_str());
+    let want2 = want.clone();
+    until(&r.d, what, move || {
+        let want = want2.clone();
+        async move {
+            let got = rows(t, q).await;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("target {got:?}, source {want:?}"))
+            }
+        }
+    })
+    .await;
+    want
+}
+
+async fn wait_no_deferred(r: &Run, db: &TestDb) {
+    until(&r.d, "no deferred entry left", || async move {
+        match deferred(db).await {
+            0 => Ok(()),
+            n => Err(format!("{n} deferred entries")),
+        }
+    })
+    .await;
+}
+
+/// The backfill is still held at its barrier with nothing committed: whatever reached the
+/// target meanwhile was not a chunk's doing.
+async fn assert_backfill_still_held(db: &TestDb) {
+    let st = table_state(&db.target, "public.docs").await;
+    assert!(
+        matches!(&st, Some((_, 0, _))),
+        "a chunk committed while the backfill was held: {st:?}"
+    );
+}
+
+async fn finish(r: Run, db: &TestDb) {
+    drop(r);
+    drop_slot(db).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths into `deferred`.
+
+/// The issue's case: a key change of a row the backfill has not reached (24 → 100024, `big`
+/// unchanged). The snapshot holds 24, which the stream deleted; 100024 is in no snapshot. No
+/// chunk will ever bring it: the resolution must, while the backfill still waits.
+#[tokio::test]
+async fn a_key_change_of_a_toasted_row_ahead_of_the_cursor_arrives_under_its_new_key() {
+    let db = fresh_db(pair()).await;
+    seed_docs(&db).await;
+    hold(&db.target, BF).await;
+    let r = start(&db, CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
+    r.d.wait_ready().await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        BF,
+        "ShareLock",
+        1,
+        "the backfill at its barrier",
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET id = id + 100000, v = 'moved' WHERE id = 24")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    let got =
+        wait_rows_as_source(&r, &db, "24, 100024", "row 100024 re-read from the source").await;
+    assert_eq!(got.len(), 1, "one row, under its new key: {got:?}");
+    assert_backfill_still_held(&db).await;
+    wait_no_deferred(&r, &db).await;
+    r.d.wait_metric(
+        "remodel_deferred_resolved_total{table=\"public.docs\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    converge(&db, DOCS_ROWS).await;
+    assert_eq!(deferred(&db).await, 0);
+    finish(r, &db).await;
+}
+
+/// A key change of a row whose chunk is staged but not merged (4 → 100004): the stream finds
+/// neither key on the target and defers the new one; the merge then skips 4 (tombstone) and
+/// folds nothing for 100004, which it never staged.
+#[tokio::test]
+async fn a_key_change_of_a_row_in_a_staged_chunk_arrives_under_its_new_key() {
+    let db = fresh_db(pair()).await;
+    seed_docs(&db).await;
+    hold(&db.target, BF).await;
+    let r = start(&db, CHUNKS, &[(BACKFILL_BARRIER, BF)]).await;
+    r.d.wait_ready().await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        BF,
+        "ShareLock",
+        1,
+        "chunk 1 staged, at the barrier",
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET id = 100004, v = 'moved' WHERE id = 4")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_rows_as_source(&r, &db, "100004", "row 100004 re-read from the source").await;
+    assert_backfill_still_held(&db).await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT id::text FROM docs WHERE id IN (4, 100004) ORDER BY id"
+        )
+        .await,
+        ["100004"],
+        "the staged chunk brought the old key back, or the new one is missing"
+    );
+    converge(&db, DOCS_ROWS).await;
+    assert_eq!(deferred(&db).await, 0);
+    finish(r, &db).await;
+}
+
+/// A filter flipping a row in (25 becomes published, `big` unchanged) before its chunk: the
+/// snapshot has 25 unpublished, so its chunk leaves it out and folds nothing.
+#[tokio::test]
+async fn a_filter_flipping_a_row_in_ahead_of_the_cursor_brings_the_whole_row() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    hold(&db.target, BF).await;
+    let r = start(&db, FILTERED, &[(BACKFILL_BARRIER, BF)]).await;
+    r.d.wait_ready().await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        BF,
+        "ShareLock",
+        1,
+        "the backfill at its barrier",
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET published = true, v = 'now public' WHERE id = 25")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_rows_as_source(&r, &db, "25", "row 25 re-read from the source").await;
+    assert_backfill_still_held(&db).await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    assert_eq!(deferred(&db).await, 0);
+    finish(r, &db).await;
+}
+
+/// After the table's backfill is done, a filter flips row 5 in: no pass will ever come.
+#[tokio::test]
+async fn a_filter_flipping_a_row_in_after_the_table_is_done_brings_the_whole_row() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = start(&db, FILTERED, &[]).await;
+    r.d.wait_ready().await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    db.source
+        .batch_execute("UPDATE docs SET published = true WHERE id = 5")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_rows_as_source(&r, &db, "5", "row 5 re-read from the source").await;
+    wait_no_deferred(&r, &db).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The resolution against the stream.
+
+/// Flip row `id` in after the backfill is done, with the resolution held at `barrier`
+/// (RES before its snapshot, RES + 1 before its write); returns once a round waits there.
+async fn deferred_and_held(db: &TestDb, barrier: i64, id: i32) -> Run {
+    hold(&db.target, barrier).await;
+    let r = start(db, FILTERED, &[(DEFERRED_BARRIER, RES)]).await;
+    r.d.wait_ready().await;
+    wait_backfilled(&r, db, "public.docs").await;
+    db.source
+        .execute("UPDATE docs SET published = true WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        barrier,
+        "ShareLock",
+        1,
+        "a resolution round at its barrier",
+    )
+    .await;
+    r
+}
+
+/// The row is deleted on the source after it was deferred and before the round's snapshot:
+/// the re-read finds nothing, writes nothing, and the entry goes. While it waits, the entry
+/// and its age are in `remodel status` and the metrics.
+#[tokio::test]
+async fn a_row_deleted_before_the_re_read_is_settled_and_shown_while_outstanding() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = deferred_and_held(&db, RES, 7).await;
+
+    r.d.wait_metric("remodel_deferred_rows", |v| v == 1.0).await;
+    r.d.wait_metric("remodel_deferred_oldest_seconds", |v| v > 0.0)
+        .await;
+    let config = r.d.config_path.display().to_string();
+    let (code, st, err) = remodel_json(&["status", "--config", &config, "--json"], &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(st["deferred"]["rows"], 1, "status --json: {st}");
+    assert!(st["deferred"]["oldest_seconds"].as_f64().is_some(), "{st}");
+
+    db.source
+        .batch_execute("DELETE FROM docs WHERE id = 7")
+        .await
+        .unwrap();
+    let c = &db.target;
+    until(&r.d, "the stream's delete of 7 (a tombstone)", || async move {
+        match count(
+            c,
+            "SELECT count(*) FROM remodel.ledger WHERE rel = 'public.docs' AND skey = '[\"7\"]' AND deleted",
+            &[],
+        )
+        .await
+        {
+            1 => Ok(()),
+            n => Err(format!("{n} tombstones")),
+        }
+    })
+    .await;
+    assert_eq!(deferred(&db).await, 1, "the entry waits for the held round");
+    release(&db.target, RES).await;
+    wait_no_deferred(&r, &db).await;
+    r.d.wait_metric("remodel_deferred_rows", |v| v == 0.0).await;
+    assert!(rows(&db.target, "SELECT id::text FROM docs WHERE id = 7")
+        .await
+        .is_empty());
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
+
+/// A stream write of the row lands after the round read it (and before the round writes):
+/// it is newer than the round's snapshot, and the re-read row must not overwrite it.
+#[tokio::test]
+async fn a_newer_stream_write_wins_over_the_re_read_row() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = deferred_and_held(&db, RES + 1, 9).await;
+    db.source
+        .batch_execute("UPDATE docs SET v = 'newer', big = 'newer ' || big WHERE id = 9")
+        .await
+        .unwrap();
+    let newer = wait_rows_as_source(&r, &db, "9", "the stream's newer write of 9").await;
+    release(&db.target, RES + 1).await;
+    wait_no_deferred(&r, &db).await;
+    let q = "SELECT id || ':' || v || ':' || md5(big) FROM docs WHERE id = 9";
+    assert_eq!(
+        rows(&db.target, q).await,
+        newer,
+        "the re-read row (older than the stream's write) overwrote it"
+    );
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
+
+/// `kill -9` after a round read the rows and before it wrote them: the entry survives the
+/// crash, and the restarted daemon resolves it.
+#[tokio::test]
+async fn a_kill_between_deferral_and_resolution_resolves_after_restart() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let mut r = start(&db, FILTERED, &[]).await;
+    r.d.kill9();
+    r.d.env
+        .push(("REMODEL_FAILPOINTS".into(), "deferred.resolve".into()));
+    r.d.spawn();
+    r.d.wait_ready().await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    db.source
+        .batch_execute("UPDATE docs SET published = true, v = 'flipped' WHERE id = 11")
+        .await
+        .unwrap();
+    r.d.wait_killed_at("deferred.resolve").await;
+    assert_eq!(deferred(&db).await, 1, "the entry must survive the crash");
+    assert!(rows(&db.target, "SELECT id::text FROM docs WHERE id = 11")
+        .await
+        .is_empty());
+    r.d.env.retain(|(k, _)| k != "REMODEL_FAILPOINTS");
+    r.d.spawn();
+    r.d.wait_ready().await;
+    wait_rows_as_source(&r, &db, "11", "row 11 after the restart").await;
+    wait_no_deferred(&r, &db).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
