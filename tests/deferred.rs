@@ -374,3 +374,23 @@ async fn a_kill_between_deferral_and_resolution_resolves_after_restart() {
     converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
     finish(r, &db).await;
 }
+
+/// Another partial update of the row is deferred after the round's snapshot (the target still
+/// lacks the row): it is newer than the row the round writes, so its entry must stay for the
+/// next round, which brings it.
+#[tokio::test]
+async fn a_partial_update_deferred_after_the_snapshot_is_resolved_by_the_next_round() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = deferred_and_held(&db, RES + 1, 13).await;
+    db.source
+        .batch_execute("UPDATE docs SET v = 'later' WHERE id = 13")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 2.0).await;
+    release(&db.target, RES + 1).await;
+    wait_rows_as_source(&r, &db, "13", "row 13 with the later partial update").await;
+    wait_no_deferred(&r, &db).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
