@@ -185,6 +185,9 @@ async fn converge_tables(db: &TestDb, tables: &[String], what: &str) {
     }
 }
 
+/// One stream step for one value: (table, index of the value, value) → SQL.
+type Step = dyn Fn(&str, i32, &Value) -> String;
+
 fn insert(table: &str, id: i32, v: &Value) -> String {
     format!("INSERT INTO {table} (id, v) VALUES ({id}, {});", v.literal)
 }
@@ -232,7 +235,7 @@ async fn every_regression_suite_value_survives_backfill_stream_key_change_delete
 
     // Stream: insert; update to NULL; back from NULL with a key change; delete and re-insert a
     // backfilled row. One source transaction per table and step.
-    let steps: [&dyn Fn(&str, i32, &Value) -> String; 4] = [
+    let steps: [&Step; 4] = [
         &|t, i, v| insert(t, 1000 + i, v),
         &|t, i, _| format!("UPDATE {t} SET v = NULL WHERE id = {};", 1000 + i),
         &|t, i, v| {
