@@ -94,8 +94,45 @@ fn by_table(values: &[Value]) -> BTreeMap<String, (String, Vec<Value>)> {
     m
 }
 
+/// What the server under test makes of one value.
+enum Verdict {
+    /// It accepts the literal and reads its text form back.
+    Ok,
+    /// It reads the literal but not its own text form (the error).
+    Unreadable(String),
+    /// It does not accept the literal at all (newer versions are stricter: PostgreSQL 18
+    /// refuses `'2 minutes ago 5 days'::interval`); nothing to migrate.
+    Refused(String),
+}
+
+async fn verdict(c: &tokio_postgres::Client, v: &Value) -> Verdict {
+    let message = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string())
+    };
+    if let Err(e) = c
+        .simple_query(&format!("SELECT ({})::{}", v.literal, v.ty))
+        .await
+    {
+        return Verdict::Refused(message(e));
+    }
+    match c
+        .simple_query(&format!(
+            "SELECT (({})::{ty})::text::{ty}",
+            v.literal,
+            ty = v.ty
+        ))
+        .await
+    {
+        Ok(_) => Verdict::Ok,
+        Err(e) => Verdict::Unreadable(message(e)),
+    }
+}
+
 /// Create the types and one table per type on both sides; split the values into those the
 /// source server reads back from their own text form and those it does not (with its error).
+/// Values it does not accept at all are left out, and printed.
 async fn setup(db: &TestDb, values: &[Value]) -> (Vec<Value>, Vec<(Value, String)>) {
     db.on_both(TYPES).await;
     for (table, (ty, _)) in by_table(values) {
@@ -106,15 +143,13 @@ async fn setup(db: &TestDb, values: &[Value]) -> (Vec<Value>, Vec<(Value, String
     }
     let (mut ok, mut unreadable) = (Vec::new(), Vec::new());
     for v in values {
-        let q = format!("SELECT (({})::{ty})::text::{ty}", v.literal, ty = v.ty);
-        match db.source.simple_query(&q).await {
-            Ok(_) => ok.push(v.clone()),
-            Err(e) => unreadable.push((
-                v.clone(),
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| e.to_string()),
-            )),
+        match verdict(&db.source, v).await {
+            Verdict::Ok => ok.push(v.clone()),
+            Verdict::Unreadable(e) => unreadable.push((v.clone(), e)),
+            Verdict::Refused(e) => eprintln!(
+                "not accepted by this server, left out: {} {} = {} ({}): {e}",
+                v.name, v.ty, v.literal, v.origin
+            ),
         }
     }
     (ok, unreadable)
@@ -297,6 +332,11 @@ async fn values_the_server_cannot_read_back_stop_the_daemon_with_a_clear_error()
     let probe = fresh_db(pair()).await;
     let all = values();
     let (_, unreadable) = setup(&probe, &all).await;
+    assert!(
+        !unreadable.is_empty(),
+        "every value reads back on this server: the minimum interval's output was fixed? \
+         then this test has nothing left to pin; say so in docs/reliability.md"
+    );
     let mut seen = Vec::new();
     for (v, why) in &unreadable {
         eprintln!(
