@@ -30,6 +30,7 @@ pub mod names {
     pub const ERRORS_TOTAL: &str = "remodel_errors_total";
     pub const SLOT_RETAINED_WAL_BYTES: &str = "remodel_slot_retained_wal_bytes";
     pub const CONFIRMED_FLUSH_LSN: &str = "remodel_confirmed_flush_lsn";
+    pub const RECEIVED_LSN: &str = "remodel_received_lsn";
     pub const RESTARTS_TOTAL: &str = "remodel_restarts_total";
     pub const DEFERRED_ROWS_TOTAL: &str = "remodel_deferred_rows_total";
     pub const DEFERRED_ROWS: &str = "remodel_deferred_rows";
@@ -56,6 +57,7 @@ pub mod names {
         ERRORS_TOTAL,
         SLOT_RETAINED_WAL_BYTES,
         CONFIRMED_FLUSH_LSN,
+        RECEIVED_LSN,
         RESTARTS_TOTAL,
         DEFERRED_ROWS_TOTAL,
         DEFERRED_ROWS,
@@ -84,6 +86,8 @@ pub struct Metrics {
     pub paused: IntGauge,
     pub errors: IntCounterVec,
     pub slot_retained_wal_bytes: IntGauge,
+    /// End LSN of the last source commit received and handed to apply.
+    pub received_lsn: IntGauge,
     pub confirmed_flush_lsn: IntGauge,
     pub restarts: IntCounter,
     pub deferred_rows: IntCounterVec,
@@ -174,6 +178,11 @@ impl Metrics {
             slot_retained_wal_bytes: IntGauge::new(
                 names::SLOT_RETAINED_WAL_BYTES,
                 "WAL the source keeps for the slot (current LSN - restart_lsn)",
+            )
+            .expect("valid metric"),
+            received_lsn: IntGauge::new(
+                names::RECEIVED_LSN,
+                "End LSN of the last source commit received from the source and handed to apply (applied trails it while apply is behind)",
             )
             .expect("valid metric"),
             confirmed_flush_lsn: IntGauge::new(
@@ -283,6 +292,7 @@ impl Metrics {
             Box::new(m.confirmed_flush_lsn.clone()),
             Box::new(m.restarts.clone()),
             Box::new(m.deferred_rows.clone()),
+            Box::new(m.received_lsn.clone()),
             Box::new(m.deferred_outstanding.clone()),
             Box::new(m.deferred_oldest_seconds.clone()),
             Box::new(m.deferred_resolved.clone()),

@@ -247,6 +247,7 @@ fn alerts_cover_the_operating_risks_and_link_runbook_sections_that_exist() {
         ("RemodelSlotRetainedWalHigh", names::SLOT_RETAINED_WAL_BYTES),
         ("RemodelPausedTooLong", names::PAUSED),
         ("RemodelDeadLetters", names::DEAD_LETTERS_TOTAL),
+        ("RemodelDeferredRowsStuck", names::DEFERRED_OLDEST_SECONDS),
         ("RemodelVerifyMismatches", names::VERIFY_MISMATCHES),
         ("RemodelNotReady", names::READY),
     ] {

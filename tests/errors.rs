@@ -63,8 +63,21 @@ async fn mapping_problems_are_all_listed_at_start() {
     drop_slot(&db).await;
 }
 
-/// Tables on both sides, `writes` committed on the source while the daemon is paused (so they
-/// reach apply together), then resume and wait for the daemon to stop on the rejection (exit 1).
+/// Tables on both sides, `writes` committed on the source while the daemon is paused, then
+/// resume and wait for the daemon to stop on the rejection (exit 1). The writes must reach
+/// apply together, in one target transaction: the daemon resumes only once its reader has
+/// handed all of them to apply (`remodel_received_lsn` past a logical message committed after
+/// them), and no batch deadline can split them (`max_batch_delay_ms`). Resuming as soon as the
+/// source committed left that to timing: on PostgreSQL 18 the first transaction was once
+/// applied alone, and the test's "isolating" line never came.
+/// An LSN's text form (`X/Y`) as the number a metric carries.
+fn lsn_value(text: &str) -> f64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    let n = (u64::from_str_radix(hi, 16).expect("hex") << 32)
+        | u64::from_str_radix(lo, 16).expect("hex");
+    n as f64
+}
+
 async fn rejected_after_paused_writes(
     source_ddl: &str,
     target_ddl: &str,
@@ -74,13 +87,29 @@ async fn rejected_after_paused_writes(
     db.source.batch_execute(source_ddl).await.unwrap();
     db.target.batch_execute(target_ddl).await.unwrap();
     let listen = free_listen();
-    let mut d = Daemon::start(&config(&db, &listen, ""), &listen);
+    let mut d = Daemon::start(
+        &config(&db, &listen, "[apply]\nmax_batch_delay_ms = 600000\n"),
+        &listen,
+    );
     d.wait_ready().await;
     d.signal(nix::sys::signal::Signal::SIGUSR1);
     d.wait_paused(true).await;
     for sql in writes {
         db.source.batch_execute(sql).await.unwrap();
     }
+    // Its own transaction after the writes: once the reader handed its commit to apply, every
+    // write before it is in apply's channel too.
+    let marker: String = db
+        .source
+        .query_one(
+            "SELECT pg_logical_emit_message(true, 'remodel-test', 'writes done')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let marker = lsn_value(&marker);
+    d.wait_metric("remodel_received_lsn", |v| v >= marker).await;
     d.signal(nix::sys::signal::Signal::SIGUSR2);
     let st = d.wait_exit(Duration::from_secs(60));
     let log = d.log();

@@ -159,7 +159,7 @@ fn psql(
         tls.cluster.port(),
         ca.display()
     );
-    let mut cmd = Command::new(tls.cluster.bin_dir().join("psql"));
+    let mut cmd = Command::new(tls.cluster.client_tool("psql"));
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("PG") {
             cmd.env_remove(key);

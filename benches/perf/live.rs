@@ -23,7 +23,7 @@ const TABLES: [&str; 5] = [
 async fn init(cl: &Clusters, db: &str, scale: u32) -> Result<()> {
     for c in [&cl.source, &cl.target] {
         c.create_database(db).await?;
-        let out = tokio::process::Command::new(c.bin_dir().join("pgbench"))
+        let out = tokio::process::Command::new(c.client_tool("pgbench"))
             .args([
                 "-i",
                 "-q",
@@ -86,7 +86,7 @@ async fn load(
             anyhow::Ok(())
         })
     };
-    let mut bench = tokio::process::Command::new(cl.source.bin_dir().join("pgbench"))
+    let mut bench = tokio::process::Command::new(cl.source.client_tool("pgbench"))
         .args(["-n", "-c", &args.clients.to_string(), "-j", "2"])
         .args([
             "-T",

@@ -49,7 +49,7 @@ use nix::unistd::Pid;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio_postgres::{Client, NoTls};
 
-pub use process::find_bin_dir;
+pub use process::{find_bin_dir, find_client_tool};
 pub use scratch::{cleanup_at_exit, scratch_dir, ScratchDir};
 
 use conf::run_initdb;
@@ -359,9 +359,20 @@ impl Cluster {
         &self.log_path
     }
 
-    /// The directory holding the server binaries (and `psql`).
+    /// The directory holding the server binaries (and, in full installs, `psql`).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// A client program for this server (see [`find_client_tool`]); panics naming it when no
+    /// PostgreSQL install has one.
+    pub fn client_tool(&self, name: &str) -> PathBuf {
+        find_client_tool(&self.bin_dir, name).unwrap_or_else(|| {
+            panic!(
+                "{name} not found in {} nor in any other PostgreSQL install (pg_config, PATH, /usr/lib/postgresql): install the client package (Debian: postgresql-client)",
+                self.bin_dir.display()
+            )
+        })
     }
 
     /// The last `lines` lines of the server log.

@@ -89,6 +89,50 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
         .ok_or(ClusterError::NoBinaries)
 }
 
+/// A client program (`psql`, `pgbench`, ...) to use against servers of `bin_dir`: from
+/// `bin_dir` itself when it has one, else from any installed PostgreSQL (`pg_config --bindir`,
+/// `PATH`, the highest `/usr/lib/postgresql/<version>/bin`). Server-only builds — the npm
+/// registry's binaries of 16–18 carry initdb, pg_ctl and postgres alone — need the second way;
+/// the protocol is compatible across these versions.
+pub fn find_client_tool(bin_dir: &Path, name: &str) -> Option<PathBuf> {
+    let here = bin_dir.join(name);
+    if here.is_file() {
+        return Some(here);
+    }
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join(name));
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name));
+    let mut debian: Vec<(Vec<u32>, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .map(|p| p.parse::<u32>().ok())
+                .collect::<Option<Vec<u32>>>()?;
+            Some((v, e.path().join("bin").join(name)))
+        })
+        .collect();
+    debian.sort();
+    from_pg_config
+        .into_iter()
+        .chain(on_path)
+        .chain(debian.into_iter().rev().map(|(_, p)| p))
+        .find(|p| p.is_file())
+}
+
 /// The OS user the server runs as when we are root.
 #[derive(Debug, Clone)]
 pub(super) struct RunAs {

@@ -33,6 +33,7 @@ pub async fn run(
         let confirmed = state.confirmed();
         let done = confirmed.max(applied);
         metrics.confirmed_flush_lsn.set(confirmed.0 as i64);
+        metrics.received_lsn.set(state.forwarded().0 as i64);
         // Sent to us but not applied: the walsender's sent position (XLogData and keepalive
         // `wal_end`) is how far it has decoded, not the end of WAL.
         let in_flight = server.bytes_since(done);

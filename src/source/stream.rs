@@ -37,6 +37,8 @@ pub struct FeedbackState {
     applied: AtomicU64,
     /// What we report as flushed: `max(applied, idle keepalive position)`.
     confirmed: AtomicU64,
+    /// End LSN of the last source commit handed to apply (received, maybe not yet applied).
+    forwarded: AtomicU64,
     wake: Notify,
     /// When the reader last got a message (ms since `born`): the feedback task asks for a
     /// keepalive once it is older than half the receive timeout.
@@ -61,6 +63,10 @@ impl FeedbackState {
     }
     pub fn confirmed(&self) -> Lsn {
         Lsn(self.confirmed.load(Ordering::SeqCst))
+    }
+    /// End LSN of the last source commit handed to apply.
+    pub fn forwarded(&self) -> Lsn {
+        Lsn(self.forwarded.load(Ordering::SeqCst))
     }
     fn born(&self) -> std::time::Instant {
         *self.born.get_or_init(std::time::Instant::now)
@@ -193,6 +199,9 @@ impl SourceStream {
                             r = self.tx.send(ev) => if r.is_err() { return Ok(()) },
                         }
                     }
+                    self.state
+                        .forwarded
+                        .fetch_max(self.last_forwarded_end.0, Ordering::SeqCst);
                 }
             }
         }

@@ -230,9 +230,16 @@ impl ClusterHandle {
         self.info().log_path
     }
 
-    /// Where `psql`, `pg_dump`, ... of the running server version are.
+    /// Where the server binaries of the running version are.
     pub fn bin_dir(&self) -> PathBuf {
         self.info().bin_dir
+    }
+
+    /// `psql`, `pgbench`, ...: from the server's install, else from any other (server-only
+    /// installs such as the npm registry's have none).
+    pub fn client_tool(&self, name: &str) -> PathBuf {
+        remodel::cluster::find_client_tool(&self.bin_dir(), name)
+            .unwrap_or_else(|| panic!("no {name} in any PostgreSQL install on this machine"))
     }
 
     /// The last `lines` lines of the server log (for failure messages).
