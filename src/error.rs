@@ -49,6 +49,10 @@ pub enum Error {
     Backfill(#[from] BackfillError),
     #[error("a pipeline task ended unexpectedly: {0}")]
     Task(String),
+    /// A deferred partial update whose row, re-read from the source, the mapping cannot
+    /// transform (on_error = "halt") or the target refuses: definite, as in the stream.
+    #[error("resolving deferred partial updates (rows the target lacks): {0}")]
+    Deferred(Box<crate::verify::VerifyError>),
     /// A database stopped answering during work with no finer timeout of its own.
     #[error("{what}: no answer within {} ms (network.stall_timeout_ms + connect timeouts); treating the connections as lost", .after.as_millis())]
     Stalled {
@@ -126,7 +130,8 @@ impl Error {
             | Error::Plan(_)
             | Error::Metrics(_)
             | Error::Pid(_)
-            | Error::Task(_) => false,
+            | Error::Task(_)
+            | Error::Deferred(_) => false,
             Error::Connect(ConnectError::Info(_)) => false,
             Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
             Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => {
@@ -177,6 +182,7 @@ impl Error {
             Error::Sql { .. } => "sql",
             Error::Task(_) => "task",
             Error::Backfill(_) => "backfill",
+            Error::Deferred(_) => "deferred",
             Error::Stalled { .. } => "stalled",
         }
     }

@@ -41,14 +41,25 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
         control.clone(),
         metrics.clone(),
     ));
-    let resolving = tokio::spawn(crate::verify::deferred::run(
-        config.clone(),
-        control.clone(),
-        metrics.clone(),
-    ));
-    let result = run_stages(config, &control, metrics).await;
+    let resolving = crate::verify::deferred::run(config.clone(), control.clone(), metrics.clone());
+    let stages = run_stages(config, &control, metrics);
+    tokio::pin!(resolving, stages);
+    // The resolution of deferred rows ends on shutdown (Ok) or on a definite error, which stops
+    // the daemon as a stream error would.
+    let result = tokio::select! {
+        r = &mut stages => r,
+        r = &mut resolving => match r {
+            Ok(()) => (&mut stages).await,
+            Err(e) => {
+                control.shutdown();
+                if let Err(other) = (&mut stages).await {
+                    tracing::warn!(error = %other, "the stream stopped with an error too");
+                }
+                Err(e)
+            }
+        },
+    };
     verifying.abort();
-    resolving.abort();
     result
 }
 

@@ -4,7 +4,7 @@
 //! backfill chunk will ever come for it.
 //!
 //! One test per path into `deferred` (a key change ahead of the backfill cursor, a key change of
-//! a row whose chunk is staged, a filter flipping a row in ahead of the cursor and after the
+//! a row whose chunk is staged — and of one already copied, which the stream simply moves — a filter flipping a row in ahead of the cursor and after the
 //! table is done), and per race of the resolution with the stream (the row deleted before the
 //! re-read, a newer stream write after it, `kill -9` between deferral and resolution). The
 //! backfill and the resolution are held at advisory-lock barriers (tests/support/locks.rs), so
@@ -14,8 +14,9 @@ mod support;
 
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
-use support::daemon::{drop_slot, remodel_json};
+use support::daemon::{drop_slot, remodel_cmd, remodel_json};
 use support::locks::{
     count, hold, release, start, table_state, until, wait_backfilled, wait_waiters, Run,
 };
@@ -190,6 +191,31 @@ async fn a_key_change_of_a_row_in_a_staged_chunk_arrives_under_its_new_key() {
         "the staged chunk brought the old key back, or the new one is missing"
     );
     converge(&db, DOCS_ROWS).await;
+    assert_eq!(deferred(&db).await, 0);
+    finish(r, &db).await;
+}
+
+/// A key change of a row already copied (4 → 100004 after the backfill is done): the target
+/// has the old row, so the stream moves it — no deferral, nothing to resolve.
+#[tokio::test]
+async fn a_key_change_of_an_already_copied_row_moves_it_without_deferring() {
+    let db = fresh_db(pair()).await;
+    seed_docs(&db).await;
+    let r = start(&db, CHUNKS, &[]).await;
+    r.d.wait_ready().await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    db.source
+        .batch_execute("UPDATE docs SET id = 100004, v = 'moved' WHERE id = 4")
+        .await
+        .unwrap();
+    wait_rows_as_source(&r, &db, "4, 100004", "row 4 moved to 100004").await;
+    converge(&db, DOCS_ROWS).await;
+    assert_eq!(
+        r.d.metric("remodel_deferred_rows_total{table=\"public.docs\"}")
+            .await,
+        0.0,
+        "the stream deferred an update of a row the target had"
+    );
     assert_eq!(deferred(&db).await, 0);
     finish(r, &db).await;
 }
@@ -376,13 +402,16 @@ async fn a_kill_between_deferral_and_resolution_resolves_after_restart() {
 }
 
 /// Another partial update of the row is deferred after the round's snapshot (the target still
-/// lacks the row): it is newer than the row the round writes, so its entry must stay for the
-/// next round, which brings it.
+/// lacks the row): it is newer than the row the round writes, and the same round must fold it
+/// in (as a chunk does), not leave it for a next round — here the next round is held back, and
+/// the row must still end equal to the source with nothing deferred.
 #[tokio::test]
-async fn a_partial_update_deferred_after_the_snapshot_is_resolved_by_the_next_round() {
+async fn a_partial_update_deferred_after_the_snapshot_is_folded_in_by_the_same_round() {
     let db = fresh_db(pair()).await;
     seed_published(&db).await;
     let r = deferred_and_held(&db, RES + 1, 13).await;
+    // The round is past its first barrier: hold it, so no later round can help.
+    hold(&db.target, RES).await;
     db.source
         .batch_execute("UPDATE docs SET v = 'later' WHERE id = 13")
         .await
@@ -390,6 +419,114 @@ async fn a_partial_update_deferred_after_the_snapshot_is_resolved_by_the_next_ro
     wait_deferred_by_stream(&r, 2.0).await;
     release(&db.target, RES + 1).await;
     wait_rows_as_source(&r, &db, "13", "row 13 with the later partial update").await;
+    wait_no_deferred(&r, &db).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    release(&db.target, RES).await;
+    finish(r, &db).await;
+}
+
+/// A backfill pass newer than a held round copies the row (and drops the entry, which its
+/// snapshot contains): the round, writing from its older snapshot afterwards, must not
+/// overwrite the newer copy. The chunk leaves no per-key version for a copied row; the one it
+/// records for a key whose entry it drops is what stops the round.
+#[tokio::test]
+async fn a_round_never_overwrites_a_newer_backfill_copy_of_its_row() {
+    let db = fresh_db(pair()).await;
+    seed_docs(&db).await;
+    hold(&db.target, RES + 1).await;
+    let r = start(
+        &db,
+        "[backfill]\nenabled = false\nchunk_rows = 10\n",
+        &[(DEFERRED_BARRIER, RES)],
+    )
+    .await;
+    r.d.wait_ready().await;
+    // No backfill in the daemon: the target lacks every row, so this update is deferred.
+    db.source
+        .batch_execute("UPDATE docs SET v = 'first' WHERE id = 13")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        RES + 1,
+        "ShareLock",
+        1,
+        "a round read row 13 ('first')",
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET v = 'second' WHERE id = 13")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 2.0).await;
+    let path = r.d.config_path.to_str().unwrap().to_string();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        remodel_cmd(
+            &["backfill", "--config", &path],
+            &[("REMODEL__BACKFILL__ENABLED".into(), "true".into())],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "remodel backfill: {out}");
+    let second = wait_rows_as_source(&r, &db, "13", "row 13 as the backfill copied it").await;
+    assert_eq!(
+        deferred(&db).await,
+        0,
+        "the backfill's fold removes the entry"
+    );
+    release(&db.target, RES + 1).await;
+    r.d.wait_metric(
+        "remodel_deferred_resolved_total{table=\"public.docs\"}",
+        |v| v >= 1.0,
+    )
+    .await;
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT id || ':' || v || ':' || md5(big) FROM docs WHERE id = 13"
+        )
+        .await,
+        second,
+        "the round's older row overwrote the backfill's newer copy"
+    );
+    converge(&db, DOCS_ROWS).await;
+    finish(r, &db).await;
+}
+
+/// A pause that arrives while a round waits to write: the round writes nothing, and the row
+/// arrives after resume.
+#[tokio::test]
+async fn a_round_writes_nothing_while_paused_and_resolves_after_resume() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = deferred_and_held(&db, RES + 1, 15).await;
+    r.d.signal(Signal::SIGUSR1);
+    r.d.wait_paused(true).await;
+    release(&db.target, RES + 1).await;
+    until(&r.d, "the round to give up for the pause", || async {
+        if r.d
+            .log()
+            .contains("paused: deferred partial updates wait for resume")
+        {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    assert!(
+        rows(&db.target, "SELECT id::text FROM docs WHERE id = 15")
+            .await
+            .is_empty(),
+        "a round wrote while paused"
+    );
+    assert_eq!(deferred(&db).await, 1);
+    r.d.signal(Signal::SIGUSR2);
+    r.d.wait_paused(false).await;
+    wait_rows_as_source(&r, &db, "15", "row 15 after resume").await;
     wait_no_deferred(&r, &db).await;
     converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
     finish(r, &db).await;

@@ -299,6 +299,55 @@ impl Applier {
         result
     }
 
+    /// [`Applier::apply_alone`] for a writer that races the backfill's chunk merges and must
+    /// honour a pause: `lock` (with `params`) runs first in the transaction (the table lock the
+    /// chunk merges take exclusively), then `go` decides — false (paused meanwhile) rolls back
+    /// with nothing written and returns `Ok(false)` — and the ops and every statement of `also`
+    /// (all with `params`) commit together.
+    pub async fn apply_locked(
+        &mut self,
+        lock: &str,
+        go: impl Fn() -> bool,
+        ops: Vec<TargetOp>,
+        also: &[String],
+        params: &[&str],
+    ) -> Result<bool, ApplyError> {
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        self.txn = Some(OpenTxn::new(Lsn::default(), 1));
+        let result = async {
+            self.client
+                .execute(lock, &p[..1])
+                .await
+                .map_err(db("locking the table"))?;
+            if !go() {
+                return Ok(false);
+            }
+            self.pending = ops;
+            self.flush_pending().await?;
+            for sql in also {
+                self.client
+                    .execute(sql.as_str(), &p)
+                    .await
+                    .map_err(db("settling deferred updates"))?;
+            }
+            self.client
+                .batch_execute("COMMIT")
+                .await
+                .map_err(db("committing"))?;
+            Ok(true)
+        }
+        .await;
+        if !matches!(result, Ok(true)) {
+            self.abort().await;
+        }
+        self.txn = None;
+        result
+    }
+
     /// When the open target transaction holds more than one source transaction: the last one's
     /// commit LSN (see [`ApplyError::Isolate`]).
     fn shared_txn(&self) -> Option<Lsn> {

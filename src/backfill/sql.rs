@@ -219,11 +219,23 @@ impl TableSql {
 
     /// Fold deferred partial updates of the staged keys into the rows just written: those at a
     /// version ≥ P (newer than the snapshot) are applied unless the ledger holds something newer;
-    /// older ones are already in the snapshot. All staged keys' entries are removed.
+    /// older ones are already in the snapshot, and their key's ledger goes to P−1. All staged
+    /// keys' entries are removed.
     /// `$1` source table, `$2` P. Returns one row: how many entries were folded in or dropped.
     pub fn merge_deferred(&self, state: &StateSchema, o: &OutputPlan) -> String {
         let staged = format!("SELECT {} AS skey FROM {} s", self.skey("s"), self.stage);
         merge_deferred(state, o, &staged)
+    }
+
+    /// [`TableSql::merge_deferred`] for the keys in `$3` (a JSON array of source keys as the
+    /// ledger stores them), just written at `$2`−1 from a snapshot at `$2`: the resolution of
+    /// deferred entries (`verify::deferred`).
+    pub fn merge_deferred_keys(state: &StateSchema, o: &OutputPlan) -> String {
+        merge_deferred(
+            state,
+            o,
+            "SELECT jsonb_array_elements_text($3::text::jsonb) AS skey",
+        )
     }
 
     /// [`TableSql::merge_deferred`] for a stage of transformed rows (with an `skey` column).
@@ -282,7 +294,16 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
                      SELECT $1, live.skey, live.version, false FROM live
                      WHERE live.skey IN (SELECT skey FROM upd)
                      ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
-                       WHERE l.version <= EXCLUDED.version)
+                       WHERE l.version <= EXCLUDED.version),
+             -- An entry dropped as older than P is in the row just written at P−1, which has
+             -- no ledger row of its own: record P−1 for the key, so that a writer at an older
+             -- version (a round resolving that same entry from an older snapshot, a repair)
+             -- cannot overwrite the newer row. Rows whose ledger is newer stay as they are.
+             older AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
+                     SELECT DISTINCT $1, d.skey, $2::text::pg_lsn - 1, false FROM d
+                     WHERE d.version < $2::text::pg_lsn
+                     ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
+                       WHERE l.version < EXCLUDED.version)
              SELECT count(*) FROM d",
             deferred = state.table("deferred"),
             ledger = state.table("ledger"),

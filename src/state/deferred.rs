@@ -49,10 +49,11 @@ impl StateSchema {
         })
     }
 
-    /// Up to `limit` outstanding entries, oldest first.
+    /// Up to `limit` outstanding entries of the source tables in `rels`, oldest first.
     pub async fn deferred_entries(
         &self,
         client: &Client,
+        rels: &[String],
         limit: i64,
     ) -> Result<Vec<DeferredEntry>, StateError> {
         let rows = client
@@ -60,10 +61,10 @@ impl StateSchema {
                 &format!(
                     "SELECT rel, skey, target, version::text,
                             extract(epoch FROM now() - created_at)::float8
-                     FROM {} ORDER BY created_at, rel, skey LIMIT $1",
+                     FROM {} WHERE rel = ANY($2) ORDER BY created_at, rel, skey LIMIT $1",
                     self.table("deferred")
                 ),
-                &[&limit],
+                &[&limit, &rels],
             )
             .await
             .map_err(self.err("listing deferred updates"))?;
@@ -79,16 +80,23 @@ impl StateSchema {
             .collect())
     }
 
-    /// The statement that removes the entries a re-read at snapshot `P` settled, to run in the
-    /// target transaction that wrote the re-read rows: `$1` source table, `$2` a JSON array of
-    /// source keys (as stored), `$3` `P` (entries at a version ≥ P are newer than the re-read
-    /// row and stay). Every output's entry of those keys goes: the re-read wrote every output.
-    pub fn deferred_settle_sql(&self) -> String {
-        format!(
-            "DELETE FROM {} WHERE rel = $1
-               AND skey IN (SELECT jsonb_array_elements_text($2::text::jsonb))
-               AND version < $3::text::pg_lsn",
-            self.table("deferred")
-        )
+    /// Outstanding entries per source table not in `rels` (a mapping that no longer maps
+    /// them): nothing resolves those.
+    pub async fn deferred_unmapped(
+        &self,
+        client: &Client,
+        rels: &[String],
+    ) -> Result<Vec<(String, i64)>, StateError> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT rel, count(*) FROM {} WHERE rel <> ALL($1) GROUP BY rel ORDER BY rel",
+                    self.table("deferred")
+                ),
+                &[&rels],
+            )
+            .await
+            .map_err(self.err("listing deferred updates"))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -34,12 +34,15 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{Ctx, VerifyError};
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyError};
+use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
+use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::state::StateSchema;
+use crate::transform::plan::OutputKind;
 use crate::transform::{TargetOp, Transformer};
 
 /// How often outstanding entries are counted (and, when there are some, resolved).
@@ -55,14 +58,14 @@ const BATCH: usize = 500;
 /// them while the stream streams and the daemon is not paused. Failed rounds are logged,
 /// counted in `remodel_errors_total{kind="deferred"}` and tried again with back-off; the
 /// entries stay (and stay visible in status, metrics and the alert) until a round succeeds.
-pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) {
+pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let state = StateSchema::new(&config.target.state_schema);
     let mut watcher: Option<Client> = None;
     let mut wait = POLL;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
         wait = POLL;
@@ -84,7 +87,11 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) {
         }
         match round(&config, &control, &metrics).await {
             Ok(_) => {}
-            Err(VerifyError::Interrupted) => return,
+            Err(VerifyError::Interrupted) => return Ok(()),
+            Err(e) if definite(&e) => {
+                metrics.errors.with_label_values(&["deferred"]).inc();
+                return Err(Error::Deferred(Box::new(e)));
+            }
             Err(e) => {
                 metrics.errors.with_label_values(&["deferred"]).inc();
                 tracing::warn!(
@@ -96,6 +103,18 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) {
                 wait = (wait * 2).max(Duration::from_secs(2)).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// A re-read row the mapping cannot transform (`on_error = "halt"`), or one the target
+/// refuses: retrying changes nothing, and the stream would stop on the same row.
+fn definite(e: &VerifyError) -> bool {
+    match e {
+        VerifyError::Transform { .. } => true,
+        VerifyError::Apply(a) => {
+            matches!(**a, ApplyError::Rejected { .. } | ApplyError::Transform(_))
+        }
+        _ => false,
     }
 }
 
@@ -139,16 +158,20 @@ pub async fn round(
 type Keys = BTreeMap<String, BTreeMap<String, Vec<Option<String>>>>;
 
 async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64, VerifyError> {
-    let entries = ctx.state.deferred_entries(&ctx.target, MAX_ENTRIES).await?;
+    let mapped: Vec<String> = ctx.plan.tables.keys().cloned().collect();
+    let entries = ctx
+        .state
+        .deferred_entries(&ctx.target, &mapped, MAX_ENTRIES)
+        .await?;
+    let unmapped = ctx.state.deferred_unmapped(&ctx.target, &mapped).await?;
+    for (rel, n) in unmapped {
+        tracing::warn!(table = %rel, entries = n,
+            "deferred partial updates of a source table the mapping no longer maps: left in {}.deferred; \
+             map the table again, or delete the entries once the rows are settled by hand",
+            ctx.state.schema);
+    }
     let mut by_rel: Keys = BTreeMap::new();
     for e in &entries {
-        if !ctx.plan.tables.contains_key(&e.rel) {
-            tracing::warn!(table = %e.rel, key = %e.skey, version = %e.version, target = %e.target,
-                "a deferred partial update of a source table the mapping no longer maps: left in {}.deferred; \
-                 map the table again, or delete the entry once the row is settled by hand",
-                ctx.state.schema);
-            continue;
-        }
         match serde_json::from_str::<Vec<Option<String>>>(&e.skey) {
             Ok(k) => {
                 by_rel
@@ -178,9 +201,17 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
         ctx.config.apply.batch_rows,
     );
     let mut transformer = Transformer::new(ctx.plan.clone());
-    let settle = ctx.state.deferred_settle_sql();
     let mut resolved = 0u64;
     for t in tables.iter().filter(|t| by_rel.contains_key(&t.rel)) {
+        // Fold the entries of the keys just written (those at ≥ P′ onto the re-read row, as a
+        // chunk does), and remove them: one statement per output that can have entries.
+        let fold: Vec<String> =
+            t.rj.table
+                .outputs
+                .iter()
+                .filter(|o| matches!(o.kind, OutputKind::Row | OutputKind::Merge))
+                .map(|o| TableSql::merge_deferred_keys(&ctx.state, o))
+                .collect();
         let keys: Vec<(&String, &Vec<Option<String>>)> = by_rel[&t.rel].iter().collect();
         for batch in keys.chunks(BATCH) {
             ctx.check()?;
@@ -190,20 +221,30 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
                 super::repair::reread(&snap, t, &listed, version, &mut transformer).await?;
             // A merge's clear needs the values it clears (the old row), which a re-read does
             // not know; a row the mapping cannot transform goes where `on_error` says, as in
-            // the stream (a dead letter is a record; `stop` fails the round, naming the row).
+            // the stream (a dead letter is a record; `halt` stops the daemon, naming the row).
             ops.retain(|o| !matches!(o, TargetOp::Clear { .. }));
             crate::failpoint::hit("deferred.resolve");
             test_barrier(ctx, 1).await?;
-            if control.is_paused() {
+            let skeys = serde_json::to_string(&batch.iter().map(|(s, _)| s).collect::<Vec<_>>())
+                .unwrap_or_default();
+            // The table lock as a chunk merge takes it (exclusive): no merge interleaves, and
+            // the stream's statements on these keys wait and then see the rows written here
+            // (so they update them instead of deferring again). A pause that came meanwhile
+            // still cancels the write.
+            let wrote = applier
+                .apply_locked(
+                    &t.ts.lock(),
+                    || !control.is_paused(),
+                    ops,
+                    &fold,
+                    &[&t.rel, &p, &skeys],
+                )
+                .await
+                .map_err(Box::new)?;
+            if !wrote {
                 tracing::info!(table = %t.rel, "paused: deferred partial updates wait for resume");
                 return Ok(resolved);
             }
-            let skeys = serde_json::to_string(&batch.iter().map(|(s, _)| s).collect::<Vec<_>>())
-                .unwrap_or_default();
-            applier
-                .apply_alone(ops, &settle, &[&t.rel, &skeys, &p])
-                .await
-                .map_err(Box::new)?;
             resolved += batch.len() as u64;
             metrics
                 .deferred_resolved
