@@ -532,3 +532,55 @@ async fn a_round_writes_nothing_while_paused_and_resolves_after_resume() {
     converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
     finish(r, &db).await;
 }
+
+/// A re-read row the target refuses stops the daemon naming the table, the key and the
+/// target's reason, as the stream would: retrying cannot help, and an entry left to warnings
+/// would hold every later one back. Here the odd docs are unpublished (filtered out, never
+/// copied) and too long for the target's CHECK; row 5 flips in with `big` unchanged.
+#[tokio::test]
+async fn a_re_read_row_the_target_refuses_stops_the_daemon_naming_it() {
+    let db = fresh_db(pair()).await;
+    db.source
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, v text NOT NULL, big text NOT NULL,
+                                published boolean NOT NULL);
+             ALTER TABLE docs ALTER COLUMN big SET STORAGE EXTERNAL;
+             INSERT INTO docs SELECT g, 'old ' || g,
+                 repeat(md5(g::text), CASE WHEN g % 2 = 0 THEN 150 ELSE 250 END), g % 2 = 0
+             FROM generate_series(1, 10) g;",
+        )
+        .await
+        .unwrap();
+    db.target
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, v text NOT NULL,
+                                big text NOT NULL CONSTRAINT big_fits CHECK (length(big) < 6000))",
+        )
+        .await
+        .unwrap();
+    let r = start(&db, FILTERED, &[]).await;
+    r.d.wait_ready().await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    db.source
+        .batch_execute("UPDATE docs SET published = true WHERE id = 5")
+        .await
+        .unwrap();
+    let (st, r) = tokio::task::spawn_blocking(move || {
+        let mut r = r;
+        let st = r.d.wait_exit(Duration::from_secs(60));
+        (st, r)
+    })
+    .await
+    .unwrap();
+    let log = r.d.log();
+    assert_eq!(st.code(), Some(1), "expected a stop; log:\n{log}");
+    assert!(
+        log.contains("resolving deferred partial updates")
+            && log.contains("public.docs key (5)")
+            && log.contains("big_fits"),
+        "the error must say it was a deferred row's re-read and name the table, key and reason; log:\n{log}"
+    );
+    assert_eq!(deferred(&db).await, 1, "the entry stays for after the fix");
+    drop(r);
+    drop_slot(&db).await;
+}
