@@ -1,10 +1,10 @@
 //! `<schema>.deferred`: partial updates (unchanged TOAST) of rows the target did not have when
-//! the stream applied them. Written by apply's partial-update statement and folded in by a
-//! backfill chunk that copies the row; this file holds the statements of their resolution
-//! (`verify::deferred`): what is outstanding, and removing what a re-read settled.
+//! the stream applied them. Written by apply's partial-update statement; folded in (and
+//! removed) by one statement that a backfill chunk and a resolution round (`verify::deferred`)
+//! share, `backfill::sql::TableSql::merge_deferred*`. This file holds what the resolution asks
+//! of the table: what is outstanding, for which tables, and how old.
 //!
-//! Must never remove an entry newer than the snapshot that settled it: a partial update the
-//! stream defers after that snapshot is newer than the re-read row and waits for the next round.
+//! Must never write: entries are created by apply and removed only by a fold.
 
 use tokio_postgres::Client;
 

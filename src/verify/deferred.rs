@@ -12,20 +12,24 @@
 //!    register a running pass (tombstones it may meet stay) ─▶ list entries (oldest first)
 //!    ─▶ snapshot P′ (exported; the stream has applied every commit < P′)
 //!    ─▶ COPY the entries' source rows at P′ ─▶ per key: update of the whole row / delete, at P′−1
-//!    ─▶ Transformer ─▶ the ledger-guarded writer, in ONE target transaction with
-//!       "remove the entries of those keys older than P′"
+//!    ─▶ Transformer ─▶ ONE target transaction: the table lock a chunk merge takes (exclusive)
+//!       · paused? roll back · the ledger-guarded writer · the chunk's fold of those keys'
+//!       entries at P′ (newer ones applied onto the rows just written, every one removed)
 //! ```
 //!
 //! Exact under the version rule: every listed entry is older than P′ (the stream applied it
 //! before the snapshot was taken), so the row read at P′ contains it; a stream write of the key
-//! at C ≥ P′ is newer and wins (the guard skips the re-read row, and a newer partial update
-//! stays deferred for the next round); a row the snapshot no longer has was removed by a commit
-//! before P′, which the stream has applied — the delete at P′−1 only moves its tombstone.
+//! at C ≥ P′ is newer and wins (the guard skips the re-read row; a newer partial update is
+//! folded onto it); a chunk of a newer pass that copied the row first left the key's ledger at
+//! its P−1, which skips the round's older write; a row the snapshot no longer has was removed
+//! by a commit before P′, which the stream has applied — the delete at P′−1 only moves its
+//! tombstone. A row the mapping cannot transform or the target refuses stops the daemon.
 //! There are no per-path triggers to miss: the task reads the table of entries itself, so an
 //! entry, whatever put it there, is resolved within a round after it appears. The argument is
 //! written out in docs/adr/0005-backfill-exactness.md.
 //!
-//! Must never write while paused, and never remove an entry at or after its snapshot.
+//! Must never write while paused, and never remove an entry without folding in what it holds
+//! that its snapshot does not.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
