@@ -41,7 +41,7 @@ use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
 use support::daemon::{drop_slot, remodel_cmd};
 use support::locks::{
     count, hold, release, start, start_unprepared, table_state, tail, until, wait_backfilled,
-    wait_waiters, Run, WAIT,
+    wait_count, wait_waiters, Run, WAIT,
 };
 use support::{fresh_db, pair, TestDb};
 use tokio_postgres::Client;
@@ -570,19 +570,13 @@ async fn an_update_leaving_a_toasted_column_unchanged_before_its_chunk_is_merged
         )
         .await
         .unwrap();
-    let c = &db.target;
-    until(&r.d, "two deferred partial updates", || async move {
-        match count(
-            c,
-            "SELECT count(*) FROM remodel.deferred WHERE rel = 'public.docs'",
-            &[],
-        )
-        .await
-        {
-            2 => Ok(()),
-            n => Err(format!("{n} deferred")),
-        }
-    })
+    wait_count(
+        &r.d,
+        &db.target,
+        "two deferred partial updates",
+        "SELECT count(*) FROM remodel.deferred WHERE rel = 'public.docs'",
+        2,
+    )
     .await;
 
     release(&db.target, BF).await;

@@ -350,6 +350,20 @@ impl StateSchema {
             .get(0))
     }
 
+    /// Remove a snapshot reader's row from `backfill_passes` once it is done (best effort: its
+    /// advisory lock goes with its session anyway, and pruning looks at the lock).
+    pub async fn forget_pass(&self, target: &Client, id: i64) {
+        let _ = target
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE id = $1",
+                    self.table("backfill_passes")
+                ),
+                &[&id],
+            )
+            .await;
+    }
+
     pub async fn dead_letter_counts(
         &self,
         client: &Client,

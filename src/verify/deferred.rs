@@ -145,17 +145,7 @@ pub async fn round(
 ) -> Result<u64, VerifyError> {
     let ctx = super::connect(config, control.shutdown_token().child_token(), None).await?;
     let result = resolve(&ctx, control, metrics).await;
-    // Best effort: the pass's advisory lock goes with the connection anyway.
-    let _ = ctx
-        .target
-        .execute(
-            &format!(
-                "DELETE FROM {} WHERE id = $1",
-                ctx.state.table("backfill_passes")
-            ),
-            &[&ctx.pass],
-        )
-        .await;
+    ctx.state.forget_pass(&ctx.target, ctx.pass).await;
     result
 }
 

@@ -608,17 +608,7 @@ pub async fn verify(
     if opts.repair && tables.iter().any(|t| !t.confirmed.is_empty()) {
         repair::repair(&ctx, &mut tables).await?;
     }
-    // Best effort: the advisory lock goes with the connection anyway.
-    let _ = ctx
-        .target
-        .execute(
-            &format!(
-                "DELETE FROM {} WHERE id = $1",
-                ctx.state.table("backfill_passes")
-            ),
-            &[&ctx.pass],
-        )
-        .await;
+    ctx.state.forget_pass(&ctx.target, ctx.pass).await;
     let reports = tables
         .into_iter()
         .flat_map(|t| t.outs.into_iter().map(|o| o.report))

@@ -61,6 +61,17 @@ pub async fn count(
         .get(0)
 }
 
+/// Wait until `sql` (one bigint) on `c` returns `want`.
+pub async fn wait_count(d: &Daemon, c: &Client, what: &str, sql: &str, want: i64) {
+    until(d, what, || async move {
+        match count(c, sql, &[]).await {
+            n if n == want => Ok(()),
+            n => Err(format!("{sql} -> {n}, want {want}")),
+        }
+    })
+    .await
+}
+
 /// How many sessions wait for the advisory lock `key` in `mode` ('ShareLock' /
 /// 'ExclusiveLock') in the current database.
 pub async fn waiters(c: &Client, key: i64, mode: &str) -> i64 {
