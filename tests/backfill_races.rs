@@ -38,10 +38,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
-use support::daemon::{drop_slot, remodel_cmd};
+use support::daemon::remodel_cmd;
 use support::locks::{
-    count, hold, release, start, start_unprepared, table_state, tail, until, wait_backfilled,
-    wait_count, wait_waiters, Run, WAIT,
+    count, finish, hold, release, start, start_unprepared, table_state, tail, until,
+    wait_backfilled, wait_count, wait_waiters, Run, WAIT,
 };
 use support::{fresh_db, pair, TestDb};
 use tokio_postgres::Client;
@@ -144,11 +144,6 @@ async fn seed_t(db: &TestDb, n: i32) {
         )
         .await
         .expect("seed t");
-}
-
-async fn finish(r: Run, db: &TestDb) {
-    drop(r);
-    drop_slot(db).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -547,20 +542,26 @@ async fn a_chunk_written_after_the_stream_applied_a_newer_version_skips_that_row
 // ---------------------------------------------------------------------------------------
 // Partial updates (unchanged TOAST) of rows the target does not have yet.
 
+/// Start with the backfill held before its first chunk and the resolution of deferred entries
+/// held before its snapshot: a deferred partial update can only be folded in by a chunk.
+async fn start_fold_only(db: &TestDb) -> Run {
+    hold(&db.target, BF).await;
+    hold(&db.target, DEFERRED).await;
+    start(
+        db,
+        T_CHUNKS,
+        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, DEFERRED)],
+    )
+    .await
+}
+
 /// While chunk 1 is staged, id 4's `v` is updated and its TOASTed `big` left unchanged: the
 /// stream cannot build the row and defers it; the merge must fold it in.
 #[tokio::test]
 async fn an_update_leaving_a_toasted_column_unchanged_before_its_chunk_is_merged_is_folded_in() {
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
-    hold(&db.target, BF).await;
-    hold(&db.target, DEFERRED).await;
-    let r = start(
-        &db,
-        T_CHUNKS,
-        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, DEFERRED)],
-    )
-    .await;
+    let r = start_fold_only(&db).await;
     r.d.wait_ready().await;
     wait_worker_at_barrier(&r, &db, "public.docs").await;
 
@@ -689,14 +690,7 @@ async fn a_delete_that_waited_for_a_chunk_merge_removes_the_merged_row() {
 async fn an_unchanged_toast_update_that_waited_for_a_chunk_merge_lands() {
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
-    hold(&db.target, BF).await;
-    hold(&db.target, DEFERRED).await;
-    let r = start(
-        &db,
-        T_CHUNKS,
-        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, DEFERRED)],
-    )
-    .await;
+    let r = start_fold_only(&db).await;
     r.d.wait_ready().await;
     stream_statement_behind_a_merge(
         &r,

@@ -18,7 +18,8 @@ use nix::sys::signal::Signal;
 use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
 use support::daemon::{drop_slot, remodel_cmd, remodel_json};
 use support::locks::{
-    count, hold, release, start, table_state, until, wait_backfilled, wait_count, wait_waiters, Run,
+    count, finish, hold, release, start, table_state, until, wait_backfilled, wait_count,
+    wait_waiters, Run,
 };
 use support::{fresh_db, pair, TestDb};
 
@@ -105,6 +106,26 @@ async fn assert_backfill_still_held(db: &TestDb) {
     );
 }
 
+/// A path ahead of (or inside) the held backfill: `update` makes the stream defer a partial
+/// update, and the row (`ids`) must reach the target while the backfill still waits; then the
+/// backfill is let go and completes.
+async fn resolved_while_backfill_held(db: &TestDb, extra: &str, update: &str, ids: &str) -> Run {
+    let r = start_held(db, extra).await;
+    db.source.batch_execute(update).await.unwrap();
+    let updated = std::time::Instant::now();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_rows_as_source(&r, db, ids, "the row re-read from the source").await;
+    // Measured, not asserted: the poll is 1 s, a round a snapshot and a few statements.
+    eprintln!(
+        "row on the target {:?} after the source's update",
+        updated.elapsed()
+    );
+    assert_backfill_still_held(db).await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, db, "public.docs").await;
+    r
+}
+
 /// Start the daemon with its backfill held at the barrier before its first chunk (staged, not
 /// merged): nothing is copied until the test releases it.
 async fn start_held(db: &TestDb, extra: &str) -> Run {
@@ -123,11 +144,6 @@ async fn start_held(db: &TestDb, extra: &str) -> Run {
     r
 }
 
-async fn finish(r: Run, db: &TestDb) {
-    drop(r);
-    drop_slot(db).await;
-}
-
 // ---------------------------------------------------------------------------------------
 // Paths into `deferred`.
 
@@ -138,30 +154,26 @@ async fn finish(r: Run, db: &TestDb) {
 async fn a_key_change_of_a_toasted_row_ahead_of_the_cursor_arrives_under_its_new_key() {
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
-    let r = start_held(&db, CHUNKS).await;
-    db.source
-        .batch_execute("UPDATE docs SET id = id + 100000, v = 'moved' WHERE id = 24")
-        .await
-        .unwrap();
-    let updated = std::time::Instant::now();
-    wait_deferred_by_stream(&r, 1.0).await;
-    let got =
-        wait_rows_as_source(&r, &db, "24, 100024", "row 100024 re-read from the source").await;
-    // Measured, not asserted: the poll is 1 s, a round a snapshot and a few statements.
-    eprintln!(
-        "row on the target {:?} after the source's update",
-        updated.elapsed()
-    );
-    assert_eq!(got.len(), 1, "one row, under its new key: {got:?}");
-    assert_backfill_still_held(&db).await;
-    wait_no_deferred(&r, &db).await;
+    let r = resolved_while_backfill_held(
+        &db,
+        CHUNKS,
+        "UPDATE docs SET id = id + 100000, v = 'moved' WHERE id = 24",
+        "24, 100024",
+    )
+    .await;
     r.d.wait_metric(
         "remodel_deferred_resolved_total{table=\"public.docs\"}",
         |v| v >= 1.0,
     )
     .await;
-    release(&db.target, BF).await;
-    wait_backfilled(&r, &db, "public.docs").await;
+    assert_eq!(
+        rows(
+            &db.target,
+            "SELECT id::text FROM docs WHERE id IN (24, 100024)"
+        )
+        .await,
+        ["100024"]
+    );
     converge(&db, DOCS_ROWS).await;
     assert_eq!(deferred(&db).await, 0);
     finish(r, &db).await;
@@ -174,16 +186,13 @@ async fn a_key_change_of_a_toasted_row_ahead_of_the_cursor_arrives_under_its_new
 async fn a_key_change_of_a_row_in_a_staged_chunk_arrives_under_its_new_key() {
     let db = fresh_db(pair()).await;
     seed_docs(&db).await;
-    let r = start_held(&db, CHUNKS).await;
-    db.source
-        .batch_execute("UPDATE docs SET id = 100004, v = 'moved' WHERE id = 4")
-        .await
-        .unwrap();
-    wait_deferred_by_stream(&r, 1.0).await;
-    wait_rows_as_source(&r, &db, "100004", "row 100004 re-read from the source").await;
-    assert_backfill_still_held(&db).await;
-    release(&db.target, BF).await;
-    wait_backfilled(&r, &db, "public.docs").await;
+    let r = resolved_while_backfill_held(
+        &db,
+        CHUNKS,
+        "UPDATE docs SET id = 100004, v = 'moved' WHERE id = 4",
+        "100004",
+    )
+    .await;
     assert_eq!(
         rows(
             &db.target,
@@ -229,16 +238,13 @@ async fn a_key_change_of_an_already_copied_row_moves_it_without_deferring() {
 async fn a_filter_flipping_a_row_in_ahead_of_the_cursor_brings_the_whole_row() {
     let db = fresh_db(pair()).await;
     seed_published(&db).await;
-    let r = start_held(&db, FILTERED).await;
-    db.source
-        .batch_execute("UPDATE docs SET published = true, v = 'now public' WHERE id = 25")
-        .await
-        .unwrap();
-    wait_deferred_by_stream(&r, 1.0).await;
-    wait_rows_as_source(&r, &db, "25", "row 25 re-read from the source").await;
-    assert_backfill_still_held(&db).await;
-    release(&db.target, BF).await;
-    wait_backfilled(&r, &db, "public.docs").await;
+    let r = resolved_while_backfill_held(
+        &db,
+        FILTERED,
+        "UPDATE docs SET published = true, v = 'now public' WHERE id = 25",
+        "25",
+    )
+    .await;
     converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
     assert_eq!(deferred(&db).await, 0);
     finish(r, &db).await;

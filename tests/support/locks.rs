@@ -189,3 +189,9 @@ pub async fn wait_backfilled(r: &Run, db: &TestDb, rel: &str) {
     )
     .await;
 }
+
+/// Stop the daemon and drop the test database's slot.
+pub async fn finish(r: Run, db: &TestDb) {
+    drop(r);
+    super::daemon::drop_slot(db).await;
+}
