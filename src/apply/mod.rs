@@ -419,7 +419,7 @@ impl Applier {
                 self.source_txn = Some(commit_lsn);
                 if self.txn.is_none() {
                     if let Some(k) = self.test_barrier {
-                        // Test hook (tests/backfill_races.rs): hold new target transactions.
+                        // Test hook (tests/it/backfill_races.rs): hold new target transactions.
                         self.client
                             .batch_execute(&format!("SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"))
                             .await

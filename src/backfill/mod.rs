@@ -102,7 +102,7 @@ pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> B
     }
 }
 
-/// Test hook (see tests/backfill_races.rs): a worker waits on this advisory lock before it
+/// Test hook (see tests/it/backfill_races.rs): a worker waits on this advisory lock before it
 /// writes a chunk — on the staged path after staging and before the table lock and merge; on
 /// the direct path before the table lock and the read. Either way the chunk comes from the pass
 /// snapshot, so writes the test makes meanwhile are newer than it.

@@ -256,7 +256,7 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
     Ok(resolved)
 }
 
-/// Test hook (tests/deferred.rs): with `REMODEL_TEST_DEFERRED_BARRIER=K`, a round waits on the
+/// Test hook (tests/it/deferred.rs): with `REMODEL_TEST_DEFERRED_BARRIER=K`, a round waits on the
 /// target's advisory lock K after listing its entries and before its snapshot (`step` 0), and
 /// on K+1 after reading the rows and before writing them (`step` 1), so a test can put a
 /// source write at an exact place in a round. Unset, it does nothing.

@@ -1,16 +1,14 @@
 //! The Rust escape hatch: a `Transform` registered on the config fills target columns and
 //! filters rows, in the stream and in the backfill (the pipeline runs in this process).
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::compare::converge_with;
+use crate::support::daemon::{config, drop_slot, free_listen};
+use crate::support::{fresh_db, pair};
 use remodel::control::Control;
 use remodel::metrics::Metrics;
 use remodel::transform::custom::{SourceRow, Transform};
-use support::compare::converge_with;
-use support::daemon::{config, drop_slot, free_listen};
-use support::{fresh_db, pair};
 
 struct Initials;
 

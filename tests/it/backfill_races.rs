@@ -31,25 +31,23 @@
 //!   compiles its plan and checks the slot while the stream may still be creating the
 //!   publication and the slot (pipeline.rs `run` starts both at once).
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
-use support::daemon::remodel_cmd;
-use support::locks::{
+use crate::support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
+use crate::support::daemon::remodel_cmd;
+use crate::support::locks::{
     count, finish, hold, release, start, start_unprepared, table_state, tail, until,
     wait_backfilled, wait_count, wait_waiters, Run, WAIT,
 };
-use support::{fresh_db, pair, TestDb};
+use crate::support::{fresh_db, pair, TestDb};
+use rand::Rng;
 use tokio_postgres::Client;
 
 const BACKFILL_BARRIER: &str = "REMODEL_TEST_BACKFILL_BARRIER";
 const APPLY_BARRIER: &str = "REMODEL_TEST_APPLY_BARRIER";
 /// Held by the tests of the backfill's own fold of deferred partial updates, so the daemon's
-/// resolution of deferred entries (tests/deferred.rs) stays out of them: it waits there before
+/// resolution of deferred entries (tests/it/deferred.rs) stays out of them: it waits there before
 /// its snapshot.
 const DEFERRED_BARRIER: &str = "REMODEL_TEST_DEFERRED_BARRIER";
 /// Barrier keys (advisory locks are per database, and every test has its own).
@@ -902,7 +900,7 @@ async fn random_table_writes(c: &Client, rng: &mut rand::rngs::StdRng) {
 async fn backfill_and_remodel_backfill_at_the_same_time_converge() {
     let db = fresh_db(pair()).await;
     db.on_both(MANY_DDL).await;
-    db.on_both(support::compare::ACCOUNTS_DDL).await;
+    db.on_both(crate::support::compare::ACCOUNTS_DDL).await;
     db.source
         .batch_execute(
             "INSERT INTO items SELECT g, g % 7, 'item ' || g FROM generate_series(1, 3000) g;
@@ -935,12 +933,13 @@ async fn backfill_and_remodel_backfill_at_the_same_time_converge() {
     let cmd =
         tokio::task::spawn_blocking(move || remodel_cmd(&["backfill", "--config", &path], &[]));
     let stop = AtomicBool::new(false);
-    let seed = support::compare::seed("backfill_and_remodel_backfill_at_the_same_time_converge");
+    let seed =
+        crate::support::compare::seed("backfill_and_remodel_backfill_at_the_same_time_converge");
     let writer = async {
-        let mut rng = support::compare::rng(seed);
+        let mut rng = crate::support::compare::rng(seed);
         let mut txns = 0;
         while !stop.load(Ordering::Relaxed) {
-            support::compare::random_writes(&db.source, &mut rng, 2).await;
+            crate::support::compare::random_writes(&db.source, &mut rng, 2).await;
             random_table_writes(&db.source, &mut rng).await;
             txns += 3;
         }

@@ -9,14 +9,12 @@
 //! naming the table and key rather than write something else. Which values those are is asked
 //! of the server under test (`SELECT lit::type::text::type`), and the test prints them.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::compare::rows;
-use support::daemon::{config, drop_slot, free_listen, remodel_json, Daemon};
-use support::{fresh_db, pair, wait_until, TestDb};
+use crate::support::compare::rows;
+use crate::support::daemon::{config, drop_slot, free_listen, remodel_json, Daemon};
+use crate::support::{fresh_db, pair, wait_until, TestDb};
 
 /// One value of the file: the table it goes to (`t_<name>`), its column type, and an SQL
 /// expression giving it.
@@ -49,7 +47,7 @@ fn unescape(s: &str) -> String {
 }
 
 fn values() -> Vec<Value> {
-    include_str!("data/pgregress_types.tsv")
+    include_str!("../data/pgregress_types.tsv")
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {

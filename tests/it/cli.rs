@@ -1,11 +1,9 @@
 //! The command line around the daemon, without a database: `pause`/`resume` never signal a
 //! process that is not remodel, and say what to do when the pidfile is missing.
 
-mod support;
-
 use std::process::Command;
 
-use support::daemon::remodel_cmd;
+use crate::support::daemon::remodel_cmd;
 
 fn config_with_pidfile(dir: &std::path::Path, pidfile: &std::path::Path) -> String {
     let path = dir.join("remodel.toml");

@@ -3,14 +3,14 @@
 //! silent re-create that skips the changes in between — and following the recovery printed
 //! in the error, word for word, converges again.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::compare::{
+    converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS,
+};
+use crate::support::daemon::{config, config_urls, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, wait_until, TestDb};
 use nix::sys::signal::Signal;
-use support::compare::{converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
-use support::daemon::{config, config_urls, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, wait_until, TestDb};
 
 /// The SQL the error tells the operator to run on the target.
 fn recovery_sql(log: &str) -> String {
@@ -127,7 +127,7 @@ async fn a_slot_dropped_by_someone_else_is_fatal_and_never_silently_recreated() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_slot_is_fatal_and_status_and_check_say_so() {
-    let source = support::private_cluster(support::ClusterOptions {
+    let source = crate::support::private_cluster(crate::support::ClusterOptions {
         extra_conf: vec![
             ("max_slot_wal_keep_size".into(), "1MB".into()),
             ("max_wal_size".into(), "32MB".into()),
@@ -137,7 +137,7 @@ async fn an_invalidated_slot_is_fatal_and_status_and_check_say_so() {
     })
     .await;
     let p = pair();
-    let name = support::unique_name("invalidated");
+    let name = crate::support::unique_name("invalidated");
     source.create_database(&name).await;
     p.target.create_database(&name).await;
     let db = TestDb {

@@ -1,8 +1,6 @@
 //! `remodel demo` as a user runs it: the binary, its own throwaway clusters, its output, its exit
 //! code, and nothing left behind.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

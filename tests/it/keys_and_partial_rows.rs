@@ -1,13 +1,11 @@
 //! Reviewer findings: each test pins an invariant of DESIGN.md that the code broke when it
 //! was written (see the comment on each test for the invariant and the failing path).
 
-mod support;
-
 use std::time::Duration;
 
-use support::compare::rows;
-use support::daemon::{config, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair, wait_until, TestDb};
+use crate::support::compare::rows;
+use crate::support::daemon::{config, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair, wait_until, TestDb};
 
 /// Wait until `sql` on the target returns exactly `want`.
 async fn target_has(db: &TestDb, what: &str, sql: &str, want: &[&str]) {

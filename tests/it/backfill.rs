@@ -1,13 +1,11 @@
 //! Backfill on real clusters: existing rows are copied while the stream applies, and the
 //! version rule holds whatever the interleaving.
 
-mod support;
-
 use std::time::Duration;
 
-use support::compare::{converge, rows};
-use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, TestDb};
+use crate::support::compare::{converge, rows};
+use crate::support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, TestDb};
 
 const DDL: &str = "
 CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL, label text);
@@ -233,7 +231,7 @@ async fn backfill_backs_off_while_the_stream_lags() {
         .await
         .unwrap();
     let t = &db.target;
-    support::wait_until("backfill backing off", Duration::from_secs(30), || async {
+    crate::support::wait_until("backfill backing off", Duration::from_secs(30), || async {
         if d.log().contains("backfill backs off") {
             Ok(())
         } else {
@@ -251,7 +249,7 @@ async fn backfill_backs_off_while_the_stream_lags() {
     let before = (copied("public.items").await, copied("public.pairs").await);
     // Still held: several more back-off rounds pass without a chunk.
     let n = d.log().matches("backfill backs off").count();
-    support::wait_until("more back-off rounds", Duration::from_secs(30), || async {
+    crate::support::wait_until("more back-off rounds", Duration::from_secs(30), || async {
         if d.log().matches("backfill backs off").count() >= n + 5 {
             Ok(())
         } else {

@@ -2,20 +2,18 @@
 //! after the writer stops and the daemon catches up, target = transform(source), row for row.
 //!
 //! 30 seeds run in the normal suite (`seed_00` .. `seed_29`, derived from one base seed printed
-//! by each test; replay one with `REMODEL_SEED=<seed> cargo test --test backfill_random seed_00`).
+//! by each test; replay one with `REMODEL_SEED=<seed> cargo test --test it backfill_random::seed_00`).
 //! `REMODEL_SOAK=N` runs N more seeds in `soak`; `REMODEL_SHOW_PATHS=1` prints how many chunks
 //! went straight into the table and how many fell back to the staged merge.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::compare::{converge_with, rng};
+use crate::support::daemon::{config, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair, TestDb};
 use nix::sys::signal::Signal;
 use rand::rngs::StdRng;
 use rand::Rng;
-use support::compare::{converge_with, rng};
-use support::daemon::{config, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair, TestDb};
 
 const DDL: &str = "
 CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL, note text);
@@ -24,7 +22,7 @@ CREATE TABLE docs (id int PRIMARY KEY, title text NOT NULL, body text);";
 
 /// Docs are migrated only while `visible` (a source-only column): updates that flip it while
 /// the body stays an unchanged TOAST value, and key changes of such rows, are the paths into
-/// `remodel.deferred` that no backfill chunk may ever satisfy (tests/deferred.rs).
+/// `remodel.deferred` that no backfill chunk may ever satisfy (tests/it/deferred.rs).
 const MAPPING: &str = "
 [[tables]]
 source = \"public.accounts\"
@@ -154,7 +152,7 @@ async fn scenario(seed: u64) {
     // Backfill done too: a final look that nothing it wrote late diverges, and nothing is
     // left deferred.
     converge_with(&db, &source_sql, &target_sql, Duration::from_secs(60)).await;
-    support::wait_until_eq(
+    crate::support::wait_until_eq(
         "no deferred partial update left",
         Duration::from_secs(30),
         0i64,
@@ -183,7 +181,7 @@ async fn scenario(seed: u64) {
 }
 
 fn base_seed() -> u64 {
-    support::compare::seed("backfill_random base")
+    crate::support::compare::seed("backfill_random base")
 }
 
 macro_rules! seeds {

@@ -1,15 +1,13 @@
 //! N→1: `config/examples/merge.toml` run as shipped, stream and backfill together under
 //! concurrent writes that move the primary email between rows.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::compare::{converge_with, rng, seed};
+use crate::support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair};
 use rand::Rng;
-use support::compare::{converge_with, rng, seed};
-use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair};
 
 const SOURCE: &str = "
 CREATE TABLE contacts (id bigint PRIMARY KEY, name text);
@@ -22,8 +20,8 @@ const EXPECTED: &str = "SELECT c.id || '|' || coalesce(c.name, '-') || '|' || co
     FROM contacts c LEFT JOIN contact_emails e ON e.contact_id = c.id AND e.is_primary ORDER BY c.id";
 const ACTUAL: &str = "SELECT id || '|' || coalesce(name, '-') || '|' || coalesce(email, '-') FROM people ORDER BY id";
 
-fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "300")])
+fn env(db: &crate::support::TestDb, listen: &str) -> Vec<(String, String)> {
+    crate::support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "300")])
 }
 
 /// Make email `e` the primary of contact `c` the way an app does: unset, then set.
@@ -178,7 +176,7 @@ async fn check_requires_one_owner_and_nullable_merged_columns() {
         )
         .await
         .unwrap();
-    let (code, out) = support::daemon::check(
+    let (code, out) = crate::support::daemon::check(
         &db,
         "[[tables]]\nsource = \"public.contacts\"\ntarget = \"public.people\"\n\
          [[tables]]\nsource = \"public.contact_emails\"\ntarget = \"public.people\"\n\
@@ -215,7 +213,7 @@ async fn merged_column_written_between_owner_delete_and_reinsert_survives_batchi
         .await
         .unwrap();
     let listen = free_listen();
-    let cfg = support::daemon::config_with(
+    let cfg = crate::support::daemon::config_with(
         &db,
         &listen,
         "tables = [\"public.customers\", \"public.scores\"]",

@@ -3,18 +3,16 @@
 //! retryable error: the daemon reconnects, resumes from its committed progress and cursors,
 //! and converges with no duplicates or gaps.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::compare::{converge, random_writes, rng, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
+use crate::support::daemon::{config_urls, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair, Proxy};
 use rand::Rng;
-use support::compare::{converge, random_writes, rng, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
-use support::daemon::{config_urls, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair, Proxy};
 
 /// `accounts` with 3 000 rows for backfill, a proxy in front of each cluster, and the source
 /// and target URLs through them.
-async fn accounts_behind_proxies() -> (support::TestDb, Proxy, Proxy, String, String) {
+async fn accounts_behind_proxies() -> (crate::support::TestDb, Proxy, Proxy, String, String) {
     let p = pair();
     let db = fresh_db(p).await;
     db.on_both(ACCOUNTS_DDL).await;
@@ -111,7 +109,7 @@ async fn a_blocked_target_holds_the_stream_until_it_comes_back() {
     random_writes(&db.source, &mut r, 30).await;
     // Black-holed: nothing has arrived (the target saw no write at all)...
     assert_eq!(
-        support::compare::rows(&db.target, "SELECT count(*)::text FROM accounts").await,
+        crate::support::compare::rows(&db.target, "SELECT count(*)::text FROM accounts").await,
         ["0"]
     );
     // ...then the network comes back and everything does.
@@ -128,11 +126,11 @@ async fn a_blocked_target_holds_the_stream_until_it_comes_back() {
 #[tokio::test]
 async fn a_fast_source_restart_is_retried_without_loss() {
     let p = pair();
-    let source = support::private_cluster(support::ClusterOptions::default()).await;
-    let name = support::unique_name("restart");
+    let source = crate::support::private_cluster(crate::support::ClusterOptions::default()).await;
+    let name = crate::support::unique_name("restart");
     source.create_database(&name).await;
     p.target.create_database(&name).await;
-    let mut db = support::TestDb {
+    let mut db = crate::support::TestDb {
         source_url: source.admin_url(&name),
         target_url: p.target.admin_url(&name),
         source: source.client(&name).await,
@@ -199,8 +197,8 @@ fn retry_waits(log: &str, stage: &str) -> Vec<u64> {
 /// and converges with backfill complete.
 async fn restart_while_backfilling(restart_target: bool, how: Outage) {
     let p = pair();
-    let own = support::private_cluster(support::ClusterOptions::default()).await;
-    let name = support::unique_name("outage");
+    let own = crate::support::private_cluster(crate::support::ClusterOptions::default()).await;
+    let name = crate::support::unique_name("outage");
     own.create_database(&name).await;
     let (src, tgt) = if restart_target {
         (&p.source, &own)
@@ -212,7 +210,7 @@ async fn restart_while_backfilling(restart_target: bool, how: Outage) {
     } else {
         tgt.create_database(&name).await;
     }
-    let mut db = support::TestDb {
+    let mut db = crate::support::TestDb {
         source_url: src.admin_url(&name),
         target_url: tgt.admin_url(&name),
         source: src.client(&name).await,
@@ -261,7 +259,7 @@ async fn restart_while_backfilling(restart_target: bool, how: Outage) {
     }
     // The outage shows: not ready, errors counted, and retries keep backing off.
     d.wait_metric("remodel_ready", |v| v == 0.0).await;
-    support::wait_until(
+    crate::support::wait_until(
         "errors counted during the outage",
         Duration::from_secs(30),
         || async {
@@ -351,7 +349,7 @@ async fn black_holed_connections_are_detected_within_the_configured_timeouts() {
     // The source goes silent: only the replication timeout can tell.
     source_proxy.set_blocked(true);
     let blocked = std::time::Instant::now();
-    support::wait_until(
+    crate::support::wait_until(
         "the stream notices the silent source",
         Duration::from_secs(15),
         || async {
@@ -374,7 +372,7 @@ async fn black_holed_connections_are_detected_within_the_configured_timeouts() {
     target_proxy.set_blocked(true);
     let blocked = std::time::Instant::now();
     random_writes(&db.source, &mut r, 10).await;
-    support::wait_until(
+    crate::support::wait_until(
         "apply notices the silent target",
         Duration::from_secs(15),
         || async {

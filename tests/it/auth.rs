@@ -1,12 +1,12 @@
 //! Authentication and TLS on both the replication and the SQL connections.
 
-mod support;
-
 use std::time::Duration;
 
-use support::compare::converge;
-use support::daemon::{config_urls, free_listen, Daemon};
-use support::{fresh_db, pair, tls_certs, tls_source, unique_name, wait_until, PasswordAuth};
+use crate::support::compare::converge;
+use crate::support::daemon::{config_urls, free_listen, Daemon};
+use crate::support::{
+    fresh_db, pair, tls_certs, tls_source, unique_name, wait_until, PasswordAuth,
+};
 
 const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v text)";
 const ROWS: &str = "SELECT id || '=' || v FROM t ORDER BY id";
@@ -44,7 +44,7 @@ async fn scram_source_and_md5_target_stream() {
         !d.log().contains("s3cr#t") && !d.log().contains("md5-pass"),
         "password in the log"
     );
-    support::daemon::drop_slot(&db).await;
+    crate::support::daemon::drop_slot(&db).await;
 }
 
 #[tokio::test]
@@ -69,7 +69,7 @@ async fn md5_on_the_replication_connection() {
         .unwrap();
     converge(&db, ROWS).await;
     d.stop();
-    support::daemon::drop_slot(&db).await;
+    crate::support::daemon::drop_slot(&db).await;
 }
 
 #[tokio::test]
@@ -174,12 +174,13 @@ async fn tls_verify_full_to_both_databases_and_the_password_shown_nowhere() {
     let (_, metrics) = d.get("/metrics").await.expect("metrics");
     let (_, status) = d.get("/status").await.expect("status");
     let cfg = d.config_path.display().to_string();
-    let (_, status_cmd) = support::daemon::remodel_cmd(&["status", "--config", &cfg], &[]);
+    let (_, status_cmd) = crate::support::daemon::remodel_cmd(&["status", "--config", &cfg], &[]);
     let bad_target = [(
         "REMODEL__TARGET__URL".to_string(),
         url(&target_db).replace(&format!("/{target_db}?"), "/no_such_db?"),
     )];
-    let (code, error) = support::daemon::remodel_cmd(&["verify", "--config", &cfg], &bad_target);
+    let (code, error) =
+        crate::support::daemon::remodel_cmd(&["verify", "--config", &cfg], &bad_target);
     assert_eq!(code, Some(2), "{error}");
     assert!(error.contains("no_such_db"), "{error}");
     d.stop();

@@ -3,11 +3,9 @@
 //! primary key, replica identity FULL and NOTHING, partitioned tables published via their
 //! root, unlogged tables.
 
-mod support;
-
-use support::compare::{converge, rows};
-use support::daemon::{check, config, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair};
+use crate::support::compare::{converge, rows};
+use crate::support::daemon::{check, config, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair};
 
 const TYPES: &str = "
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

@@ -3,13 +3,11 @@
 //! whole), and one 200 MB jsonb value (held once in flight, never copied per row of work).
 //! Peak RSS is printed for docs/reliability.md.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::compare::rows;
-use support::daemon::{config, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair};
+use crate::support::compare::rows;
+use crate::support::daemon::{config, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair};
 
 const MIB: u64 = 1024;
 
@@ -29,7 +27,7 @@ async fn a_two_million_row_transaction_lands_atomically_in_bounded_memory() {
         .await
         .unwrap();
     let committed = started.elapsed();
-    let seen = support::compare::counts_until(
+    let seen = crate::support::compare::counts_until(
         &db.target,
         "big",
         2_000_000,
@@ -86,7 +84,7 @@ async fn a_200_mb_jsonb_value_is_applied_with_memory_a_small_multiple_of_it() {
         .await
         .unwrap();
     const SAME: &str = "SELECT md5(doc::text) || ':' || length(doc->>'data') FROM blob";
-    support::compare::converge_with(&db, SAME, SAME, Duration::from_secs(300)).await;
+    crate::support::compare::converge_with(&db, SAME, SAME, Duration::from_secs(300)).await;
     let peak = d.peak_rss_kib();
     eprintln!(
         "200 MiB jsonb value: daemon peak RSS {} MiB (before it: {} MiB)",
@@ -104,7 +102,7 @@ async fn a_200_mb_jsonb_value_is_applied_with_memory_a_small_multiple_of_it() {
         .batch_execute("UPDATE blob SET doc = doc || '{\"n\": 2}' WHERE id = 1")
         .await
         .unwrap();
-    support::compare::converge_with(&db, SAME, SAME, Duration::from_secs(300)).await;
+    crate::support::compare::converge_with(&db, SAME, SAME, Duration::from_secs(300)).await;
     drop(d);
     drop_slot(&db).await;
 }

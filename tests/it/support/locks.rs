@@ -1,6 +1,6 @@
 //! Advisory-lock barriers and polling with the daemon's log: the tools of the tests that put a
-//! source write at an exact place in a daemon's work (tests/backfill_races.rs,
-//! tests/deferred.rs). The daemon waits on an advisory lock the test holds (its test hooks:
+//! source write at an exact place in a daemon's work (tests/it/backfill_races.rs,
+//! tests/it/deferred.rs). The daemon waits on an advisory lock the test holds (its test hooks:
 //! `REMODEL_TEST_BACKFILL_BARRIER`, `REMODEL_TEST_APPLY_BARRIER`,
 //! `REMODEL_TEST_DEFERRED_BARRIER`); the test sees it wait in `pg_locks`, writes, releases.
 

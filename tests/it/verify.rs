@@ -2,14 +2,12 @@
 //! key, and repaired through the versioned path; no false mismatch while writes, stream and
 //! backfill go on.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::daemon::{config_with, drop_slot, free_listen, remodel_json, Daemon};
+use crate::support::{fresh_db, pair, wait_until, TestDb};
 use serde_json::Value;
-use support::daemon::{config_with, drop_slot, free_listen, remodel_json, Daemon};
-use support::{fresh_db, pair, wait_until, TestDb};
 
 const SOURCE: &str = "
 CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2));
@@ -310,7 +308,7 @@ async fn writer(
 ) -> u64 {
     use rand::Rng;
     let c = pair().source.client(&db_name).await;
-    let mut r = support::compare::rng(seed);
+    let mut r = crate::support::compare::rng(seed);
     let mut next_account = 1_000_000i64;
     let mut n = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -344,7 +342,8 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_false_mismatch_while_writes_stream_and_backfill_go_on() {
-    let seed = support::compare::seed("no_false_mismatch_while_writes_stream_and_backfill_go_on");
+    let seed =
+        crate::support::compare::seed("no_false_mismatch_while_writes_stream_and_backfill_go_on");
     // Backfill is throttled so that the first verifications run while it still copies.
     let s = start(
         20_000,
@@ -486,7 +485,7 @@ async fn verify_modes_and_exit_codes() {
     d.stop();
     let path = s.config.display().to_string();
     let env = vec![("REMODEL__VERIFY__STREAM_WAIT".to_string(), "2s".to_string())];
-    let (code, out) = support::daemon::remodel_cmd(&["verify", "--config", &path], &env);
+    let (code, out) = crate::support::daemon::remodel_cmd(&["verify", "--config", &path], &env);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("is `remodel run` streaming"), "{out}");
     drop_slot(&s.db).await;

@@ -1,13 +1,11 @@
 //! The test harness itself: clusters, databases, authentication, TLS, proxy, crash and restart.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::*;
 use remodel::cluster::{connect_no_tls, loopback_url};
-use support::*;
 use tokio_postgres::error::SqlState;
 
 fn secs(n: u64) -> Duration {

@@ -1,12 +1,10 @@
 //! End-to-end streaming: the real binary between two real clusters.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::compare::{converge, rows};
-use support::daemon::{config, config_with, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair, wait_until};
+use crate::support::compare::{converge, rows};
+use crate::support::daemon::{config, config_with, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair, wait_until};
 
 const TYPES_DDL: &str = "CREATE TABLE kinds (
     id int PRIMARY KEY, big bigint, num numeric(20,6), txt text, raw bytea, doc jsonb,
@@ -138,7 +136,7 @@ async fn large_transaction_lands_atomically_with_bounded_memory() {
         .unwrap();
     let committed = Instant::now();
     // Atomicity: the target shows 0 rows or all of them, never a part.
-    let seen = support::compare::counts_until(
+    let seen = crate::support::compare::counts_until(
         &db.target,
         "big",
         100_000,

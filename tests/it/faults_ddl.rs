@@ -2,13 +2,11 @@
 //! messages: compatible changes go on; incompatible ones stop with a clear error before any
 //! wrong write, and the fix the error names works.
 
-mod support;
-
 use std::time::Duration;
 
-use support::compare::{converge, rows};
-use support::daemon::{config, drop_slot, free_listen, Daemon};
-use support::{fresh_db, pair, TestDb};
+use crate::support::compare::{converge, rows};
+use crate::support::daemon::{config, drop_slot, free_listen, Daemon};
+use crate::support::{fresh_db, pair, TestDb};
 
 const SOURCE: &str =
     "CREATE TABLE t (id int PRIMARY KEY, a int NOT NULL, b text, c varchar(10), d text)";
@@ -172,7 +170,7 @@ async fn renaming_a_column_is_named_as_a_rename_with_a_fix_that_works() {
 }
 
 async fn converge_renamed(db: &TestDb) {
-    support::compare::converge_with(
+    crate::support::compare::converge_with(
         db,
         "SELECT id || '|' || a || '|' || coalesce(bb, '-') || '|' || coalesce(c, '-') FROM t ORDER BY id",
         ROWS,

@@ -1,14 +1,14 @@
 //! Stopping, crashing, pausing and resuming the daemon while the source keeps writing.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::compare::{
+    converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS,
+};
+use crate::support::daemon::{config, config_with, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, wait_until, TestDb};
 use nix::sys::signal::Signal;
 use rand::Rng;
-use support::compare::{converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
-use support::daemon::{config, config_with, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, wait_until, TestDb};
 
 async fn setup() -> TestDb {
     let db = fresh_db(pair()).await;

@@ -1,6 +1,6 @@
 //! The shared harness of the integration tests (`mod support;` in each test file).
 //!
-//! * [`pair`]: one source and one target cluster per test binary, started on first use and
+//! * [`pair`]: one source and one target cluster for the test binary, started on first use and
 //!   shared by all its tests, which run concurrently: never stop, crash or reconfigure them
 //!   (settings a test needs go on its own database: `ALTER DATABASE .. SET ..`).
 //! * [`fresh_db`]: a new, uniquely named database on both clusters, per test.

@@ -1,15 +1,13 @@
 //! Computed columns, filters and dead letters: `config/examples/expressions.toml` run as
 //! shipped, then fixed and retried; and the default `halt` policy.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::compare::{converge_with, rng, rows, seed};
+use crate::support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, wait_until};
 use rand::Rng;
-use support::compare::{converge_with, rng, rows, seed};
-use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, wait_until};
 
 const SOURCE: &str = "
 CREATE TABLE customers (id bigint PRIMARY KEY, first_name text, last_name text, email text,
@@ -54,8 +52,8 @@ fn fixed_mapping(file: &Path) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, fixed)
 }
 
-fn env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "200")])
+fn env(db: &crate::support::TestDb, listen: &str) -> Vec<(String, String)> {
+    crate::support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "200")])
 }
 
 async fn insert(c: &tokio_postgres::Client, id: i64, r: &mut impl Rng) {

@@ -1,13 +1,11 @@
 //! The first slice of the mapping (rename, drop, cast, constant), the shipped config examples,
 //! and the `check` / `status` commands.
 
-mod support;
-
 use std::path::Path;
 
-use support::compare::{converge_with, rows};
-use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair};
+use crate::support::compare::{converge_with, rows};
+use crate::support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair};
 
 const SOURCE: &str = "
 CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, email text, legacy_code text,
@@ -19,8 +17,8 @@ CREATE TABLE clients (id bigint PRIMARY KEY, full_name text NOT NULL, email text
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, amount numeric(12,2), status text);";
 
 /// Connection settings for running a shipped example against `db`.
-fn example_env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    support::daemon::example_env(db, listen, &[])
+fn example_env(db: &crate::support::TestDb, listen: &str) -> Vec<(String, String)> {
+    crate::support::daemon::example_env(db, listen, &[])
 }
 
 fn example(name: &str) -> String {
@@ -114,7 +112,7 @@ async fn check_lists_every_problem_with_its_fix() {
         .batch_execute("CREATE TABLE ok (id int PRIMARY KEY, must text NOT NULL)")
         .await
         .unwrap();
-    let (code, out) = support::daemon::check(&db, "");
+    let (code, out) = crate::support::daemon::check(&db, "");
     assert_eq!(code, Some(1), "{out}");
     for needle in [
         "public.nopk",
@@ -169,7 +167,7 @@ async fn identity_example_streams_every_published_table() {
         )
         .await
         .unwrap();
-    support::compare::converge(
+    crate::support::compare::converge(
         &db,
         "SELECT (SELECT string_agg(row_to_json(c)::text, ',') FROM customers c) || (SELECT string_agg(row_to_json(o)::text, ',') FROM orders o)",
     )
@@ -189,7 +187,7 @@ async fn a_cast_postgresql_cannot_do_is_rejected_at_start() {
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, u integer)")
         .await
         .unwrap();
-    let (code, out) = support::daemon::check(
+    let (code, out) = crate::support::daemon::check(
         &db,
         "[[tables]]\nsource = \"public.t\"\n[tables.columns]\nu = { cast = \"integer\" }\n",
     );
@@ -203,7 +201,7 @@ async fn a_configured_key_must_be_not_null_and_in_the_replica_identity() {
     db.on_both("CREATE TABLE k (id int PRIMARY KEY, code text UNIQUE, v int)")
         .await;
     let (code, out) =
-        support::daemon::check(&db, "[[tables]]\nsource = \"public.k\"\nkey = [\"code\"]\n");
+        crate::support::daemon::check(&db, "[[tables]]\nsource = \"public.k\"\nkey = [\"code\"]\n");
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("key column code is nullable"), "{out}");
     assert!(out.contains("not in the replica identity"), "{out}");

@@ -1,12 +1,10 @@
 //! Errors a user meets: each names what is wrong and how to fix it, and nothing is lost.
 
-mod support;
-
 use std::time::Duration;
 
-use support::compare::{converge, rows};
-use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair};
+use crate::support::compare::{converge, rows};
+use crate::support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair};
 
 fn run_with(toml: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +80,7 @@ async fn rejected_after_paused_writes(
     source_ddl: &str,
     target_ddl: &str,
     writes: &[&str],
-) -> (support::TestDb, Daemon, String) {
+) -> (crate::support::TestDb, Daemon, String) {
     let db = fresh_db(pair()).await;
     db.source.batch_execute(source_ddl).await.unwrap();
     db.target.batch_execute(target_ddl).await.unwrap();

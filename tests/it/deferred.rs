@@ -7,21 +7,19 @@
 //! a row whose chunk is staged — and of one already copied, which the stream simply moves — a filter flipping a row in ahead of the cursor and after the
 //! table is done), and per race of the resolution with the stream (the row deleted before the
 //! re-read, a newer stream write after it, `kill -9` between deferral and resolution). The
-//! backfill and the resolution are held at advisory-lock barriers (tests/support/locks.rs), so
+//! backfill and the resolution are held at advisory-lock barriers (tests/it/support/locks.rs), so
 //! every interleaving is forced, none waited for with a sleep.
-
-mod support;
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
-use support::daemon::{drop_slot, remodel_cmd, remodel_json};
-use support::locks::{
+use crate::support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
+use crate::support::daemon::{drop_slot, remodel_cmd, remodel_json};
+use crate::support::locks::{
     count, finish, hold, release, start, table_state, until, wait_backfilled, wait_count,
     wait_waiters, Run,
 };
-use support::{fresh_db, pair, TestDb};
+use crate::support::{fresh_db, pair, TestDb};
+use nix::sys::signal::Signal;
 
 const BACKFILL_BARRIER: &str = "REMODEL_TEST_BACKFILL_BARRIER";
 const DEFERRED_BARRIER: &str = "REMODEL_TEST_DEFERRED_BARRIER";

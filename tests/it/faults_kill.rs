@@ -3,16 +3,16 @@
 //! failpoint. Every scenario ends with target = source, an append-only table checked for
 //! duplicates and gaps, and backfill complete.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::compare::{
+    converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS,
+};
+use crate::support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, TestDb};
 use rand::Rng;
-use support::compare::{converge, random_writes, rng, rows, seed, ACCOUNTS_DDL, ACCOUNTS_ROWS};
-use support::daemon::{config, drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, TestDb};
 
 const ENTRIES_DDL: &str =
     "CREATE TABLE entries (id bigint PRIMARY KEY, account int NOT NULL, amount int NOT NULL)";

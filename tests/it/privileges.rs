@@ -2,14 +2,12 @@
 //! docs show, are enough: `check`, `run` (stream + backfill), `status` and `verify` of the
 //! guarantor example all work as those roles, neither of which is a superuser.
 
-mod support;
-
 use std::path::Path;
 use std::time::Duration;
 
-use support::compare::rows;
-use support::daemon::{free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, wait_until};
+use crate::support::compare::rows;
+use crate::support::daemon::{free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, wait_until};
 
 const SOURCE: &str = "
 CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text);
@@ -40,7 +38,7 @@ fn docs_sql(side: &str, db: &str) -> String {
 
 /// The guarantor example run against `db` as `userinfo` (`role` or `role:password`), with the
 /// publication the administrator made (`remodel`) and a slot named after the database.
-fn role_env(db: &support::TestDb, userinfo: &str, listen: &str) -> Vec<(String, String)> {
+fn role_env(db: &crate::support::TestDb, userinfo: &str, listen: &str) -> Vec<(String, String)> {
     let url = |base: &str| base.replacen("postgres@", &format!("{userinfo}@"), 1);
     assert!(url(&db.source_url).contains(&format!("{userinfo}@")));
     [

@@ -1,19 +1,17 @@
 //! 1→N: `config/examples/guarantors.toml` run as shipped, stream and backfill together under
 //! concurrent writes, with a kill -9 in the middle.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::compare::{rng, rows, seed};
+use crate::support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
+use crate::support::{fresh_db, pair, wait_until};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use remodel::transform::mapping::ChildKey;
 use remodel::transform::split::{SplitSpec, Splitter};
-use support::compare::{rng, rows, seed};
-use support::daemon::{drop_slot, free_listen, remodel_cmd, Daemon};
-use support::{fresh_db, pair, wait_until};
 
 const SOURCE: &str = "
 CREATE TABLE loans (id uuid PRIMARY KEY, amount numeric(12,2), guarantor text);";
@@ -121,7 +119,7 @@ fn spec() -> SplitSpec {
 }
 
 /// transform(source): the guarantors every loan must have, as "loan|position|name|pledge|id".
-async fn expected(db: &support::TestDb) -> Vec<String> {
+async fn expected(db: &crate::support::TestDb) -> Vec<String> {
     let splitter = Splitter::new(&spec()).unwrap();
     let ns = remodel::transform::compile::default_namespace();
     let mut out = Vec::new();
@@ -148,8 +146,8 @@ async fn expected(db: &support::TestDb) -> Vec<String> {
 
 const ACTUAL: &str = "SELECT loan_id || '|' || position || '|' || name || '|' || pledge || '|' || id FROM guarantors ORDER BY 1";
 
-fn example_env(db: &support::TestDb, listen: &str) -> Vec<(String, String)> {
-    support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "400")])
+fn example_env(db: &crate::support::TestDb, listen: &str) -> Vec<(String, String)> {
+    crate::support::daemon::example_env(db, listen, &[("REMODEL__BACKFILL__CHUNK_ROWS", "400")])
 }
 
 #[tokio::test]
@@ -323,7 +321,7 @@ async fn check_reports_split_problems_at_once() {
         )
         .await
         .unwrap();
-    let (code, out) = support::daemon::check(
+    let (code, out) = crate::support::daemon::check(
         &db,
         "[[tables]]\nsource = \"public.loans\"\n[tables.columns]\nguarantor = \"drop\"\n\
          [[tables.split]]\ntarget = \"public.guarantors\"\ncolumn = \"guarantor\"\n\
