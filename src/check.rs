@@ -65,10 +65,10 @@ fn quoted(table: &str) -> String {
     match table.split_once('.') {
         Some((schema, name)) => format!(
             "{}.{}",
-            crate::cluster::quote_ident(schema),
-            crate::cluster::quote_ident(name)
+            crate::quote::quote_ident(schema),
+            crate::quote::quote_ident(name)
         ),
-        None => crate::cluster::quote_ident(table),
+        None => crate::quote::quote_ident(table),
     }
 }
 
@@ -219,8 +219,8 @@ async fn check_source(
     let slot_exists = int(
         s,
         &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
-            config.source.slot.replace('\'', "''")
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = {}",
+            crate::quote::quote_literal(&config.source.slot)
         ),
     )
     .await
@@ -272,8 +272,8 @@ async fn check_source(
     let pub_exists = int(
         s,
         &format!(
-            "SELECT count(*) FROM pg_publication WHERE pubname = '{}'",
-            config.source.publication.replace('\'', "''")
+            "SELECT count(*) FROM pg_publication WHERE pubname = {}",
+            crate::quote::quote_literal(&config.source.publication)
         ),
     )
     .await

@@ -21,6 +21,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod pgerr;
 pub mod pipeline;
+pub mod quote;
 pub mod source;
 pub mod state;
 pub mod status;

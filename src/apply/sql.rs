@@ -13,7 +13,7 @@
 //! than a table-wide tombstone (TRUNCATE) never pass the guard.
 //! Parameters: `$1` source table name, `$2` source keys, `$3` versions, `$4..` one text[] per value column.
 
-use crate::source::replication::quote_ident;
+use crate::quote::quote_ident;
 use crate::state::StateSchema;
 use crate::transform::OutputPlan;
 
@@ -175,7 +175,12 @@ pub fn update_present(
     };
     let json: Vec<String> = present
         .iter()
-        .map(|&i| format!("'{}', a.c{i}", o.columns[i].name.replace('\'', "''")))
+        .map(|&i| {
+            format!(
+                "{}, a.c{i}",
+                crate::quote::quote_literal(&o.columns[i].name)
+            )
+        })
         .collect();
     format!(
         "WITH {input},
@@ -194,7 +199,7 @@ pub fn update_present(
              WHERE l.version <= EXCLUDED.version),
          def AS (
            INSERT INTO {deferred} AS d (rel, skey, version, target, columns)
-           SELECT $1, a.skey, a.ver::pg_lsn, '{target_lit}', jsonb_build_object({json})
+           SELECT $1, a.skey, a.ver::pg_lsn, {target_lit}, jsonb_build_object({json})
            FROM allowed a WHERE a.skey NOT IN (SELECT skey FROM found)
            ON CONFLICT (rel, skey, target) DO UPDATE
              SET version = EXCLUDED.version, columns = d.columns || EXCLUDED.columns
@@ -205,7 +210,7 @@ pub fn update_present(
         trunc = state.table("truncations"),
         ledger = state.table("ledger"),
         deferred = state.table("deferred"),
-        target_lit = o.target().replace('\'', "''"),
+        target_lit = crate::quote::quote_literal(&o.target()),
         json = json.join(", "),
     )
 }

@@ -11,7 +11,7 @@ use tokio_postgres::Statement;
 
 use super::batch::{self, Group};
 use super::{sql, Applier, StmtKey};
-use crate::source::replication::quote_ident;
+use crate::quote::quote_ident;
 use crate::state::StateSchema;
 use crate::transform::{Guard, OutputPlan, Value};
 

@@ -17,10 +17,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
 use super::copy::{self, CopyError, Piped};
-use super::sql::quote_literal;
 use super::{sql, BackfillError, Job, Shared};
 use crate::change::{Change, Datum, Op, Relation, RelationColumn, SourceKey};
 use crate::lsn::Lsn;
+use crate::quote::quote_literal;
 use crate::state::StateSchema;
 use crate::transform::plan::{OutputKind, OutputPlan, TablePlan};
 use crate::transform::{TargetOp, Transformer, Value};

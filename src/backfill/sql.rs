@@ -7,7 +7,7 @@
 //! folded in afterwards, in the same transaction.
 
 use crate::apply::sql::table_lock_key;
-use crate::source::replication::quote_ident;
+use crate::quote::{quote_ident, quote_literal};
 use crate::state::StateSchema;
 use crate::transform::plan::{Expr, OutputPlan, TablePlan};
 
@@ -311,10 +311,6 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
             target_lit = quote_literal(&o.target()),
         )
     }
-}
-
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Record the chunk: cursor (JSON text of the last key), counts. `$1` rel, `$2` cursor,

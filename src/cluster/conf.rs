@@ -11,8 +11,9 @@ use std::path::Path;
 use std::process::Stdio;
 
 use super::process::{give_to, server_command, RunAs};
-use super::{io_err, quote_ident, quote_literal, set_mode, sql_err};
+use super::{io_err, set_mode, sql_err};
 use super::{Cluster, ClusterError, PasswordAuth, SUPERUSER};
+use crate::quote::{quote_ident, quote_literal};
 
 /// Our settings, `include`d from `postgresql.conf` and rewritten for every port attempt.
 const MANAGED_CONF: &str = "remodel.conf";

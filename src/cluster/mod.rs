@@ -40,6 +40,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::quote::{quote_ident, quote_literal};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -220,16 +222,6 @@ impl PasswordAuth {
             PasswordAuth::ScramSha256 | PasswordAuth::ScramTlsOnly => "scram-sha-256",
         }
     }
-}
-
-/// `"name"`, with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'`, with embedded quotes doubled (for `standard_conforming_strings = on`, the default).
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `postgresql://user[:password]@127.0.0.1:port/db?sslmode=disable`, parts percent-encoded.

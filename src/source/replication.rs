@@ -16,6 +16,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::quote::quote_ident;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::backend::{self, Message};
 use postgres_protocol::message::frontend;
@@ -454,7 +456,7 @@ impl ReplicationConn {
     ) -> Result<(ReplicationReader, FeedbackWriter), ReplicationError> {
         let opts = options
             .iter()
-            .map(|(k, v)| format!("{} '{}'", quote_ident(k), v.replace('\'', "''")))
+            .map(|(k, v)| format!("{} {}", quote_ident(k), crate::quote::quote_literal(v)))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
@@ -497,10 +499,6 @@ impl ReplicationConn {
             FeedbackWriter { io: w, target },
         ))
     }
-}
-
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// What the server sends inside CopyBoth.

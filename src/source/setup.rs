@@ -6,8 +6,8 @@
 
 use tokio_postgres::Client;
 
-use super::replication::quote_ident;
 use crate::lsn::Lsn;
+use crate::quote::quote_ident;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -48,10 +48,10 @@ pub enum SetupError {
 
 /// The recovery both slot-loss errors name (docs/troubleshooting.md#slot-lost).
 fn recover(slot: &str, state: &str) -> String {
-    let lit = slot.replace('\'', "''");
+    let lit = crate::quote::quote_literal(slot);
     format!(
         "Recover (docs/troubleshooting.md#slot-lost): stop remodel; on the target run \
-         BEGIN; DELETE FROM {state}.progress WHERE slot = '{lit}'; \
+         BEGIN; DELETE FROM {state}.progress WHERE slot = {lit}; \
          TRUNCATE {state}.ledger, {state}.truncations, {state}.deferred, \
          {state}.dead_letters, {state}.backfill_passes; \
          UPDATE {state}.backfill_tables SET state = 'pending', cursor = NULL; COMMIT; \

@@ -17,9 +17,10 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::conninfo::ConnInfo;
-use super::replication::{quote_ident, ReplicationConn, ReplicationError};
+use super::replication::{ReplicationConn, ReplicationError};
 use crate::lsn::Lsn;
 use crate::pgerr::PgError;
+use crate::quote::quote_ident;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -72,9 +73,9 @@ pub async fn export(info: &ConnInfo, prefix: &str) -> Result<Exported, SnapshotE
 /// `BEGIN .. READ ONLY; SET TRANSACTION SNAPSHOT ..` for a reader of `snapshot`.
 pub fn import_sql(snapshot: &str, application_name: &str) -> String {
     format!(
-        "SET application_name = '{}'; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
-        application_name.replace('\'', "''"),
-        snapshot.replace('\'', "''")
+        "SET application_name = {}; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::quote::quote_literal(application_name),
+        crate::quote::quote_literal(snapshot)
     )
 }
 

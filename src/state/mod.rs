@@ -26,7 +26,7 @@ pub use deferred::{DeferredEntry, DeferredSummary};
 use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
-use crate::source::replication::quote_ident;
+use crate::quote::quote_ident;
 
 /// Migrations in order; index + 1 is the version they bring the schema to.
 const MIGRATIONS: &[&str] = &[

@@ -19,7 +19,7 @@ use super::plan::{
     TablePlan, TargetColumn,
 };
 use super::split::{SplitSpec, Splitter};
-use crate::source::replication::quote_ident;
+use crate::quote::quote_ident;
 
 /// remodel's default namespace for child ids (UUID v5 of "remodel.child" in the URL namespace).
 pub fn default_namespace() -> uuid::Uuid {

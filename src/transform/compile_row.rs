@@ -12,7 +12,7 @@ use super::compile::Env;
 use super::expr::{ColumnRef, Compiled, Type};
 use super::mapping::{ColumnAction, ColumnSpec, TableMapping};
 use super::plan::{CustomPlan, Expr, Problem, TargetColumn};
-use crate::source::replication::quote_ident;
+use crate::quote::quote_ident;
 
 type Problems = super::compile::ProblemSink;
 

@@ -20,7 +20,7 @@ use super::custom::Transform;
 use super::expr::Compiled;
 use super::mapping::{ChildKey, OnError};
 use super::split::Splitter;
-use crate::source::replication::quote_ident;
+use crate::quote::{quote_ident, quote_literal};
 
 /// How a target column's value is produced.
 #[derive(Clone)]
@@ -110,10 +110,6 @@ impl TargetColumn {
             Expr::Column { .. } | Expr::Constant(_) | Expr::Lookup { .. }
         )
     }
-}
-
-pub fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// A split output's list column, splitter and child keying.

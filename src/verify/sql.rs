@@ -9,8 +9,9 @@
 //! update waits: backfill has not copied it yet).
 //! Parameters of the target statements: `$1` source table, `$2` P, `$3` backfill enabled.
 
-use crate::backfill::sql::{quote_literal, TableSql};
-use crate::source::replication::quote_ident;
+use crate::backfill::sql::TableSql;
+use crate::quote::quote_ident;
+use crate::quote::quote_literal;
 use crate::state::StateSchema;
 use crate::transform::plan::{Expr, OutputKind, OutputPlan};
 

@@ -277,7 +277,7 @@ impl ClusterHandle {
     }
 
     pub async fn create_database(&self, name: &str) {
-        let sql = format!("CREATE DATABASE {}", cluster::quote_ident(name));
+        let sql = format!("CREATE DATABASE {}", remodel::quote::quote_ident(name));
         if let Err(e) = self.client("postgres").await.batch_execute(&sql).await {
             panic!("creating database {name} on port {}: {e}", self.port());
         }
