@@ -1,4 +1,4 @@
-//! `remodel demo`: the guarantor migration of DESIGN.md on two throwaway clusters (the same code
+//! `remodel demo`: the guarantor migration of the README on two throwaway clusters (the same code
 //! the tests use). It loads loans with messy free-text guarantors, starts a live writer, runs the
 //! daemon (stream + backfill) through `config/examples/guarantors.toml`, pauses and resumes it by
 //! signal, verifies target = transform(source), and shows rows before and after.
@@ -158,9 +158,7 @@ pub async fn run(opts: DemoOptions) -> Result<Ending, DemoError> {
     let hangup = control.clone();
     control::install_signals(control.clone(), move || hangup.shutdown())
         .map_err(|e| DemoError::Other(format!("installing signal handlers: {e}")))?;
-    println!(
-        "remodel demo: the guarantor migration (DESIGN.md) on two throwaway PostgreSQL clusters"
-    );
+    println!("remodel demo: the guarantor migration on two throwaway PostgreSQL clusters");
     let source = Cluster::start(ClusterOptions::default()).await?;
     let target = Cluster::start(ClusterOptions::default()).await?;
     println!("  source: {}", source.url("postgres", "postgres"));

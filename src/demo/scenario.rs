@@ -1,4 +1,4 @@
-//! The demo's data: the guarantor scenario of DESIGN.md. The source schema with a free-text
+//! The demo's data: the guarantor scenario of the README. The source schema with a free-text
 //! `loans.guarantor` column, the target schema of `config/examples/guarantors.toml`, a SQL
 //! function that writes messy guarantor text the way people type it, the initial load, and
 //! one live-writer transaction.

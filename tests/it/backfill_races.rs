@@ -1,4 +1,4 @@
-//! Backfill against the stream, one race at a time (DESIGN.md "Versions", invariants 1–3).
+//! Backfill against the stream, one race at a time (the version rule in docs/architecture.md, invariants 1–3).
 //!
 //! Each test forces one interleaving of a backfill chunk and stream writes with the daemon's
 //! test hooks, advisory-lock barriers on the target database:

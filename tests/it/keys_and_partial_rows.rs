@@ -1,4 +1,4 @@
-//! Reviewer findings: each test pins an invariant of DESIGN.md that the code broke when it
+//! Reviewer findings: each test pins an invariant of docs/architecture.md#contract that the code broke when it
 //! was written (see the comment on each test for the invariant and the failing path).
 
 use std::time::Duration;
