@@ -5,10 +5,36 @@
 //! stages exchange typed values only.
 
 use std::fmt;
+
+use bytes::Bytes;
 use std::sync::Arc;
 
 use crate::lsn::Lsn;
-pub use crate::source::pgoutput::{Datum, RelationColumn, Tuple};
+
+/// One column value in a tuple, as decoded from the stream or read from a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Datum {
+    /// SQL NULL ('n').
+    Null,
+    /// An unchanged TOASTed value the server did not send ('u'). Must stay "unchanged" to apply.
+    Unchanged,
+    /// Text-format value ('t'), as the type's output function printed it.
+    Text(String),
+    /// Binary-format value ('b'), only when the `binary` option is on.
+    Binary(Bytes),
+}
+
+/// A tuple: one datum per column of the relation, in relation column order.
+pub type Tuple = Vec<Datum>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelationColumn {
+    /// Bit 1: column is part of the replica identity key.
+    pub is_key: bool,
+    pub name: String,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+}
 
 /// A source table as the replication stream described it (pgoutput `Relation`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,30 +22,7 @@ use crate::lsn::Lsn;
 /// PostgreSQL timestamps on the wire: microseconds since 2000-01-01 00:00:00 UTC.
 pub type PgTimestamp = i64;
 
-/// One column value in a tuple.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Datum {
-    /// SQL NULL ('n').
-    Null,
-    /// An unchanged TOASTed value the server did not send ('u'). Must stay "unchanged" to apply.
-    Unchanged,
-    /// Text-format value ('t'), as the type's output function printed it.
-    Text(String),
-    /// Binary-format value ('b'), only when the `binary` option is on.
-    Binary(Bytes),
-}
-
-/// A tuple: one datum per column of the relation, in relation column order.
-pub type Tuple = Vec<Datum>;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelationColumn {
-    /// Bit 1: column is part of the replica identity key.
-    pub is_key: bool,
-    pub name: String,
-    pub type_oid: u32,
-    pub type_modifier: i32,
-}
+pub use crate::change::{Datum, RelationColumn, Tuple};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelationBody {
