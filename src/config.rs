@@ -370,6 +370,16 @@ fn default_format() -> String {
 }
 
 impl Config {
+    /// What compiling the plan against the live schemas needs ([`crate::transform::live`]).
+    pub fn live(&self) -> crate::transform::live::Live<'_> {
+        crate::transform::live::Live {
+            publication: &self.source.publication,
+            tables: &self.tables,
+            registry: &self.transforms,
+            state_schema: &self.target.state_schema,
+        }
+    }
+
     /// Load a TOML file with environment overrides (`REMODEL__SOURCE__URL`, ...).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();

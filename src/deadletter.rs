@@ -102,7 +102,8 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
     let mut client = target(config).await?;
     let st = StateSchema::new(&config.target.state_schema);
     st.migrate(&mut client).await?;
-    let plan = Arc::new(crate::pipeline::compile_plan(config, &source, &client).await?);
+    let plan =
+        Arc::new(crate::transform::live::compile_live(&config.live(), &source, &client).await?);
     let letters = load(&client, &st, i64::MAX).await?;
     let mut check = target(config).await?;
     st.migrate(&mut check).await?;

@@ -17,6 +17,18 @@ use crate::source::stream::StreamError;
 use crate::state::StateError;
 use crate::transform::Problem;
 
+impl From<crate::transform::live::PlanError> for Error {
+    fn from(e: crate::transform::live::PlanError) -> Self {
+        use crate::transform::live::PlanError;
+        match e {
+            PlanError::Sql { what, source } => Error::Sql { what, source },
+            PlanError::Setup(e) => Error::Setup(e),
+            PlanError::Problems(p) => Error::Plan(p),
+            PlanError::State(e) => Error::State(e),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]

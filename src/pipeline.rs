@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, ApplyError, ApplySettings};
@@ -30,7 +29,7 @@ use crate::source::replication::{ReplicationConn, ReplicationError};
 use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream, StreamError};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
-use crate::transform::{catalog, Plan, Transformer};
+use crate::transform::Transformer;
 
 /// Run the stream (and, with `backfill.enabled`, the backfill beside it) until `control` shuts
 /// down (Ok) or a fatal error stops either.
@@ -56,7 +55,7 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
                 if let Err(other) = (&mut stages).await {
                     tracing::warn!(error = %other, "the stream stopped with an error too");
                 }
-                Err(e)
+                Err(Error::Deferred(Box::new(e)))
             }
         },
     };
@@ -133,7 +132,7 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
                 .map_err(crate::source::conninfo::ConnectError::from)?
                 .connect()
                 .await?;
-            let plan = compile_plan(config, &src, &tgt).await?;
+            let plan = crate::transform::live::compile_live(&config.live(), &src, &tgt).await?;
             drop((src, tgt));
             crate::backfill::run(config, control, metrics, &Arc::new(plan)).await?;
             Ok::<(), Error>(())
@@ -270,50 +269,6 @@ fn jittered(backoff: Duration) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-/// Compile the configured mapping against both live schemas.
-pub async fn compile_plan(
-    config: &Config,
-    source: &Client,
-    target: &Client,
-) -> Result<Plan, Error> {
-    let published = setup::publication_tables(source, &config.source.publication).await?;
-    let src = catalog::load(source).await.map_err(|source| Error::Sql {
-        what: "reading the source schema",
-        source: source.into(),
-    })?;
-    let tgt = catalog::load(target).await.map_err(|source| Error::Sql {
-        what: "reading the target schema",
-        source: source.into(),
-    })?;
-    let env = crate::transform::Env {
-        published: &published,
-        source: &src,
-        target: &tgt,
-        target_client: target,
-        state_schema: &config.target.state_schema,
-        registry: &config.transforms,
-    };
-    let mut plan = crate::transform::compile(&config.tables, &env)
-        .await
-        .map_err(Error::Plan)?;
-    // After the catalog was read: see `Plan::compiled_at`.
-    let at: String = source
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .map_err(|source| Error::Sql {
-            what: "reading the source WAL position",
-            source: source.into(),
-        })?
-        .get(0);
-    plan.compiled_at = at.parse().unwrap_or_default();
-    if !plan.keymaps.is_empty() {
-        StateSchema::new(&config.target.state_schema)
-            .ensure_keymaps(target, &plan.keymaps)
-            .await?;
-    }
-    Ok(plan)
-}
-
 async fn run_once(
     config: &Config,
     control: &Control,
@@ -347,7 +302,7 @@ async fn run_once(
         state
             .claim_slot(&target, &config.source.slot, slot_lsn)
             .await?;
-        let plan = compile_plan(config, &source, &target).await?;
+        let plan = crate::transform::live::compile_live(&config.live(), &source, &target).await?;
         // Every mapped table's dead-letter series exists from the start at 0, so an alert on its
         // increase sees the first one.
         for table in plan.tables.keys() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{copy, sql, test_barrier, BackfillError, Job, Shared};
+use super::{copy, pass_barrier, sql, test_barrier, BackfillError, Job, Shared};
 use crate::change::SourceKey;
 use crate::lsn::Lsn;
 
@@ -241,22 +241,6 @@ async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError>
         }
     }
     Ok(Some(piped))
-}
-
-/// Test hook: wait while a test holds the barrier lock (see [`super::test_barrier`]).
-pub(super) async fn pass_barrier(
-    target: &Client,
-    barrier: Option<i64>,
-) -> Result<(), BackfillError> {
-    if let Some(k) = barrier {
-        target
-            .batch_execute(&format!(
-                "SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"
-            ))
-            .await
-            .map_err(sql("test barrier"))?;
-    }
-    Ok(())
 }
 
 pub(super) async fn copy_table(

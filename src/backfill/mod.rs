@@ -113,6 +113,22 @@ pub(crate) fn test_barrier() -> Option<i64> {
         .ok()
 }
 
+/// Test hook: wait while a test holds the barrier lock (see [`test_barrier`]).
+pub(crate) async fn pass_barrier(
+    target: &Client,
+    barrier: Option<i64>,
+) -> Result<(), BackfillError> {
+    if let Some(k) = barrier {
+        target
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"
+            ))
+            .await
+            .map_err(sql("test barrier"))?;
+    }
+    Ok(())
+}
+
 /// One table to copy: its SQL and outputs.
 pub(crate) struct Job {
     pub(crate) rel: String,

@@ -338,7 +338,7 @@ pub(super) async fn staged(
         .await
         .map_err(cerr)?;
     }
-    super::chunk::pass_barrier(target, barrier).await?;
+    super::pass_barrier(target, barrier).await?;
     target
         .execute(&job.sql.lock(), &[&job.rel])
         .await

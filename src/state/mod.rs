@@ -285,16 +285,17 @@ impl StateSchema {
         Ok(())
     }
 
-    /// Register key maps (creating remodel's own sequences where no target sequence owns one).
+    /// Register key maps, each `(name, quoted sequence, own)`, creating remodel's own sequence
+    /// where no target sequence owns the map (`own`).
     pub async fn ensure_keymaps(
         &self,
         client: &Client,
-        maps: &[crate::transform::plan::KeyMap],
+        maps: &[(&str, &str, bool)],
     ) -> Result<(), StateError> {
-        for m in maps {
-            if m.own {
+        for (name, seq, own) in maps {
+            if *own {
                 client
-                    .batch_execute(&format!("CREATE SEQUENCE IF NOT EXISTS {}", m.seq))
+                    .batch_execute(&format!("CREATE SEQUENCE IF NOT EXISTS {seq}"))
                     .await
                     .map_err(self.err("creating a key map sequence"))?;
             }
@@ -305,7 +306,7 @@ impl StateSchema {
                          ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq",
                         self.table("keymaps")
                     ),
-                    &[&m.name, &m.seq],
+                    &[name, seq],
                 )
                 .await
                 .map_err(self.err("registering a key map"))?;

@@ -1,9 +1,12 @@
-//! Reading table definitions from a live database (source or target) for the plan compiler.
-//! Read-only: must never change either schema.
+//! Reading table definitions from a live database (source or target) for the plan compiler,
+//! and the compile environment ([`Env`]) they go into. Read-only: must never change either
+//! schema.
 
 use std::collections::HashMap;
 
 use tokio_postgres::Client;
+
+use super::custom::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
@@ -143,4 +146,16 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
         }
     }
     Ok(out)
+}
+
+/// Everything compile needs besides the mapping: the publication's tables, both catalogs as
+/// read, the target connection (to prepare casts) and the registered transforms.
+pub struct Env<'a> {
+    pub published: &'a [String],
+    pub source: &'a HashMap<String, TableInfo>,
+    pub target: &'a HashMap<String, TableInfo>,
+    /// Used to ask the target whether each conversion exists (by preparing, never running it).
+    pub target_client: &'a Client,
+    pub state_schema: &'a str,
+    pub registry: &'a Registry,
 }

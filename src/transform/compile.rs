@@ -5,13 +5,10 @@
 //! NULL columns nothing fills, keys that do not identify rows, unique constraints a split could
 //! violate. Reads both catalogs and asks the target to prepare casts; must never touch data.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use tokio_postgres::Client;
-
-use super::catalog::TableInfo;
-use super::custom::Registry;
+use super::catalog::{Env, TableInfo};
 use super::expr::{ColumnRef, Compiled};
 use super::mapping::{ChildKey, SplitMapping, TableMapping};
 use super::plan::{
@@ -36,20 +33,6 @@ fn qualify(name: &str) -> String {
 
 /// Target table → the mappings feeding it: (source table, merge?, target columns it fills).
 type Feeds = BTreeMap<String, Vec<(String, bool, Vec<String>)>>;
-
-/// Everything compile needs besides the mapping.
-pub struct Env<'a> {
-    pub published: &'a [String],
-    pub source: &'a HashMap<String, TableInfo>,
-    pub target: &'a HashMap<String, TableInfo>,
-    /// Used to ask the target whether each conversion exists (by preparing, never running it).
-    pub target_client: &'a Client,
-    pub state_schema: &'a str,
-    pub registry: &'a Registry,
-}
-
-/// Where compile collects problems.
-pub(super) type ProblemSink = Vec<Problem>;
 
 struct Problems(Vec<Problem>);
 

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use tokio_postgres::Client;
 
+use super::catalog::Env;
 use super::catalog::TableInfo;
-use super::compile::Env;
 use super::expr::{ColumnRef, Compiled, Type};
 use super::mapping::{ColumnAction, ColumnSpec, TableMapping};
 use super::plan::{CustomPlan, Expr, Problem, TargetColumn};
 use crate::quote::quote_ident;
 
-type Problems = super::compile::ProblemSink;
+type Problems = Vec<super::plan::Problem>;
 
 /// The columns and key (indices into the columns) of `m`'s own output into `t` (None after a
 /// problem), and the target columns it fills either way (for the NOT NULL check across the

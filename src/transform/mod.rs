@@ -15,6 +15,7 @@ pub mod compile;
 mod compile_row;
 pub mod custom;
 pub mod expr;
+pub mod live;
 pub mod mapping;
 pub mod plan;
 pub mod split;
@@ -24,7 +25,8 @@ use std::sync::Arc;
 
 use crate::change::SourceKey;
 use crate::lsn::Lsn;
-pub use compile::{compile, Env};
+pub use catalog::Env;
+pub use compile::compile;
 pub use plan::{OutputPlan, Plan, Problem, TablePlan};
 pub use transformer::{child_id, Transformer};
 

@@ -42,7 +42,6 @@ use crate::apply::{Applier, ApplyError};
 use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
-use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::state::StateSchema;
@@ -59,10 +58,16 @@ const MAX_ENTRIES: i64 = 10_000;
 const BATCH: usize = 500;
 
 /// Inside `remodel run`: count outstanding entries every second into the metrics, and resolve
-/// them while the stream streams and the daemon is not paused. Failed rounds are logged,
-/// counted in `remodel_errors_total{kind="deferred"}` and tried again with back-off; the
-/// entries stay (and stay visible in status, metrics and the alert) until a round succeeds.
-pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+/// them while the stream streams and the daemon is not paused. Ok on shutdown; Err only for a
+/// definite failure (a re-read row the mapping cannot transform or the target refuses), which
+/// stops the daemon. Other failed rounds are logged, counted in
+/// `remodel_errors_total{kind="deferred"}` and tried again with back-off; the entries stay (and
+/// stay visible in status, metrics and the alert) until a round succeeds.
+pub async fn run(
+    config: Config,
+    control: Control,
+    metrics: Arc<Metrics>,
+) -> Result<(), VerifyError> {
     let shutdown = control.shutdown_token();
     let state = StateSchema::new(&config.target.state_schema);
     let mut watcher: Option<Client> = None;
@@ -94,7 +99,7 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
             Err(VerifyError::Interrupted) => return Ok(()),
             Err(e) if definite(&e) => {
                 metrics.errors.with_label_values(&["deferred"]).inc();
-                return Err(Error::Deferred(Box::new(e)));
+                return Err(e);
             }
             Err(e) => {
                 metrics.errors.with_label_values(&["deferred"]).inc();

@@ -69,7 +69,7 @@ pub enum VerifyError {
     #[error("verify: reading source rows: {0}")]
     Read(#[from] crate::backfill::BackfillError),
     #[error("verify: {0}")]
-    Plan(Box<crate::error::Error>),
+    Plan(crate::transform::live::PlanError),
     #[error("verify --repair of {table}: {source}")]
     Transform {
         table: String,
@@ -484,9 +484,9 @@ async fn connect(
     // deleted after a snapshot stays busy instead of looking missing.
     let owner = format!("verify:{}:{}", std::process::id(), rand::random::<u32>());
     let pass = state.register_pass(&source, &target, &owner).await?;
-    let plan = crate::pipeline::compile_plan(config, &source, &target)
+    let plan = crate::transform::live::compile_live(&config.live(), &source, &target)
         .await
-        .map_err(|e| VerifyError::Plan(Box::new(e)))?;
+        .map_err(VerifyError::Plan)?;
     let v = &config.verify;
     Ok(Ctx {
         settings: Settings {

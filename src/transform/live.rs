@@ -1,0 +1,92 @@
+//! The plan compiled against the live catalogs: the publication's tables and both schemas read
+//! once, the mapping compiled against them, the source position the plan is valid from, and the
+//! plan's key maps registered on the target. `remodel run` (stream and backfill), `backfill`,
+//! `verify` and `dead-letters` compile through here.
+//!
+//! Owns the sequence of one compile. Must never alter a user table (registering a key map may
+//! create remodel's own sequence, in the state schema, when no target sequence owns the map).
+
+use tokio_postgres::Client;
+
+use super::custom::Registry;
+use super::mapping::TableMapping;
+use super::{catalog, compile, Env, Plan, Problem};
+use crate::pgerr::PgError;
+use crate::source::setup::{self, SetupError};
+use crate::state::{StateError, StateSchema};
+
+/// What a compile needs from the configuration.
+pub struct Live<'a> {
+    pub publication: &'a str,
+    pub tables: &'a [TableMapping],
+    pub registry: &'a Registry,
+    pub state_schema: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{what}: {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: PgError,
+    },
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The mapping does not fit the schemas: definite, every problem listed with its fix.
+    #[error("the mapping does not fit the live schemas ({} problem(s)):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<Problem>),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PlanError {
+    move |source| PlanError::Sql {
+        what,
+        source: source.into(),
+    }
+}
+
+/// Compile the mapping against the live schemas of `source` and `target`.
+pub async fn compile_live(
+    live: &Live<'_>,
+    source: &Client,
+    target: &Client,
+) -> Result<Plan, PlanError> {
+    let published = setup::publication_tables(source, live.publication).await?;
+    let src = catalog::load(source)
+        .await
+        .map_err(sql("reading the source schema"))?;
+    let tgt = catalog::load(target)
+        .await
+        .map_err(sql("reading the target schema"))?;
+    let env = Env {
+        published: &published,
+        source: &src,
+        target: &tgt,
+        target_client: target,
+        state_schema: live.state_schema,
+        registry: live.registry,
+    };
+    let mut plan = compile(live.tables, &env)
+        .await
+        .map_err(PlanError::Problems)?;
+    // After the catalog was read: see `Plan::compiled_at`.
+    let at: String = source
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .map_err(sql("reading the source WAL position"))?
+        .get(0);
+    plan.compiled_at = at.parse().unwrap_or_default();
+    if !plan.keymaps.is_empty() {
+        let maps: Vec<(&str, &str, bool)> = plan
+            .keymaps
+            .iter()
+            .map(|m| (m.name.as_str(), m.seq.as_str(), m.own))
+            .collect();
+        StateSchema::new(live.state_schema)
+            .ensure_keymaps(target, &maps)
+            .await?;
+    }
+    Ok(plan)
+}
