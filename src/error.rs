@@ -93,16 +93,7 @@ fn snapshot_retryable(e: &crate::source::snapshot::SnapshotError) -> bool {
 }
 
 /// SQLSTATEs worth retrying.
-fn retryable_sqlstate(code: &str) -> bool {
-    code.starts_with("08") // connection exception
-        || code.starts_with("53") // insufficient resources
-        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
-        || code == "40001" // serialization failure
-        || code == "40P01" // deadlock
-        || code == "55006" // object in use: the slot is still held by our previous walsender
-        || code == "58000"
-        || code == "58030"
-}
+use crate::pgerr::transient_sqlstate as retryable_sqlstate;
 
 fn pg_retryable(e: &tokio_postgres::Error) -> bool {
     if let Some(db) = e.as_db_error() {

@@ -19,6 +19,21 @@ impl PgError {
     }
 }
 
+/// The SQLSTATE classes retrying can help with, in one table: a lost or refused connection,
+/// exhausted resources, a server shutting down or restarting, a serialization failure or
+/// deadlock, a slot still held by our previous walsender, system errors. Everything else the
+/// server says (data, constraint, permission, syntax) is definite.
+pub fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock
+        || code == "55006" // object in use: the slot is still held by our previous walsender
+        || code == "58000"
+        || code == "58030"
+}
+
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(db) = self.0.as_db_error() {

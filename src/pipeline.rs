@@ -1,12 +1,13 @@
 //! Wiring only: connect, set up, compile, start the stages, supervise restarts.
 //!
 //! ```text
-//!            ┌──────────── run (retry loop: Error::is_retryable) ─────────────┐
-//!            │ setup::ensure_publication/slot   state::migrate   plan::compile │
-//!            │ ReplicationConn ─▶ SourceStream ─mpsc─▶ Applier ─▶ target       │
-//!            │                 └▶ feedback_loop      monitor ─▶ metrics        │
-//!            │ backfill::run (beside)   verify::deferred::run   verify::continuous │
-//!            └─────────────────────────────────────────────────────────────────┘
+//!   ┌──────────────── stream (retry loop: Error::is_retryable) ────────────────┐
+//!   │ setup::ensure_publication/slot  state::migrate  transform::live::compile │
+//!   │ ReplicationConn ─▶ SourceStream ─mpsc─▶ Applier ─▶ target                │
+//!   │                 └▶ feedback_loop      monitor ─▶ metrics                 │
+//!   └──────────────────────────────────────────────────────────────────────────┘
+//!   beside it: backfill::run (its own retry loop), verify::deferred::run (stops the daemon
+//!   on a definite error), verify::continuous (never stops it)
 //! ```
 //!
 //! No decisions about data live here; each stage owns its own.
@@ -31,8 +32,9 @@ use crate::source::{monitor, setup};
 use crate::state::StateSchema;
 use crate::transform::Transformer;
 
-/// Run the stream (and, with `backfill.enabled`, the backfill beside it) until `control` shuts
-/// down (Ok) or a fatal error stops either.
+/// Run the stream (and, with `backfill.enabled`, the backfill beside it), the resolution of
+/// deferred partial updates and continuous verification, until `control` shuts down (Ok) or a
+/// fatal error stops the stream, the backfill or the resolution.
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
     let _ = metrics.slot.set(config.source.slot.clone());
     control.set_throttle(config.throttle());

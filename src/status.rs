@@ -137,7 +137,7 @@ pub async fn gather(config: &Config) -> Status {
         source_read: false,
         errors: vec![],
     };
-    // One target connection serves the three reads: one error if the target is unreachable.
+    // One target connection serves the target's reads: one error if it is unreachable.
     let target = async {
         Ok::<_, Error>(
             config

@@ -300,7 +300,7 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
              -- version (a round resolving that same entry from an older snapshot, a repair)
              -- cannot overwrite the newer row. Rows whose ledger is newer stay as they are.
              older AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-                     SELECT DISTINCT $1, d.skey, $2::text::pg_lsn - 1, false FROM d
+                     SELECT $1, d.skey, $2::text::pg_lsn - 1, false FROM d
                      WHERE d.version < $2::text::pg_lsn
                      ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
                        WHERE l.version < EXCLUDED.version)

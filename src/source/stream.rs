@@ -52,6 +52,7 @@ impl FeedbackState {
         s.applied.store(start.0, Ordering::SeqCst);
         s.confirmed.store(start.0, Ordering::SeqCst);
         s.server_wal_end.store(start.0, Ordering::SeqCst);
+        s.forwarded.store(start.0, Ordering::Relaxed);
         let _ = s.born();
         Arc::new(s)
     }
@@ -66,7 +67,7 @@ impl FeedbackState {
     }
     /// End LSN of the last source commit handed to apply.
     pub fn forwarded(&self) -> Lsn {
-        Lsn(self.forwarded.load(Ordering::SeqCst))
+        Lsn(self.forwarded.load(Ordering::Relaxed))
     }
     fn born(&self) -> std::time::Instant {
         *self.born.get_or_init(std::time::Instant::now)
@@ -199,9 +200,10 @@ impl SourceStream {
                             r = self.tx.send(ev) => if r.is_err() { return Ok(()) },
                         }
                     }
+                    // Only the reader writes it; the monitor reads it for a metric.
                     self.state
                         .forwarded
-                        .fetch_max(self.last_forwarded_end.0, Ordering::SeqCst);
+                        .store(self.last_forwarded_end.0, Ordering::Relaxed);
                 }
             }
         }

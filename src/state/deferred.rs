@@ -12,14 +12,13 @@ use super::{StateError, StateSchema};
 use crate::lsn::Lsn;
 
 /// One outstanding entry: source table, source key (JSON array of its text values, as the
-/// ledger keys it), the target table it is for, its version, and its age.
+/// ledger keys it), the target table it is for, and its version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeferredEntry {
     pub rel: String,
     pub skey: String,
     pub target: String,
     pub version: Lsn,
-    pub age_seconds: f64,
 }
 
 /// What is outstanding: how many entries, and the oldest one's age (0 when none).
@@ -49,22 +48,24 @@ impl StateSchema {
         })
     }
 
-    /// Up to `limit` outstanding entries of the source tables in `rels`, oldest first.
+    /// Up to `limit` outstanding entries for the (source table, target table) pairs of `rels`
+    /// and `targets` (the plan's outputs that can have entries), oldest first.
     pub async fn deferred_entries(
         &self,
         client: &Client,
         rels: &[String],
+        targets: &[String],
         limit: i64,
     ) -> Result<Vec<DeferredEntry>, StateError> {
         let rows = client
             .query(
                 &format!(
-                    "SELECT rel, skey, target, version::text,
-                            extract(epoch FROM now() - created_at)::float8
-                     FROM {} WHERE rel = ANY($2) ORDER BY created_at, rel, skey LIMIT $1",
+                    "SELECT rel, skey, target, version::text
+                     FROM {} WHERE (rel, target) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+                     ORDER BY created_at, rel, skey LIMIT $1",
                     self.table("deferred")
                 ),
-                &[&limit, &rels],
+                &[&limit, &rels, &targets],
             )
             .await
             .map_err(self.err("listing deferred updates"))?;
@@ -75,28 +76,34 @@ impl StateSchema {
                 skey: r.get(1),
                 target: r.get(2),
                 version: r.get::<_, String>(3).parse().unwrap_or_default(),
-                age_seconds: r.get(4),
             })
             .collect())
     }
 
-    /// Outstanding entries per source table not in `rels` (a mapping that no longer maps
-    /// them): nothing resolves those.
+    /// Outstanding entries per (source table, target table) pair that is not one of `rels` /
+    /// `targets` (a mapping that no longer writes that target from that table): nothing
+    /// resolves those.
     pub async fn deferred_unmapped(
         &self,
         client: &Client,
         rels: &[String],
-    ) -> Result<Vec<(String, i64)>, StateError> {
+        targets: &[String],
+    ) -> Result<Vec<(String, String, i64)>, StateError> {
         let rows = client
             .query(
                 &format!(
-                    "SELECT rel, count(*) FROM {} WHERE rel <> ALL($1) GROUP BY rel ORDER BY rel",
+                    "SELECT rel, target, count(*) FROM {}
+                     WHERE (rel, target) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
+                     GROUP BY rel, target ORDER BY rel, target",
                     self.table("deferred")
                 ),
-                &[&rels],
+                &[&rels, &targets],
             )
             .await
             .map_err(self.err("listing deferred updates"))?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
     }
 }

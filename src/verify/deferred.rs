@@ -45,6 +45,7 @@ use crate::control::Control;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::state::StateSchema;
+use crate::transform::live::PlanError;
 use crate::transform::plan::OutputKind;
 use crate::transform::{TargetOp, Transformer};
 
@@ -77,7 +78,6 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = POLL;
         if !metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
             continue;
         }
@@ -92,10 +92,14 @@ pub async fn run(
         metrics.deferred_outstanding.set(summary.rows);
         metrics.deferred_oldest_seconds.set(summary.oldest_seconds);
         if summary.rows == 0 || control.is_paused() {
+            wait = POLL;
             continue;
         }
         match round(&config, &control, &metrics).await {
-            Ok(_) => {}
+            // Entries that no round can resolve (their table or target no longer mapped) are
+            // not worth a round a second: back off until something changes.
+            Ok(0) => wait = (wait * 2).min(MAX_BACKOFF),
+            Ok(_) => wait = POLL,
             Err(VerifyError::Interrupted) => return Ok(()),
             Err(e) if definite(&e) => {
                 metrics.errors.with_label_values(&["deferred"]).inc();
@@ -115,14 +119,20 @@ pub async fn run(
     }
 }
 
-/// A re-read row the mapping cannot transform (`on_error = "halt"`), or one the target
-/// refuses: retrying changes nothing, and the stream would stop on the same row.
+/// A re-read row the mapping cannot transform (`on_error = "halt"`), one the target refuses,
+/// a statement the target refuses for its data (any SQLSTATE outside the transient classes of
+/// `pgerr::transient_sqlstate`), or a mapping that no longer fits: retrying changes nothing,
+/// and the stream would stop on the same row.
 fn definite(e: &VerifyError) -> bool {
     match e {
-        VerifyError::Transform { .. } => true,
-        VerifyError::Apply(a) => {
-            matches!(**a, ApplyError::Rejected { .. } | ApplyError::Transform(_))
-        }
+        VerifyError::Transform { .. } | VerifyError::Plan(PlanError::Problems(_)) => true,
+        VerifyError::Apply(a) => match &**a {
+            ApplyError::Rejected { .. } | ApplyError::Transform(_) => true,
+            ApplyError::Db { source, .. } => source
+                .sqlstate()
+                .is_some_and(|c| !crate::pgerr::transient_sqlstate(c)),
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -143,11 +153,7 @@ async fn summary(
 }
 
 /// One round: resolve up to [`MAX_ENTRIES`] entries. Returns how many keys were rewritten.
-pub async fn round(
-    config: &Config,
-    control: &Control,
-    metrics: &Metrics,
-) -> Result<u64, VerifyError> {
+async fn round(config: &Config, control: &Control, metrics: &Metrics) -> Result<u64, VerifyError> {
     let ctx = super::connect(config, control.shutdown_token().child_token(), None).await?;
     let result = resolve(&ctx, control, metrics).await;
     ctx.state.forget_pass(&ctx.target, ctx.pass).await;
@@ -157,16 +163,30 @@ pub async fn round(
 type Keys = BTreeMap<String, BTreeMap<String, Vec<Option<String>>>>;
 
 async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64, VerifyError> {
-    let mapped: Vec<String> = ctx.plan.tables.keys().cloned().collect();
+    // The outputs that can have entries (a split's child set is never deferred).
+    let (rels, targets): (Vec<String>, Vec<String>) = ctx
+        .plan
+        .tables
+        .iter()
+        .flat_map(|(rel, tp)| {
+            tp.outputs
+                .iter()
+                .filter(|o| matches!(o.kind, OutputKind::Row | OutputKind::Merge))
+                .map(move |o| (rel.clone(), o.target()))
+        })
+        .unzip();
     let entries = ctx
         .state
-        .deferred_entries(&ctx.target, &mapped, MAX_ENTRIES)
+        .deferred_entries(&ctx.target, &rels, &targets, MAX_ENTRIES)
         .await?;
-    let unmapped = ctx.state.deferred_unmapped(&ctx.target, &mapped).await?;
-    for (rel, n) in unmapped {
-        tracing::warn!(table = %rel, entries = n,
-            "deferred partial updates of a source table the mapping no longer maps: left in {}.deferred; \
-             map the table again, or delete the entries once the rows are settled by hand",
+    let unmapped = ctx
+        .state
+        .deferred_unmapped(&ctx.target, &rels, &targets)
+        .await?;
+    for (rel, target, n) in unmapped {
+        tracing::warn!(table = %rel, target = %target, entries = n,
+            "deferred partial updates for a target the mapping no longer writes from this table: left in {}.deferred; \
+             map it again, or delete the entries once the rows are settled by hand",
             ctx.state.schema);
     }
     let mut by_rel: Keys = BTreeMap::new();

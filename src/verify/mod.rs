@@ -19,11 +19,13 @@
 //!  --repair: the mismatched keys are re-read at a new snapshot P′ and applied as updates
 //!            (or deletes when the source lacks them) at version P′−1 under the ledger guard —
 //!            a newer stream write always wins — then re-checked
+//!  deferred (`remodel run`): the keys of deferred partial updates are re-read the same way and
+//!            written with the chunk's fold of their entries (see `deferred`)
 //! ```
 //!
-//! Owns the comparison and its report. Must never write to the target except through the
-//! applier's guarded statements (`--repair`), and never report a row the stream changed after
-//! the snapshot as a mismatch.
+//! Owns the comparison and its report, and the rewriting of rows from the source (`--repair`,
+//! deferred entries). Must never write to the target except through the applier's guarded
+//! statements, and never report a row the stream changed after the snapshot as a mismatch.
 
 mod compare;
 pub mod deferred;
@@ -70,13 +72,13 @@ pub enum VerifyError {
     Read(#[from] crate::backfill::BackfillError),
     #[error("verify: {0}")]
     Plan(crate::transform::live::PlanError),
-    #[error("verify --repair of {table}: {source}")]
+    #[error("rewriting rows of {table} from the source: {source}")]
     Transform {
         table: String,
         #[source]
         source: crate::transform::TransformError,
     },
-    #[error("verify --repair: {0}")]
+    #[error("writing rows re-read from the source: {0}")]
     Apply(#[from] Box<crate::apply::ApplyError>),
     #[error("verify: --table {name:?} is not a mapped source or target table; mapped: {known}")]
     UnknownTable { name: String, known: String },
