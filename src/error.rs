@@ -73,60 +73,9 @@ pub enum Error {
     },
 }
 
-fn replication_retryable(e: &ReplicationError) -> bool {
-    match e {
-        ReplicationError::Io { .. }
-        | ReplicationError::Closed
-        | ReplicationError::Silent { .. } => true,
-        ReplicationError::Server { code, .. } => retryable_sqlstate(code),
-        _ => false,
-    }
-}
-
-fn snapshot_retryable(e: &crate::source::snapshot::SnapshotError) -> bool {
-    use crate::source::snapshot::SnapshotError;
-    match e {
-        SnapshotError::Replication(e) => replication_retryable(e),
-        SnapshotError::Sql { source, .. } => pg_retryable(&source.0),
-        SnapshotError::SlotReply(_) | SnapshotError::NoSlot { .. } => false,
-    }
-}
-
-/// SQLSTATEs worth retrying.
-use crate::pgerr::transient_sqlstate as retryable_sqlstate;
-
-fn pg_retryable(e: &tokio_postgres::Error) -> bool {
-    if let Some(db) = e.as_db_error() {
-        return retryable_sqlstate(db.code().code());
-    }
-    !is_tls_failure(e)
-}
-
-/// A TLS handshake or certificate failure is definite: retrying cannot fix a wrong CA, a host
-/// name mismatch or a server without TLS.
-fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
-    if e.to_string().contains("TLS handshake") {
-        return true;
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<rustls::Error>() {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
-}
-
 impl Error {
+    /// Whether the stage's retry loop should try again: each module's error says whether it is
+    /// transient where it is made; this only asks.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Config(_)
@@ -135,35 +84,15 @@ impl Error {
             | Error::Pid(_)
             | Error::Task(_)
             | Error::Deferred(_) => false,
-            Error::Connect(ConnectError::Info(_)) => false,
-            Error::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
-            Error::Replication(e) | Error::Stream(StreamError::Replication(e)) => {
-                replication_retryable(e)
-            }
-            Error::Stream(_) => false,
-            Error::Setup(SetupError::Sql { source, .. }) => pg_retryable(&source.0),
-            Error::Setup(_) => false,
-            Error::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
-            Error::State(_) => false,
-            Error::Apply(ApplyError::Db { source, .. }) => pg_retryable(&source.0),
-            Error::Apply(ApplyError::Stalled { .. }) => true,
-            Error::Apply(_) => false,
-            Error::Sql { source, .. } => pg_retryable(&source.0),
+            Error::Connect(e) => e.is_transient(),
+            Error::Replication(e) => e.is_transient(),
+            Error::Stream(e) => e.is_transient(),
+            Error::Setup(e) => e.is_transient(),
+            Error::State(e) => e.is_transient(),
+            Error::Apply(e) => e.is_transient(),
+            Error::Sql { source, .. } => source.is_transient(),
             Error::Stalled { .. } => true,
-            Error::Backfill(b) => match b {
-                BackfillError::Sql { source, .. } => pg_retryable(&source.0),
-                BackfillError::Stalled { .. } => true,
-                BackfillError::Copy { source, .. } => match source {
-                    crate::backfill::copy::CopyError::Source(e)
-                    | crate::backfill::copy::CopyError::Target(e) => pg_retryable(&e.0),
-                    crate::backfill::copy::CopyError::Format(_) => false,
-                },
-                BackfillError::Replication(e) => replication_retryable(e),
-                BackfillError::Snapshot(e) => snapshot_retryable(e),
-                BackfillError::Connect(ConnectError::Postgres(_, e)) => pg_retryable(&e.0),
-                BackfillError::State(StateError::Sql { source, .. }) => pg_retryable(&source.0),
-                _ => false,
-            },
+            Error::Backfill(e) => e.is_transient(),
         }
     }
 
@@ -198,10 +127,10 @@ mod tests {
     #[test]
     fn classifies_sqlstates() {
         for c in ["08006", "57P01", "40001", "55006", "53300"] {
-            assert!(retryable_sqlstate(c), "{c}");
+            assert!(crate::pgerr::transient_sqlstate(c), "{c}");
         }
         for c in ["28P01", "42501", "22P02", "23505", "42P01"] {
-            assert!(!retryable_sqlstate(c), "{c}");
+            assert!(!crate::pgerr::transient_sqlstate(c), "{c}");
         }
         assert!(Error::Replication(ReplicationError::Closed).is_retryable());
         assert!(!Error::Plan(vec![]).is_retryable());

@@ -17,6 +17,42 @@ impl PgError {
     pub fn sqlstate(&self) -> Option<&str> {
         self.0.as_db_error().map(|d| d.code().code())
     }
+
+    /// Whether retrying can help: a server error by its SQLSTATE class
+    /// ([`transient_sqlstate`]); otherwise a connection-level error is transient, except a TLS
+    /// failure (a wrong CA, a host name mismatch, a server without TLS: retrying cannot fix it).
+    pub fn is_transient(&self) -> bool {
+        match self.sqlstate() {
+            Some(code) => transient_sqlstate(code),
+            None => !is_tls_failure(&self.0),
+        }
+    }
+}
+
+/// A TLS handshake or certificate failure somewhere in the error's chain: a `rustls::Error`,
+/// directly or inside an `io::Error`, or tokio-postgres's TLS error kind. tokio-postgres has
+/// no accessor for its error kind, and "server does not support TLS" carries no typed cause,
+/// so that one kind is recognised by the text tokio-postgres gives it.
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    if e.to_string().contains("TLS handshake") {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// The SQLSTATE classes retrying can help with, in one table: a lost or refused connection,

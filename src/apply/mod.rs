@@ -70,6 +70,20 @@ pub enum ApplyError {
     Stalled { what: &'static str, after: Duration },
 }
 
+impl ApplyError {
+    /// A lost or stalled target is transient; a row the mapping cannot transform or the target
+    /// refuses (and the isolation retry that names it) is definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApplyError::Db { source, .. } => source.is_transient(),
+            ApplyError::Stalled { .. } => true,
+            ApplyError::Transform(_) | ApplyError::Rejected { .. } | ApplyError::Isolate { .. } => {
+                false
+            }
+        }
+    }
+}
+
 /// `fut` within `limit`, else [`ApplyError::Stalled`] naming `what`.
 async fn within<T>(
     limit: Duration,

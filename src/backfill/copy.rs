@@ -18,6 +18,16 @@ pub enum CopyError {
     Format(String),
 }
 
+impl CopyError {
+    /// Either side's connection trouble is transient; a row remodel cannot parse is definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Source(e) | CopyError::Target(e) => e.is_transient(),
+            CopyError::Format(_) => false,
+        }
+    }
+}
+
 /// What a piped chunk was.
 #[derive(Debug)]
 pub struct Piped {

@@ -95,6 +95,26 @@ pub enum BackfillError {
     },
 }
 
+impl BackfillError {
+    /// Whether the backfill's retry loop should try again from the last committed chunk.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackfillError::Sql { source, .. } => source.is_transient(),
+            BackfillError::Stalled { .. } => true,
+            BackfillError::Copy { source, .. } => source.is_transient(),
+            BackfillError::Replication(e) => e.is_transient(),
+            BackfillError::Snapshot(e) => e.is_transient(),
+            BackfillError::Connect(e) => e.is_transient(),
+            BackfillError::State(e) => e.is_transient(),
+            BackfillError::NoSlot { .. }
+            | BackfillError::Table { .. }
+            | BackfillError::Cursor { .. }
+            | BackfillError::Transform { .. }
+            | BackfillError::SlotReply(_) => false,
+        }
+    }
+}
+
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackfillError {
     move |source| BackfillError::Sql {
         what,

@@ -279,6 +279,17 @@ pub enum ConnectError {
     Postgres(String, #[source] crate::pgerr::PgError),
 }
 
+impl ConnectError {
+    /// A bad URL is definite; a refused or lost connection is transient unless the server's
+    /// SQLSTATE (authentication, unknown database) or a TLS failure says otherwise.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnectError::Info(_) => false,
+            ConnectError::Postgres(_, e) => e.is_transient(),
+        }
+    }
+}
+
 impl fmt::Debug for ConnInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())

@@ -73,6 +73,20 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// Whether retrying can help: a lost, closed or silent connection, or a server error of a
+    /// transient SQLSTATE class. TLS, authentication and protocol errors are definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicationError::Io { .. }
+            | ReplicationError::Closed
+            | ReplicationError::Silent { .. } => true,
+            ReplicationError::Server { code, .. } => crate::pgerr::transient_sqlstate(code),
+            _ => false,
+        }
+    }
+}
+
+impl ReplicationError {
     /// The SQLSTATE of a server error, if this is one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -46,6 +46,17 @@ pub enum SetupError {
     },
 }
 
+impl SetupError {
+    /// Only a statement that failed transiently; a wrong slot, database or table name, and a
+    /// lost or invalidated slot, are definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SetupError::Sql { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// The recovery both slot-loss errors name (docs/troubleshooting.md#slot-lost).
 fn recover(slot: &str, state: &str) -> String {
     let lit = crate::quote::quote_literal(slot);

@@ -38,6 +38,16 @@ pub enum SnapshotError {
     },
 }
 
+impl SnapshotError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SnapshotError::Replication(e) => e.is_transient(),
+            SnapshotError::Sql { source, .. } => source.is_transient(),
+            SnapshotError::SlotReply(_) | SnapshotError::NoSlot { .. } => false,
+        }
+    }
+}
+
 /// A snapshot exported by a temporary slot. The snapshot can be imported while this value
 /// lives; drop it once every reader has imported it.
 pub struct Exported {

@@ -121,6 +121,16 @@ pub enum StreamError {
     Protocol { lsn: Lsn, what: String },
 }
 
+impl StreamError {
+    /// Connection trouble is transient; a message remodel cannot decode is definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Replication(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Reads the replication stream and forwards typed events in commit order.
 pub struct SourceStream {
     reader: ReplicationReader,

@@ -138,6 +138,16 @@ pub enum StateError {
     },
 }
 
+impl StateError {
+    /// A statement that failed transiently; a state schema newer than this remodel is definite.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Sql { source, .. } => source.is_transient(),
+            StateError::TooNew { .. } => false,
+        }
+    }
+}
+
 /// Names of the state tables, quoted, for one schema.
 #[derive(Debug, Clone)]
 pub struct StateSchema {

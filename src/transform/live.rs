@@ -40,6 +40,18 @@ pub enum PlanError {
     State(#[from] StateError),
 }
 
+impl PlanError {
+    /// A mapping that does not fit is definite; reading the catalogs can fail transiently.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PlanError::Sql { source, .. } => source.is_transient(),
+            PlanError::Setup(e) => e.is_transient(),
+            PlanError::Problems(_) => false,
+            PlanError::State(e) => e.is_transient(),
+        }
+    }
+}
+
 fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PlanError {
     move |source| PlanError::Sql {
         what,

@@ -38,14 +38,13 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{Ctx, VerifyError};
-use crate::apply::{Applier, ApplyError};
+use crate::apply::Applier;
 use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::state::StateSchema;
-use crate::transform::live::PlanError;
 use crate::transform::plan::OutputKind;
 use crate::transform::{TargetOp, Transformer};
 
@@ -120,21 +119,11 @@ pub async fn run(
 }
 
 /// A re-read row the mapping cannot transform (`on_error = "halt"`), one the target refuses,
-/// a statement the target refuses for its data (any SQLSTATE outside the transient classes of
-/// `pgerr::transient_sqlstate`), or a mapping that no longer fits: retrying changes nothing,
-/// and the stream would stop on the same row.
+/// a statement the target refuses for its data, a mapping that no longer fits: whatever the
+/// error itself says is not transient. Retrying changes nothing, and the stream would stop on
+/// the same row.
 fn definite(e: &VerifyError) -> bool {
-    match e {
-        VerifyError::Transform { .. } | VerifyError::Plan(PlanError::Problems(_)) => true,
-        VerifyError::Apply(a) => match &**a {
-            ApplyError::Rejected { .. } | ApplyError::Transform(_) => true,
-            ApplyError::Db { source, .. } => source
-                .sqlstate()
-                .is_some_and(|c| !crate::pgerr::transient_sqlstate(c)),
-            _ => false,
-        },
-        _ => false,
-    }
+    !e.is_transient()
 }
 
 async fn summary(

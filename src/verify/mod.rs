@@ -96,6 +96,29 @@ pub enum VerifyError {
     },
 }
 
+impl VerifyError {
+    /// Whether trying again later can help: connection trouble, a stream behind its snapshot.
+    /// A row that cannot be transformed or is refused, a mapping that does not fit, an unknown
+    /// table, and a shutdown are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            VerifyError::Sql { source, .. } => source.is_transient(),
+            VerifyError::Connect(e) => e.is_transient(),
+            VerifyError::State(e) => e.is_transient(),
+            VerifyError::Snapshot(e) => e.is_transient(),
+            VerifyError::Read(e) => e.is_transient(),
+            VerifyError::Plan(e) => e.is_transient(),
+            VerifyError::Apply(e) => e.is_transient(),
+            VerifyError::StreamBehind { .. } => true,
+            VerifyError::InTable { source, .. } => source.is_transient(),
+            VerifyError::Transform { .. }
+            | VerifyError::UnknownTable { .. }
+            | VerifyError::Table { .. }
+            | VerifyError::Interrupted => false,
+        }
+    }
+}
+
 fn in_table(table: &str, e: VerifyError) -> VerifyError {
     match e {
         VerifyError::Interrupted | VerifyError::StreamBehind { .. } => e,
