@@ -108,6 +108,8 @@ pub struct Metrics {
     pub ready_gauge: IntGauge,
     /// Streaming and applying (for /readyz). Set through [`Metrics::set_ready`].
     pub ready: AtomicBool,
+    /// Woken each time the pipeline becomes ready (see [`Metrics::until_ready`]).
+    ready_changed: tokio::sync::Notify,
     /// Server WAL end last seen, for /status.
     pub server_wal_end: AtomicU64,
     /// Commit time (PostgreSQL µs since 2000-01-01) of the last applied source transaction;
@@ -121,8 +123,29 @@ pub struct Metrics {
 impl Metrics {
     /// Streaming and applying, or not: `/readyz` and `remodel_ready`.
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.ready.store(ready, Ordering::SeqCst);
         self.ready_gauge.set(i64::from(ready));
+        if ready {
+            self.ready_changed.notify_waiters();
+        }
+    }
+
+    /// Wait until the stream streams and applies (`/readyz`); false if `shutdown` comes first.
+    /// A notification, not a poll: the waiter registers before it looks, so a `set_ready`
+    /// between the look and the wait is not missed.
+    pub async fn until_ready(&self, shutdown: &CancellationToken) -> bool {
+        loop {
+            let changed = self.ready_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.ready.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = changed => {}
+            }
+        }
     }
 
     pub fn new() -> Arc<Metrics> {
@@ -274,6 +297,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             ready: AtomicBool::new(false),
+            ready_changed: tokio::sync::Notify::new(),
             server_wal_end: AtomicU64::new(0),
             last_applied_commit_us: std::sync::atomic::AtomicI64::new(0),
             slot: std::sync::OnceLock::new(),

@@ -12,9 +12,8 @@
 //!
 //! No decisions about data live here; each stage owns its own.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,12 +73,8 @@ async fn run_stages(config: Config, control: &Control, metrics: Arc<Metrics>) ->
     // Backfill starts once the stream streams: its publication and slot exist, and a pass can
     // count on the stream to apply everything before its snapshot.
     let backfilling = async {
-        let shutdown = control.shutdown_token();
-        while !metrics.ready.load(Ordering::Relaxed) {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            }
+        if !metrics.until_ready(&control.shutdown_token()).await {
+            return Ok(());
         }
         backfill(&config, &control, &metrics).await
     };
@@ -121,7 +116,7 @@ pub async fn backfill_only(
 /// Backfill with the same retry rule as the stream.
 async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
-    let mut retry = Retry::new();
+    let mut retry = crate::retry::Retry::new();
     loop {
         let attempt = async {
             let src = config
@@ -163,7 +158,7 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
 /// The stream: restart on retryable errors, resuming from the committed progress.
 async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
-    let mut retry = Retry::new();
+    let mut retry = crate::retry::Retry::new();
     let mut isolate_until = None;
     // Consecutive silences: each doubles the next attempt's receive timeout (up to 32×), so
     // a server that is merely slow to send (PostgreSQL 15 decoding a huge table rewrite emits
@@ -211,64 +206,6 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
             }
         }
     }
-}
-
-/// Restarting a stage after retryable errors: back-off from 250 ms doubling to 30 s (each wait
-/// jittered to 50–100 %), back to 250 ms after a minute of healthy running. The verdict itself is `Error::is_retryable`.
-struct Retry {
-    backoff: Duration,
-    started: Instant,
-}
-
-impl Retry {
-    fn new() -> Self {
-        Retry {
-            backoff: Duration::from_millis(250),
-            started: Instant::now(),
-        }
-    }
-
-    fn attempt(&mut self) {
-        self.started = Instant::now();
-    }
-
-    /// What to do after `e`: `Some(end)` stops the stage with `end`; `None` means retry (the
-    /// back-off has been waited).
-    async fn after(
-        &mut self,
-        e: Error,
-        stage: &str,
-        resume: &str,
-        metrics: &Metrics,
-        shutdown: &CancellationToken,
-    ) -> Option<Result<(), Error>> {
-        if shutdown.is_cancelled() {
-            tracing::warn!(error = %e, "{stage}: error while stopping");
-            return Some(Ok(()));
-        }
-        metrics.errors.with_label_values(&[e.kind()]).inc();
-        if !e.is_retryable() {
-            return Some(Err(e));
-        }
-        if self.started.elapsed() > Duration::from_secs(60) {
-            self.backoff = Duration::from_millis(250);
-        }
-        let wait = jittered(self.backoff);
-        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{stage}: retryable error; resuming from {resume}");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Some(Ok(())),
-            _ = tokio::time::sleep(wait) => {}
-        }
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
-        None
-    }
-}
-
-/// "Full jitter" over the upper half: a wait in [backoff/2, backoff], so daemons (and the
-/// stream and backfill of one daemon) that lost the same server do not reconnect in lockstep.
-fn jittered(backoff: Duration) -> Duration {
-    let half = backoff / 2;
-    half + half.mul_f64(rand::random::<f64>())
 }
 
 async fn run_once(
@@ -409,23 +346,5 @@ async fn run_once(
         Ok(())
     } else {
         Err(crate::source::replication::ReplicationError::Closed.into())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_waits_are_jittered_within_half_to_full() {
-        let b = Duration::from_millis(1000);
-        let waits: Vec<Duration> = (0..200).map(|_| jittered(b)).collect();
-        assert!(waits.iter().all(|w| *w >= b / 2 && *w <= b), "{waits:?}");
-        let distinct: std::collections::HashSet<_> = waits.iter().collect();
-        assert!(
-            distinct.len() > 100,
-            "not jittered: {} distinct",
-            distinct.len()
-        );
     }
 }
