@@ -574,3 +574,27 @@ async fn a_re_read_row_the_target_refuses_stops_the_daemon_naming_it() {
     drop(r);
     drop_slot(&db).await;
 }
+
+/// One source transaction inserts a row and flips the filter out and back in, the TOASTed body
+/// unchanged by the flips: the row must be on the target.
+#[tokio::test]
+async fn an_insert_then_a_filter_flip_out_and_back_in_one_transaction_keeps_the_row() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    let r = start(&db, FILTERED, &[]).await;
+    r.d.wait_ready().await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    db.source
+        .batch_execute(
+            "BEGIN;
+             INSERT INTO docs VALUES (25000, 'new', repeat(md5('x'), 200), true);
+             UPDATE docs SET published = NOT published WHERE id = 25000;
+             UPDATE docs SET published = NOT published WHERE id = 25000;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_rows_as_source(&r, &db, "25000", "row 25000 on the target").await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    finish(r, &db).await;
+}
