@@ -316,8 +316,9 @@ impl Applier {
     /// [`Applier::apply_alone`] for a writer that races the backfill's chunk merges and must
     /// honour a pause: `lock` (with `params`) runs first in the transaction (the table lock the
     /// chunk merges take exclusively), then `go` decides — false (paused meanwhile) rolls back
-    /// with nothing written and returns `Ok(false)` — and the ops and every statement of `also`
-    /// (all with `params`) commit together.
+    /// with nothing written and returns `Ok(None)` — and the ops and every statement of `also`
+    /// (all with `params`, each returning one count) commit together; the counts' sum is
+    /// returned.
     pub async fn apply_locked(
         &mut self,
         lock: &str,
@@ -325,7 +326,7 @@ impl Applier {
         ops: Vec<TargetOp>,
         also: &[String],
         params: &[&str],
-    ) -> Result<bool, ApplyError> {
+    ) -> Result<Option<u64>, ApplyError> {
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         self.client
             .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -338,24 +339,29 @@ impl Applier {
                 .await
                 .map_err(db("locking the table"))?;
             if !go() {
-                return Ok(false);
+                return Ok(None);
             }
             self.pending = ops;
             self.flush_pending().await?;
+            let mut counted = 0u64;
             for sql in also {
-                self.client
-                    .execute(sql.as_str(), &p)
+                let n: i64 = self
+                    .client
+                    .query_one(sql.as_str(), &p)
                     .await
+                    .map_err(db("settling deferred updates"))?
+                    .try_get(0)
                     .map_err(db("settling deferred updates"))?;
+                counted += n.max(0) as u64;
             }
             self.client
                 .batch_execute("COMMIT")
                 .await
                 .map_err(db("committing"))?;
-            Ok(true)
+            Ok(Some(counted))
         }
         .await;
-        if !matches!(result, Ok(true)) {
+        if !matches!(result, Ok(Some(_))) {
             self.abort().await;
         }
         self.txn = None;

@@ -216,15 +216,25 @@ pub fn update_present(
 }
 
 /// Delete by target key, leaving tombstones in the ledger.
+///
+/// A removal also ends the deferred partial updates of its keys at or before its version (for
+/// this output): the row they would complete is gone. Without this, an entry from before the
+/// removal would be taken for one after it (same version, one transaction), and its columns
+/// would be merged into a later entry for a row that was re-created in between.
 pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
     let cols: Vec<String> = (0..o.key.len()).map(|i| format!("k{i}")).collect();
     let wheres = match_columns(o, &o.key, |j, _| format!("i.k{j}"));
     format!(
-        "WITH {input}, {guard}
+        "WITH {input}, {guard},
+         undefer AS (DELETE FROM {deferred} d USING input i JOIN guard g ON g.skey = i.skey
+                     WHERE d.rel = $1 AND d.skey = i.skey AND d.target = {target_lit}
+                       AND d.version <= i.ver::pg_lsn)
          DELETE FROM {target} AS t USING input i JOIN guard g ON g.skey = i.skey
          WHERE {wheres}",
         input = input_cte(&cols),
         guard = guard_cte(state, true),
+        deferred = state.table("deferred"),
+        target_lit = crate::quote::quote_literal(&o.target()),
         target = o.quoted_target(),
     )
 }
@@ -248,9 +258,11 @@ pub fn newer_than(state: &StateSchema) -> String {
 pub fn record_truncation(state: &StateSchema) -> String {
     format!(
         "WITH t AS (INSERT INTO {trunc} AS tr (rel, version) VALUES ($1, $2::text::pg_lsn)
-                    ON CONFLICT (rel) DO UPDATE SET version = GREATEST(tr.version, EXCLUDED.version))
+                    ON CONFLICT (rel) DO UPDATE SET version = GREATEST(tr.version, EXCLUDED.version)),
+              d AS (DELETE FROM {deferred} WHERE rel = $1 AND version < $2::text::pg_lsn)
          DELETE FROM {ledger} WHERE rel = $1 AND version < $2::text::pg_lsn",
         trunc = state.table("truncations"),
+        deferred = state.table("deferred"),
         ledger = state.table("ledger"),
     )
 }

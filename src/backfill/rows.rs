@@ -9,7 +9,7 @@
 //!
 //! Memory: one chunk's transformed rows (`backfill.chunk_rows` source rows and what they turn
 //! into) as COPY text, per worker. Owns nothing durable; must never write a row whose source
-//! key has a ledger version ≥ P (unless a deferred partial update of that very row waits for it).
+//! key has a ledger version ≥ P.
 
 use std::sync::Arc;
 
@@ -20,7 +20,6 @@ use super::copy::{self, CopyError, Piped};
 use super::{sql, BackfillError, Job, Shared};
 use crate::change::{Change, Datum, Op, Relation, RelationColumn, SourceKey};
 use crate::lsn::Lsn;
-use crate::quote::quote_literal;
 use crate::state::StateSchema;
 use crate::transform::plan::{OutputKind, OutputPlan, TablePlan};
 use crate::transform::{TargetOp, Transformer, Value};
@@ -346,18 +345,10 @@ pub(super) async fn staged(
     if shared.control.is_paused() {
         return Ok(None);
     }
-    // Under the lock nothing else writes this table: when nothing of it is newer than P and
-    // nothing is deferred, no staged key can be, and the per-row probes can go.
+    // Under the lock nothing else writes this table: when nothing of it is newer than P, no
+    // staged key can be, and the per-row probes can go.
     let probe: bool = target
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)
-                     OR EXISTS (SELECT 1 FROM {} WHERE rel = $1)",
-                st.table("ledger"),
-                st.table("deferred")
-            ),
-            &[&job.rel, &p],
-        )
+        .query_one(&job.sql.any_newer(st), &[&job.rel, &p])
         .await
         .map_err(sql("checking the ledger"))?
         .get(0);
@@ -414,27 +405,23 @@ async fn record_dead(
 }
 
 /// Whether the staged row `alias` may be written at P (`$2`): nothing of its source key is
-/// newer in the ledger — or a deferred partial update of this very output waits for the row.
-/// Without `probe` (nothing of the table is newer than P, nothing deferred) only the table-wide
-/// tombstone is checked.
-fn writable(st: &StateSchema, o: &OutputPlan, alias: &str, probe: bool) -> String {
+/// newer in the ledger. (A deferred partial update of the row does not make it writable: the
+/// snapshot's values of the columns the update left out may be older than the row's at the
+/// update — a full write or a removal can lie between — so such an entry is folded only into a
+/// row the target holds, or left for the resolution, which re-reads the whole row.) Without
+/// `probe` (nothing of the table is newer than P) only the table-wide tombstone is checked.
+fn writable(st: &StateSchema, alias: &str, probe: bool) -> String {
+    let trunc = format!(
+        "NOT EXISTS (SELECT 1 FROM {} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
+        st.table("truncations")
+    );
     if !probe {
-        return format!(
-            "NOT EXISTS (SELECT 1 FROM {} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
-            st.table("truncations")
-        );
+        return trunc;
     }
     format!(
-        "(NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
-          OR EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {tgt}
-                       AND d.version >= $2::text::pg_lsn
-                       AND NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = d.skey
-                                         AND (l.version > d.version OR (l.version = d.version AND l.deleted)))))
-         AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
+        "NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
+         AND {trunc}",
         ledger = st.table("ledger"),
-        deferred = st.table("deferred"),
-        trunc = st.table("truncations"),
-        tgt = quote_literal(&o.target()),
     )
 }
 
@@ -452,7 +439,7 @@ fn row_merge(st: &StateSchema, o: &OutputPlan, stage: &str, probe: bool) -> Stri
          {on_conflict}",
         target = o.quoted_target(),
         values = values.join(", "),
-        ok = writable(st, o, "s", probe),
+        ok = writable(st, "s", probe),
     )
 }
 
@@ -476,7 +463,7 @@ fn split_merge(
         ok = if probe {
             writable_parent(st)
         } else {
-            writable(st, o, "p", false)
+            writable(st, "p", false)
         },
         target = o.quoted_target(),
         parent_match = c.parent_match,

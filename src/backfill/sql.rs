@@ -278,17 +278,29 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
                 wheres
             )
         };
+        // Each entry of a staged key ends in one of four ways, decided on the ledger and
+        // truncations as they were before this statement:
+        // - older than P: the snapshot row (just written at P−1, or skipped for a newer
+        //   stream write) already holds it: dropped;
+        // - superseded: a ledger version or a TRUNCATE newer than the entry, or a full write
+        //   at the entry's own version (which came after it in that transaction: before it,
+        //   the update would have found the row): dropped;
+        // - applied to the row the target holds, its version recorded: dropped;
+        // - none of these (the row is not on the target: a removal at ≥ P came first, e.g. a
+        //   filter flipping out and back in, or a delete and a key change back, in one
+        //   transaction): kept for the daemon's resolution, which re-reads the row at a
+        //   newer snapshot (`verify::deferred`). Nothing is dropped without being in a row.
         format!(
             "WITH staged AS ({staged}),
-             d AS (DELETE FROM {deferred} d USING staged
-                   WHERE d.rel = $1 AND d.skey = staged.skey AND d.target = {target_lit}
-                   RETURNING d.skey, d.version, d.columns),
-             live AS (SELECT d.* FROM d
-                      WHERE d.version >= $2::text::pg_lsn
-                        AND NOT EXISTS (SELECT 1 FROM {ledger} l
-                                        WHERE l.rel = $1 AND l.skey = d.skey
-                                          AND (l.version > d.version OR (l.version = d.version AND l.deleted)))
-                        AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)),
+             cand AS (SELECT d.skey, d.version, d.columns,
+                             d.version < $2::text::pg_lsn AS older,
+                             (EXISTS (SELECT 1 FROM {ledger} l
+                                      WHERE l.rel = $1 AND l.skey = d.skey
+                                        AND (l.version > d.version OR (l.version = d.version AND NOT l.deleted)))
+                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)) AS superseded
+                      FROM {deferred} d JOIN (SELECT DISTINCT skey FROM staged) s ON s.skey = d.skey
+                      WHERE d.rel = $1 AND d.target = {target_lit}),
+             live AS (SELECT c.skey, c.version, c.columns FROM cand c WHERE NOT c.older AND NOT c.superseded),
              upd AS ({update}),
              led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
                      SELECT $1, live.skey, live.version, false FROM live
@@ -300,11 +312,15 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
              -- version (a round resolving that same entry from an older snapshot, a repair)
              -- cannot overwrite the newer row. Rows whose ledger is newer stay as they are.
              older AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-                     SELECT $1, d.skey, $2::text::pg_lsn - 1, false FROM d
-                     WHERE d.version < $2::text::pg_lsn
+                     SELECT $1, c.skey, $2::text::pg_lsn - 1, false FROM cand c
+                     WHERE c.older
                      ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
-                       WHERE l.version < EXCLUDED.version)
-             SELECT count(*) FROM d",
+                       WHERE l.version < EXCLUDED.version),
+             gone AS (DELETE FROM {deferred} d USING cand c
+                      WHERE d.rel = $1 AND d.target = {target_lit} AND d.skey = c.skey AND d.version = c.version
+                        AND (c.older OR c.superseded OR c.skey IN (SELECT skey FROM upd))
+                      RETURNING d.skey)
+             SELECT count(*) FROM gone",
             deferred = state.table("deferred"),
             ledger = state.table("ledger"),
             trunc = state.table("truncations"),

@@ -239,7 +239,7 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
             // the stream's statements on these keys wait and then see the rows written here
             // (so they update them instead of deferring again). A pause that came meanwhile
             // still cancels the write.
-            let wrote = applier
+            let settled = applier
                 .apply_locked(
                     &t.ts.lock(),
                     || !control.is_paused(),
@@ -249,21 +249,22 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
                 )
                 .await
                 .map_err(Box::new)?;
-            if !wrote {
+            let Some(settled) = settled else {
                 tracing::info!(table = %t.rel, "paused: deferred partial updates wait for resume");
                 return Ok(resolved);
-            }
-            resolved += batch.len() as u64;
+            };
+            resolved += settled;
             metrics
                 .deferred_resolved
                 .with_label_values(&[&t.rel])
-                .inc_by(batch.len() as u64);
+                .inc_by(settled);
             tracing::info!(
                 table = %t.rel,
                 keys = ?batch.iter().take(10).map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
-                count = batch.len(),
+                listed = batch.len(),
+                settled,
                 snapshot = %snap.p,
-                "resolved deferred partial updates: re-read the rows from the source and wrote them through the version rule"
+                "deferred partial updates re-read from the source and written through the version rule (settled: entries no longer outstanding)"
             );
         }
     }

@@ -248,6 +248,142 @@ async fn a_filter_flipping_a_row_in_ahead_of_the_cursor_brings_the_whole_row() {
     finish(r, &db).await;
 }
 
+/// A filter flipping a row out and back in within one transaction, ahead of the cursor: the
+/// stream leaves a tombstone and a deferred entry at the same version (the removal came first).
+/// The chunk that then stages the row must skip it (the tombstone is newer than its snapshot)
+/// and must keep the entry it cannot settle for the resolution — dropping it as "deleted at
+/// its own version" lost the row (found by the randomized interleavings). A round that listed
+/// only another row is held meanwhile, so the chunk sees the entry first.
+#[tokio::test]
+async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transaction() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    hold(&db.target, BF).await;
+    hold(&db.target, RES).await;
+    let r = start(
+        &db,
+        FILTERED,
+        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, RES)],
+    )
+    .await;
+    r.d.wait_ready().await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        BF,
+        "ShareLock",
+        1,
+        "the backfill at its barrier",
+    )
+    .await;
+    // Row 15 flips in: a round lists it (only it) and waits at its first barrier.
+    db.source
+        .batch_execute("UPDATE docs SET published = true WHERE id = 15")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        RES,
+        "ShareLock",
+        1,
+        "a round that listed row 15",
+    )
+    .await;
+    // Row 14 (in the second chunk's snapshot) flips out and back in, in one transaction.
+    db.source
+        .batch_execute(
+            "BEGIN;
+             UPDATE docs SET published = false WHERE id = 14;
+             UPDATE docs SET published = true, v = 'back' WHERE id = 14;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 2.0).await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    assert_eq!(
+        count(
+            &db.target,
+            "SELECT count(*) FROM remodel.deferred WHERE skey = '[\"14\"]'",
+            &[]
+        )
+        .await,
+        1,
+        "the chunk dropped the entry of row 14, which it did not write"
+    );
+    release(&db.target, RES).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    wait_no_deferred(&r, &db).await;
+    finish(r, &db).await;
+}
+
+/// A partial update the stream defers, then a full write of the same row later in the same
+/// source transaction (applied one change at a time: `batch_rows = 1`, so nothing merges them):
+/// the full row is the newer one, and a chunk staging the row must not fold the entry's older
+/// values over it. As above, a round that listed only another row is held meanwhile.
+#[tokio::test]
+async fn a_chunk_never_folds_an_entry_over_a_full_write_of_the_same_transaction() {
+    let db = fresh_db(pair()).await;
+    seed_published(&db).await;
+    hold(&db.target, BF).await;
+    hold(&db.target, RES).await;
+    let r = start(
+        &db,
+        &format!("[apply]\nbatch_rows = 1\n{FILTERED}"),
+        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, RES)],
+    )
+    .await;
+    r.d.wait_ready().await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        BF,
+        "ShareLock",
+        1,
+        "the backfill at its barrier",
+    )
+    .await;
+    db.source
+        .batch_execute("UPDATE docs SET published = true WHERE id = 15")
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 1.0).await;
+    wait_waiters(
+        &r.d,
+        &db.target,
+        RES,
+        "ShareLock",
+        1,
+        "a round that listed row 15",
+    )
+    .await;
+    db.source
+        .batch_execute(
+            "BEGIN;
+             UPDATE docs SET v = 'stale' WHERE id = 16;
+             UPDATE docs SET v = 'fresh', big = big || 'x' WHERE id = 16;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    wait_deferred_by_stream(&r, 2.0).await;
+    wait_rows_as_source(&r, &db, "16", "the full write of row 16").await;
+    release(&db.target, BF).await;
+    wait_backfilled(&r, &db, "public.docs").await;
+    assert_eq!(
+        rows(&db.target, "SELECT v FROM docs WHERE id = 16").await,
+        ["fresh"],
+        "the chunk folded the older deferred values over the newer full row"
+    );
+    release(&db.target, RES).await;
+    converge_with(&db, PUBLISHED_ROWS, DOCS_ROWS, Duration::from_secs(60)).await;
+    wait_no_deferred(&r, &db).await;
+    finish(r, &db).await;
+}
+
 /// After the table's backfill is done, a filter flips row 5 in: no pass will ever come.
 #[tokio::test]
 async fn a_filter_flipping_a_row_in_after_the_table_is_done_brings_the_whole_row() {
@@ -295,9 +431,10 @@ async fn deferred_and_held(db: &TestDb, barrier: i64, id: i32) -> Run {
     r
 }
 
-/// The row is deleted on the source after it was deferred and before the round's snapshot:
-/// the re-read finds nothing, writes nothing, and the entry goes. While it waits, the entry
-/// and its age are in `remodel status` and the metrics.
+/// The row is deleted on the source after it was deferred, while a round that listed it waits
+/// before its snapshot: the stream's delete settles the entry itself (the row it would complete
+/// is gone, in the same statement as the tombstone), and the round, let go, writes nothing.
+/// While it waits, the entry and its age are in `remodel status` and the metrics.
 #[tokio::test]
 async fn a_row_deleted_before_the_re_read_is_settled_and_shown_while_outstanding() {
     let db = fresh_db(pair()).await;
@@ -325,9 +462,20 @@ async fn a_row_deleted_before_the_re_read_is_settled_and_shown_while_outstanding
         1,
     )
     .await;
-    assert_eq!(deferred(&db).await, 1, "the entry waits for the held round");
+    assert_eq!(
+        deferred(&db).await,
+        0,
+        "the stream's delete left the entry of the row it removed"
+    );
     release(&db.target, RES).await;
-    wait_no_deferred(&r, &db).await;
+    until(&r.d, "the held round to end", || async {
+        if r.d.log().contains("deferred partial updates re-read") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
     r.d.wait_metric("remodel_deferred_rows", |v| v == 0.0).await;
     assert!(rows(&db.target, "SELECT id::text FROM docs WHERE id = 7")
         .await
@@ -468,10 +616,13 @@ async fn a_round_never_overwrites_a_newer_backfill_copy_of_its_row() {
         "the backfill's fold removes the entry"
     );
     release(&db.target, RES + 1).await;
-    r.d.wait_metric(
-        "remodel_deferred_resolved_total{table=\"public.docs\"}",
-        |v| v >= 1.0,
-    )
+    until(&r.d, "the held round to write", || async {
+        if r.d.log().contains("deferred partial updates re-read") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
     .await;
     assert_eq!(
         rows(
@@ -500,7 +651,7 @@ async fn a_round_writes_nothing_while_paused_and_resolves_after_resume() {
     until(&r.d, "the round to give up for the pause", || async {
         let log = r.d.log();
         if log.contains("paused: deferred partial updates wait for resume")
-            || log.contains("resolved deferred partial updates")
+            || log.contains("deferred partial updates re-read")
         {
             Ok(())
         } else {
