@@ -239,7 +239,7 @@ impl Metrics {
             deferred_resolved: IntCounterVec::new(
                 Opts::new(
                     names::DEFERRED_RESOLVED_TOTAL,
-                    "Deferred partial updates resolved by re-reading the row from the source, by source table",
+                    "Deferred partial updates settled by a resolution round (re-read from the source), by source table",
                 ),
                 &["table"],
             )

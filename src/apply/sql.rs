@@ -225,17 +225,25 @@ pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
     let cols: Vec<String> = (0..o.key.len()).map(|i| format!("k{i}")).collect();
     let wheres = match_columns(o, &o.key, |j, _| format!("i.k{j}"));
     format!(
-        "WITH {input}, {guard},
-         undefer AS (DELETE FROM {deferred} d USING input i JOIN guard g ON g.skey = i.skey
-                     WHERE d.rel = $1 AND d.skey = i.skey AND d.target = {target_lit}
-                       AND d.version <= i.ver::pg_lsn)
+        "WITH {input}, {guard}, {undefer}
          DELETE FROM {target} AS t USING input i JOIN guard g ON g.skey = i.skey
          WHERE {wheres}",
         input = input_cte(&cols),
         guard = guard_cte(state, true),
+        undefer = undefer_cte(state, o),
+        target = o.quoted_target(),
+    )
+}
+
+/// The removal's end of its keys' deferred entries (for `o`) at or before its version, for the
+/// rows that passed the guard (see [`delete`]).
+fn undefer_cte(state: &StateSchema, o: &OutputPlan) -> String {
+    format!(
+        "undefer AS (DELETE FROM {deferred} d USING input i JOIN guard g ON g.skey = i.skey
+                     WHERE d.rel = $1 AND d.skey = i.skey AND d.target = {target_lit}
+                       AND d.version <= i.ver::pg_lsn)",
         deferred = state.table("deferred"),
         target_lit = crate::quote::quote_literal(&o.target()),
-        target = o.quoted_target(),
     )
 }
 
@@ -383,7 +391,8 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
     )
 }
 
-/// Clear a merge output's own columns in rows found by key, where they still hold the given
+/// Clear a merge output's own columns in rows found by key (ending the key's deferred entries
+/// for `o` at or before the version, as a delete does), where they still hold the given
 /// values (`$4` 't' to compare, 'f' not to). Parameters: `$1` source table, `$2` skeys, `$3`
 /// versions, `$4` compare flags, `$5..` key columns, then one text[] per own (non-key) column.
 pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
@@ -430,19 +439,21 @@ pub fn clear(state: &StateSchema, o: &OutputPlan) -> String {
     if sets.is_empty() {
         // Nothing to clear: only the ledger moves.
         return format!(
-            "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard} SELECT count(*) FROM guard",
+            "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard}, {undefer} SELECT count(*) FROM guard",
             p = params.join(", "),
             n = names.join(", "),
             guard = guard_cte(state, true),
+            undefer = undefer_cte(state, o),
         );
     }
     format!(
-        "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard}
+        "WITH input AS (SELECT * FROM unnest({p}) AS i({n})), {guard}, {undefer}
          UPDATE {target} AS t SET {sets} FROM input i JOIN guard g ON g.skey = i.skey
          WHERE {wheres} AND (i.cmp = 'f' OR {same})",
         p = params.join(", "),
         n = names.join(", "),
         guard = guard_cte(state, true),
+        undefer = undefer_cte(state, o),
         target = o.quoted_target(),
         sets = sets.join(", "),
     )

@@ -361,6 +361,10 @@ pub(super) async fn staged(
             .execute(&merge, &[&job.rel, &p])
             .await
             .map_err(cerr)?;
+    }
+    // Every output's merge first: a fold records its entry's version (≥ P) for the key, which
+    // would make a later output's merge (a split's child set) skip that row.
+    for (o, stage) in rj.table.outputs.iter().zip(&rj.stages) {
         if !matches!(o.kind, OutputKind::Split(_)) {
             target
                 .execute(&job.sql.merge_deferred_from(st, o, stage), &[&job.rel, &p])

@@ -217,11 +217,11 @@ impl TableSql {
         )
     }
 
-    /// Fold deferred partial updates of the staged keys into the rows just written: those at a
-    /// version ≥ P (newer than the snapshot) are applied unless the ledger holds something newer;
-    /// older ones are already in the snapshot, and their key's ledger goes to P−1. All staged
-    /// keys' entries are removed.
-    /// `$1` source table, `$2` P. Returns one row: how many entries were folded in or dropped.
+    /// Fold deferred partial updates of the staged keys into the rows just written: older ones
+    /// are in the snapshot already (their key's ledger goes to P−1) and go; newer ones are
+    /// applied onto the row just written and go, or go as superseded; an entry whose key has a
+    /// version in [P, entry] (the row was not just written from the snapshot) stays for the
+    /// resolution. `$1` source table, `$2` P. Returns one row: how many entries went.
     pub fn merge_deferred(&self, state: &StateSchema, o: &OutputPlan) -> String {
         let staged = format!("SELECT {} AS skey FROM {} s", self.skey("s"), self.stage);
         merge_deferred(state, o, &staged)
@@ -278,29 +278,34 @@ fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
                 wheres
             )
         };
-        // Each entry of a staged key ends in one of four ways, decided on the ledger and
+        // Each entry of a staged key ends in one of these ways, decided on the ledger and
         // truncations as they were before this statement:
         // - older than P: the snapshot row (just written at P−1, or skipped for a newer
         //   stream write) already holds it: dropped;
-        // - superseded: a ledger version or a TRUNCATE newer than the entry, or a full write
-        //   at the entry's own version (which came after it in that transaction: before it,
-        //   the update would have found the row): dropped;
-        // - applied to the row the target holds, its version recorded: dropped;
-        // - none of these (the row is not on the target: a removal at ≥ P came first, e.g. a
-        //   filter flipping out and back in, or a delete and a key change back, in one
-        //   transaction): kept for the daemon's resolution, which re-reads the row at a
-        //   newer snapshot (`verify::deferred`). Nothing is dropped without being in a row.
+        // - superseded: a ledger version or a TRUNCATE newer than the entry: dropped;
+        // - blocked: the key (or the table) has a version in [P, entry]: some stream write or
+        //   removal at ≥ P came first, so the row was not just written from the snapshot, and
+        //   whatever row the target holds may not carry this source row's unchanged values
+        //   (a removal and the update in one transaction; another output's write — a split's
+        //   children share the key's version; another source's row of a merge): kept;
+        // - applied onto the row just written (its version recorded): dropped;
+        // - the row is not on the target after all: kept.
+        // A kept entry waits for the daemon's resolution, which re-reads the whole row at a
+        // newer snapshot (`verify::deferred`). Nothing is dropped without being in a row.
         format!(
             "WITH staged AS ({staged}),
              cand AS (SELECT d.skey, d.version, d.columns,
                              d.version < $2::text::pg_lsn AS older,
                              (EXISTS (SELECT 1 FROM {ledger} l
-                                      WHERE l.rel = $1 AND l.skey = d.skey
-                                        AND (l.version > d.version OR (l.version = d.version AND NOT l.deleted)))
-                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)) AS superseded
+                                      WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)
+                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)) AS superseded,
+                             (EXISTS (SELECT 1 FROM {ledger} l
+                                      WHERE l.rel = $1 AND l.skey = d.skey AND l.version >= $2::text::pg_lsn)
+                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)) AS blocked
                       FROM {deferred} d JOIN (SELECT DISTINCT skey FROM staged) s ON s.skey = d.skey
                       WHERE d.rel = $1 AND d.target = {target_lit}),
-             live AS (SELECT c.skey, c.version, c.columns FROM cand c WHERE NOT c.older AND NOT c.superseded),
+             live AS (SELECT c.skey, c.version, c.columns FROM cand c
+                      WHERE NOT c.older AND NOT c.superseded AND NOT c.blocked),
              upd AS ({update}),
              led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
                      SELECT $1, live.skey, live.version, false FROM live

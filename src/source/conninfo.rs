@@ -264,7 +264,7 @@ impl ConnInfo {
             }
         };
         client
-            .batch_execute("SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET TimeZone = 'UTC'; SET standard_conforming_strings = on")
+            .batch_execute("SET DateStyle = ISO; SET IntervalStyle = postgres; SET extra_float_digits = 3; SET TimeZone = 'UTC'; SET standard_conforming_strings = on; SET bytea_output = hex")
             .await
             .map_err(|e| ConnectError::Postgres(self.redacted(), e.into()))?;
         Ok(client)

@@ -315,6 +315,9 @@ impl ReplicationConn {
             ("IntervalStyle", "postgres"),
             ("TimeZone", "UTC"),
             ("extra_float_digits", "3"),
+            // Keys are compared as text (the ledger's source keys): a bytea key must be spelled
+            // as every other session of ours spells it, whatever the database's default.
+            ("bytea_output", "hex"),
         ];
         let mut buf = BytesMut::new();
         frontend::startup_message(params.iter().copied(), &mut buf)

@@ -1,10 +1,12 @@
 //! `<schema>.deferred`: partial updates (unchanged TOAST) of rows the target did not have when
-//! the stream applied them. Written by apply's partial-update statement; folded in (and
-//! removed) by one statement that a backfill chunk and a resolution round (`verify::deferred`)
-//! share, `backfill::sql::TableSql::merge_deferred*`. This file holds what the resolution asks
-//! of the table: what is outstanding, for which tables, and how old.
+//! the stream applied them. Written by apply's partial-update statement; ended by apply's
+//! removals of their keys (a delete, a merge's clear: entries at or before its version) and by
+//! TRUNCATE (older entries), and folded in (and removed when settled) by one statement that a
+//! backfill chunk and a resolution round (`verify::deferred`) share,
+//! `backfill::sql::TableSql::merge_deferred*`. This file holds what the resolution asks of the
+//! table: what is outstanding, for which tables, and how old.
 //!
-//! Must never write: entries are created by apply and removed only by a fold.
+//! Must never write: entries are created and removed by those statements only.
 
 use tokio_postgres::Client;
 

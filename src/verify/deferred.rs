@@ -14,7 +14,8 @@
 //!    ─▶ COPY the entries' source rows at P′ ─▶ per key: update of the whole row / delete, at P′−1
 //!    ─▶ Transformer ─▶ ONE target transaction: the table lock a chunk merge takes (exclusive)
 //!       · paused? roll back · the ledger-guarded writer · the chunk's fold of those keys'
-//!       entries at P′ (newer ones applied onto the rows just written, every one removed)
+//!       entries at P′ (older ones dropped, newer ones applied onto the rows just written or
+//!       dropped as superseded; one whose row is still missing stays for the next round)
 //! ```
 //!
 //! Exact under the version rule: every listed entry is older than P′ (the stream applied it
@@ -29,7 +30,8 @@
 //! written out in docs/adr/0005-backfill-exactness.md.
 //!
 //! Must never write while paused, and never remove an entry without folding in what it holds
-//! that its snapshot does not.
+//! that its snapshot does not. (The stream's own deletes remove the entries of the rows they
+//! remove, `state::deferred`.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -141,7 +143,8 @@ async fn summary(
     Ok(state.deferred_summary(client).await?)
 }
 
-/// One round: resolve up to [`MAX_ENTRIES`] entries. Returns how many keys were rewritten.
+/// One round: resolve up to [`MAX_ENTRIES`] entries. Returns how many keys it re-read and
+/// wrote (0: none it could list, e.g. only entries of outputs no longer mapped).
 async fn round(config: &Config, control: &Control, metrics: &Metrics) -> Result<u64, VerifyError> {
     let ctx = super::connect(config, control.shutdown_token().child_token(), None).await?;
     let result = resolve(&ctx, control, metrics).await;
@@ -253,7 +256,7 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
                 tracing::info!(table = %t.rel, "paused: deferred partial updates wait for resume");
                 return Ok(resolved);
             };
-            resolved += settled;
+            resolved += batch.len() as u64;
             metrics
                 .deferred_resolved
                 .with_label_values(&[&t.rel])
