@@ -174,15 +174,16 @@ pub async fn run(config: &Config) -> Vec<Finding> {
     }
     if let (Some(_), Some(t)) = (&source, &target) {
         let tgt_tables = catalog::load(t).await.unwrap_or_default();
-        let env = crate::transform::Env {
-            published: &published,
-            source: &src_tables,
-            target: &tgt_tables,
-            target_client: t,
-            state_schema: &config.target.state_schema,
-            registry: &config.transforms,
-        };
-        match crate::transform::compile(&config.tables, &env).await {
+        let live = config.live();
+        match crate::transform::live::compile_catalogs(
+            &live,
+            &published,
+            &src_tables,
+            &tgt_tables,
+            t,
+        )
+        .await
+        {
             Err(problems) => {
                 for p in problems {
                     out.push(finding(format!("mapping {}", p.table), p.message, p.fix));

@@ -237,7 +237,7 @@ async fn run_once(
             .await?
             .map(|p| p.applied_lsn);
         let slot_lsn =
-            setup::ensure_slot(&source, &config.source.slot, streamed, &state.quoted).await?;
+            setup::ensure_slot(&source, &config.source.slot, streamed, &state.schema).await?;
         state
             .claim_slot(&target, &config.source.slot, slot_lsn)
             .await?;

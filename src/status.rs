@@ -220,14 +220,7 @@ pub async fn gather(config: &Config) -> Status {
 }
 
 async fn dead_letters(client: &Client, st: &StateSchema) -> Result<Vec<(String, i64)>, Error> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&st.table("dead_letters")],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(false);
+    let exists = st.has_table(client, "dead_letters").await.unwrap_or(false);
     if !exists {
         return Ok(vec![]);
     }
@@ -239,14 +232,7 @@ async fn deferred(
     client: &Client,
     st: &StateSchema,
 ) -> Result<Option<crate::state::DeferredSummary>, Error> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&st.table("deferred")],
-        )
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(false);
+    let exists = st.has_table(client, "deferred").await.unwrap_or(false);
     if !exists {
         return Ok(None);
     }
@@ -258,17 +244,7 @@ async fn target_progress(
     state: &StateSchema,
     slot: &str,
 ) -> Result<Option<crate::state::Progress>, Error> {
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("{}.progress", state.quoted)],
-        )
-        .await
-        .map_err(|source| Error::Sql {
-            what: "looking for the state schema",
-            source: source.into(),
-        })?
-        .get(0);
+    let exists = state.has_table(client, "progress").await?;
     if !exists {
         return Ok(None);
     }
@@ -283,25 +259,12 @@ async fn backfill_tables(
         what: "reading backfill state",
         source: source.into(),
     };
-    let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&state.table("backfill_tables")],
-        )
-        .await
-        .map_err(sql)?
-        .get(0);
+    let exists = state.has_table(client, "backfill_tables").await?;
     if !exists {
         return Ok(vec![]);
     }
     let rows = client
-        .query(
-            &format!(
-                "SELECT rel, state, rows_copied, rows_estimate, chunks FROM {} ORDER BY rel",
-                state.table("backfill_tables")
-            ),
-            &[],
-        )
+        .query(&state.backfill_status(), &[])
         .await
         .map_err(sql)?;
     Ok(rows

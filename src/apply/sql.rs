@@ -62,20 +62,7 @@ fn input_cte(value_cols: &[String]) -> String {
 }
 
 fn guard_cte(state: &StateSchema, deleted: bool) -> String {
-    format!(
-        "guard AS (
-           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-           SELECT DISTINCT ON (i.skey) $1, i.skey, i.ver::pg_lsn, {deleted} FROM input i
-           WHERE i.ver::pg_lsn >= COALESCE(
-               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
-           ORDER BY i.skey, i.ver::pg_lsn DESC
-           ON CONFLICT (rel, skey) DO UPDATE
-             SET version = EXCLUDED.version, deleted = EXCLUDED.deleted
-             WHERE l.version <= EXCLUDED.version
-           RETURNING l.skey)",
-        ledger = state.table("ledger"),
-        trunc = state.table("truncations"),
-    )
+    state.guard_cte("input i", if deleted { "true" } else { "false" })
 }
 
 /// `(target columns)` and `ON CONFLICT (primary key) DO UPDATE SET <non-key> | DO NOTHING` for
@@ -183,35 +170,21 @@ pub fn update_present(
         })
         .collect();
     format!(
-        "WITH {input},
-         allowed AS (
-           SELECT DISTINCT ON (i.skey) i.* FROM input i
-           WHERE i.ver::pg_lsn >= COALESCE(
-               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
-             AND NOT EXISTS (SELECT 1 FROM {ledger} l
-                             WHERE l.rel = $1 AND l.skey = i.skey AND l.version > i.ver::pg_lsn)
-           ORDER BY i.skey, i.ver::pg_lsn DESC),
+        "WITH {input}, {allowed},
          found AS ({found}),
-         led AS (
-           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-           SELECT $1, a.skey, a.ver::pg_lsn, false FROM allowed a WHERE a.skey IN (SELECT skey FROM found)
-           ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
-             WHERE l.version <= EXCLUDED.version),
-         def AS (
-           INSERT INTO {deferred} AS d (rel, skey, version, target, columns)
-           SELECT $1, a.skey, a.ver::pg_lsn, {target_lit}, jsonb_build_object({json})
-           FROM allowed a WHERE a.skey NOT IN (SELECT skey FROM found)
-           ON CONFLICT (rel, skey, target) DO UPDATE
-             SET version = EXCLUDED.version, columns = d.columns || EXCLUDED.columns
-             WHERE d.version <= EXCLUDED.version
-           RETURNING d.skey)
+         {led},
+         {def}
          SELECT skey FROM def",
         input = input_cte(&cols),
-        trunc = state.table("truncations"),
-        ledger = state.table("ledger"),
-        deferred = state.table("deferred"),
-        target_lit = crate::quote::quote_literal(&o.target()),
-        json = json.join(", "),
+        allowed = state.allowed_cte(),
+        led = state.record_versions_cte(
+            "led",
+            "SELECT a.skey, a.ver::pg_lsn AS version FROM allowed a WHERE a.skey IN (SELECT skey FROM found)"
+        ),
+        def = state.defer_cte(
+            &crate::quote::quote_literal(&o.target()),
+            &format!("jsonb_build_object({})", json.join(", "))
+        ),
     )
 }
 
@@ -238,13 +211,7 @@ pub fn delete(state: &StateSchema, o: &OutputPlan) -> String {
 /// The removal's end of its keys' deferred entries (for `o`) at or before its version, for the
 /// rows that passed the guard (see [`delete`]).
 fn undefer_cte(state: &StateSchema, o: &OutputPlan) -> String {
-    format!(
-        "undefer AS (DELETE FROM {deferred} d USING input i JOIN guard g ON g.skey = i.skey
-                     WHERE d.rel = $1 AND d.skey = i.skey AND d.target = {target_lit}
-                       AND d.version <= i.ver::pg_lsn)",
-        deferred = state.table("deferred"),
-        target_lit = crate::quote::quote_literal(&o.target()),
-    )
+    state.undefer_cte(&crate::quote::quote_literal(&o.target()))
 }
 
 /// Take a table's lock shared (`$1` = source table), in its own statement.
@@ -257,32 +224,15 @@ pub fn lock_shared() -> String {
 
 /// Whether the ledger already holds a write of `$1` newer than `$2` (a replayed TRUNCATE).
 pub fn newer_than(state: &StateSchema) -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version > $2::text::pg_lsn)",
-        state.table("ledger")
-    )
+    state.any_newer()
 }
 
 pub fn record_truncation(state: &StateSchema) -> String {
-    format!(
-        "WITH t AS (INSERT INTO {trunc} AS tr (rel, version) VALUES ($1, $2::text::pg_lsn)
-                    ON CONFLICT (rel) DO UPDATE SET version = GREATEST(tr.version, EXCLUDED.version)),
-              d AS (DELETE FROM {deferred} WHERE rel = $1 AND version < $2::text::pg_lsn)
-         DELETE FROM {ledger} WHERE rel = $1 AND version < $2::text::pg_lsn",
-        trunc = state.table("truncations"),
-        deferred = state.table("deferred"),
-        ledger = state.table("ledger"),
-    )
+    state.record_truncation()
 }
 
 pub fn progress(state: &StateSchema) -> String {
-    format!(
-        "INSERT INTO {} (slot, applied_lsn, commit_ts, updated_at)
-         VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
-         ON CONFLICT (slot) DO UPDATE SET applied_lsn = EXCLUDED.applied_lsn,
-             commit_ts = EXCLUDED.commit_ts, updated_at = now()",
-        state.table("progress")
-    )
+    state.record_progress()
 }
 
 /// The pieces of a child-set replacement the stream's statement and backfill's merge share:
@@ -359,16 +309,7 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
     format!(
         "WITH parents AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], {pp}) AS p(skey, ver, del, {pn})),
          kids AS (SELECT * FROM unnest({kp}) AS k({kn})),
-         guard AS (
-           INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-           SELECT DISTINCT ON (p.skey) $1, p.skey, p.ver::pg_lsn, p.del::boolean FROM parents p
-           WHERE p.ver::pg_lsn >= COALESCE(
-               (SELECT tr.version FROM {trunc} tr WHERE tr.rel = $1), '0/0'::pg_lsn)
-           ORDER BY p.skey, p.ver::pg_lsn DESC
-           ON CONFLICT (rel, skey) DO UPDATE
-             SET version = EXCLUDED.version, deleted = EXCLUDED.deleted
-             WHERE l.version <= EXCLUDED.version
-           RETURNING l.skey),
+         {guard},
          gone AS (
            DELETE FROM {target} AS t USING parents p JOIN guard g ON g.skey = p.skey
            WHERE {parent_match}
@@ -380,8 +321,7 @@ pub fn children(state: &StateSchema, o: &OutputPlan) -> String {
         pn = parent_names.join(", "),
         kp = kid_params.join(", "),
         kn = kid_names.join(", "),
-        ledger = state.table("ledger"),
-        trunc = state.table("truncations"),
+        guard = state.guard_cte("parents i", "i.del::boolean"),
         target = o.quoted_target(),
         parent_match = c.parent_match,
         kid_match = c.kid_match,

@@ -101,14 +101,7 @@ async fn try_direct(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillEr
         return Ok(None);
     };
     let st = &shared.state;
-    let check = format!(
-        "SELECT EXISTS (SELECT 1 FROM {ledger} WHERE rel = $1 AND version >= $2::text::pg_lsn)
-             OR EXISTS (SELECT 1 FROM {deferred} WHERE rel = $1)
-             OR EXISTS (SELECT 1 FROM {trunc} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
-        ledger = st.table("ledger"),
-        deferred = st.table("deferred"),
-        trunc = st.table("truncations"),
-    );
+    let check = st.direct_blocked();
     // Without the lock first: newer ledger rows and truncations stay for the pass, so once the
     // stream has written the table the direct path is off without blocking the stream.
     if blocked(target, &check, &job.rel, version).await? || shared.control.is_paused() {
@@ -215,13 +208,7 @@ async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError>
         .map_err(sql("checking the ledger"))?
         .get(0);
     let deferred: bool = target
-        .query_one(
-            &format!(
-                "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1)",
-                st.table("deferred")
-            ),
-            &[&job.rel],
-        )
+        .query_one(&st.any_deferred(), &[&job.rel])
         .await
         .map_err(sql("checking deferred updates"))?
         .get(0);
@@ -253,13 +240,7 @@ pub(super) async fn copy_table(
 ) -> Result<(), BackfillError> {
     let st = &shared.state;
     let row = target
-        .query_one(
-            &format!(
-                "SELECT cursor, state FROM {} WHERE rel = $1",
-                st.table("backfill_tables")
-            ),
-            &[&job.rel],
-        )
+        .query_one(&st.backfill_cursor(), &[&job.rel])
         .await
         .map_err(sql("reading the cursor"))?;
     if row.get::<_, String>(1) == "done" {
@@ -293,10 +274,7 @@ pub(super) async fn copy_table(
             return Ok(());
         }
         let truncated: bool = target
-            .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)", st.table("truncations")),
-                &[&job.rel, &version],
-            )
+            .query_one(&st.any_truncation_since(), &[&job.rel, &version])
             .await
             .map_err(sql("checking table tombstones"))?
             .get(0);

@@ -223,14 +223,7 @@ pub async fn run(
             .map(|r| r.get(0))
             .unwrap_or(0);
         target
-            .execute(
-                &format!(
-                    "INSERT INTO {} (rel, rows_estimate) VALUES ($1, $2)
-                     ON CONFLICT (rel) DO UPDATE SET rows_estimate = EXCLUDED.rows_estimate",
-                    state.table("backfill_tables")
-                ),
-                &[rel, &estimate],
-            )
+            .execute(&state.register_backfill_table(), &[rel, &estimate])
             .await
             .map_err(sql("registering tables"))?;
         let rows = if tp.sql_only() {
@@ -284,13 +277,7 @@ fn shared_target(plan: &Plan, tp: &crate::transform::plan::TablePlan) -> bool {
 
 async fn pending(shared: &Shared, target: &Client) -> Result<Vec<String>, BackfillError> {
     let rows = target
-        .query(
-            &format!(
-                "SELECT rel FROM {} WHERE state <> 'done' ORDER BY rel",
-                shared.state.table("backfill_tables")
-            ),
-            &[],
-        )
+        .query(&shared.state.pending_backfill_tables(), &[])
         .await
         .map_err(sql("reading backfill state"))?;
     Ok(rows
@@ -381,10 +368,7 @@ async fn pass(
     drop(exported);
     target
         .execute(
-            &format!(
-                "UPDATE {} SET version = $2::text::pg_lsn WHERE id = $1",
-                shared.state.table("backfill_passes")
-            ),
+            &shared.state.set_pass_version(),
             &[&pass_id, &p.to_string()],
         )
         .await
@@ -418,13 +402,7 @@ async fn pass(
         }
     }
     target
-        .execute(
-            &format!(
-                "UPDATE {} SET finished_at = now() WHERE id = $1",
-                shared.state.table("backfill_passes")
-            ),
-            &[&pass_id],
-        )
+        .execute(&shared.state.finish_pass(), &[&pass_id])
         .await
         .map_err(sql("closing the pass"))?;
     target
@@ -466,31 +444,8 @@ async fn wait_for_stream(
 }
 
 async fn prune_tombstones(shared: &Shared, target: &Client) -> Result<(), BackfillError> {
-    // A tombstone only stops a pass whose P is ≤ its version; later passes have a larger P.
-    // Keep what a pass still running (in any process: its lock is held) may need. Keep too
-    // what an older dead letter of the key needs: `dead-letters --retry` writes at the
-    // letter's version, and only the tombstone stops it resurrecting a deleted row.
     let n = target
-        .execute(
-            &format!(
-                "DELETE FROM {ledger} t WHERE deleted
-                 AND NOT EXISTS (SELECT 1 FROM {dead} d
-                                 WHERE d.rel = t.rel AND d.skey = t.skey AND d.version < t.version)
-                 AND version < COALESCE(
-                     (SELECT min(p.version) FROM {passes} p
-                      WHERE p.finished_at IS NULL AND EXISTS (
-                          SELECT 1 FROM pg_locks l
-                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                            AND ((l.classid::int8 << 32) | l.objid::int8)
-                                = hashtextextended('remodel-pass:' || p.owner, 0))),
-                     (SELECT max(version) FROM {passes}))",
-                ledger = shared.state.table("ledger"),
-                passes = shared.state.table("backfill_passes"),
-                dead = shared.state.table("dead_letters"),
-            ),
-            &[],
-        )
+        .execute(&shared.state.prune_tombstones(), &[])
         .await
         .map_err(sql("pruning tombstones"))?;
     if n > 0 {

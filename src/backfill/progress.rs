@@ -38,13 +38,7 @@ impl Progress {
         metrics: Arc<Metrics>,
     ) -> Result<Progress, BackfillError> {
         let rows = target
-            .query(
-                &format!(
-                    "SELECT rel, rows_copied, COALESCE(rows_estimate, 0), state = 'done' FROM {}",
-                    state.table("backfill_tables")
-                ),
-                &[],
-            )
+            .query(&state.backfill_counts(), &[])
             .await
             .map_err(|source| BackfillError::Sql {
                 what: "reading backfill progress",

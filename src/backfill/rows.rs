@@ -415,18 +415,7 @@ async fn record_dead(
 /// row the target holds, or left for the resolution, which re-reads the whole row.) Without
 /// `probe` (nothing of the table is newer than P) only the table-wide tombstone is checked.
 fn writable(st: &StateSchema, alias: &str, probe: bool) -> String {
-    let trunc = format!(
-        "NOT EXISTS (SELECT 1 FROM {} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
-        st.table("truncations")
-    );
-    if !probe {
-        return trunc;
-    }
-    format!(
-        "NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
-         AND {trunc}",
-        ledger = st.table("ledger"),
-    )
+    st.writable_from_snapshot(probe.then(|| format!("{alias}.skey")).as_deref())
 }
 
 fn row_merge(st: &StateSchema, o: &OutputPlan, stage: &str, probe: bool) -> String {
@@ -480,10 +469,5 @@ fn split_merge(
 
 /// A parent's child set is written when nothing of the parent is newer than P.
 fn writable_parent(st: &StateSchema) -> String {
-    format!(
-        "NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = p.skey AND l.version >= $2::text::pg_lsn)
-         AND NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)",
-        ledger = st.table("ledger"),
-        trunc = st.table("truncations"),
-    )
+    st.writable_from_snapshot(Some("p.skey"))
 }

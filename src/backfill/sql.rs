@@ -173,10 +173,7 @@ impl TableSql {
     /// Whether the ledger holds anything of the table at a version ≥ P (`$1`, `$2`): when not,
     /// under the table lock, no staged key can be newer and the per-row probe can be skipped.
     pub fn any_newer(&self, state: &StateSchema) -> String {
-        format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn)",
-            state.table("ledger")
-        )
+        state.any_since()
     }
 
     /// Guarded merge of the staged chunk into one output. `$1` source table, `$2` P. With
@@ -195,25 +192,16 @@ impl TableSql {
             })
             .collect();
         let (targets, on_conflict) = crate::apply::sql::insert_columns_and_conflict(o);
+        let skey = self.skey("s");
         format!(
             "INSERT INTO {target} AS t ({targets})
              SELECT {values} FROM {stage} s
-             WHERE {probe}
-               NOT EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)
+             WHERE {writable}
              {on_conflict}",
             target = o.quoted_target(),
             values = values.join(", "),
             stage = self.stage,
-            trunc = state.table("truncations"),
-            probe = if probe {
-                format!(
-                    "NOT EXISTS (SELECT 1 FROM {} l WHERE l.rel = $1 AND l.skey = {} AND l.version >= $2::text::pg_lsn) AND",
-                    state.table("ledger"),
-                    self.skey("s")
-                )
-            } else {
-                String::new()
-            },
+            writable = state.writable_from_snapshot(probe.then_some(skey.as_str())),
         )
     }
 
@@ -246,102 +234,41 @@ impl TableSql {
 
 /// Fold deferred partial updates of the keys `staged` (a query giving `skey`) into `o`.
 fn merge_deferred(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
-    {
-        let from_json = |name: &str| format!("(live.columns->>{})", quote_literal(name));
-        let sets: Vec<String> = o
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !o.key.contains(i))
-            .map(|(_, c)| {
-                format!(
-                    "{q} = CASE WHEN live.columns ? {lit} THEN {v} ELSE t.{q} END",
-                    q = quote_ident(&c.name),
-                    lit = quote_literal(&c.name),
-                    v = c.sql_value(&from_json(&c.name))
-                )
-            })
-            .collect();
-        let wheres =
-            crate::apply::sql::match_columns(o, &o.key, |_, k| from_json(&o.columns[k].name));
-        let update = if sets.is_empty() {
+    let from_json = |name: &str| format!("(live.columns->>{})", quote_literal(name));
+    let sets: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !o.key.contains(i))
+        .map(|(_, c)| {
             format!(
-                "SELECT live.skey FROM live JOIN {} t ON {}",
-                o.quoted_target(),
-                wheres
+                "{q} = CASE WHEN live.columns ? {lit} THEN {v} ELSE t.{q} END",
+                q = quote_ident(&c.name),
+                lit = quote_literal(&c.name),
+                v = c.sql_value(&from_json(&c.name))
             )
-        } else {
-            format!(
-                "UPDATE {} AS t SET {} FROM live WHERE {} RETURNING live.skey",
-                o.quoted_target(),
-                sets.join(", "),
-                wheres
-            )
-        };
-        // Each entry of a staged key ends in one of these ways, decided on the ledger and
-        // truncations as they were before this statement:
-        // - older than P: the snapshot row (just written at P−1, or skipped for a newer
-        //   stream write) already holds it: dropped;
-        // - superseded: a ledger version or a TRUNCATE newer than the entry: dropped;
-        // - blocked: the key (or the table) has a version in [P, entry]: some stream write or
-        //   removal at ≥ P came first, so the row was not just written from the snapshot, and
-        //   whatever row the target holds may not carry this source row's unchanged values
-        //   (a removal and the update in one transaction; another output's write — a split's
-        //   children share the key's version; another source's row of a merge): kept;
-        // - applied onto the row just written (its version recorded): dropped;
-        // - the row is not on the target after all: kept.
-        // A kept entry waits for the daemon's resolution, which re-reads the whole row at a
-        // newer snapshot (`verify::deferred`). Nothing is dropped without being in a row.
+        })
+        .collect();
+    let wheres = crate::apply::sql::match_columns(o, &o.key, |_, k| from_json(&o.columns[k].name));
+    let update = if sets.is_empty() {
         format!(
-            "WITH staged AS ({staged}),
-             cand AS (SELECT d.skey, d.version, d.columns,
-                             d.version < $2::text::pg_lsn AS older,
-                             (EXISTS (SELECT 1 FROM {ledger} l
-                                      WHERE l.rel = $1 AND l.skey = d.skey AND l.version > d.version)
-                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version > d.version)) AS superseded,
-                             (EXISTS (SELECT 1 FROM {ledger} l
-                                      WHERE l.rel = $1 AND l.skey = d.skey AND l.version >= $2::text::pg_lsn)
-                              OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)) AS blocked
-                      FROM {deferred} d JOIN (SELECT DISTINCT skey FROM staged) s ON s.skey = d.skey
-                      WHERE d.rel = $1 AND d.target = {target_lit}),
-             live AS (SELECT c.skey, c.version, c.columns FROM cand c
-                      WHERE NOT c.older AND NOT c.superseded AND NOT c.blocked),
-             upd AS ({update}),
-             led AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-                     SELECT $1, live.skey, live.version, false FROM live
-                     WHERE live.skey IN (SELECT skey FROM upd)
-                     ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
-                       WHERE l.version <= EXCLUDED.version),
-             -- An entry dropped as older than P is in the row just written at P−1, which has
-             -- no ledger row of its own: record P−1 for the key, so that a writer at an older
-             -- version (a round resolving that same entry from an older snapshot, a repair)
-             -- cannot overwrite the newer row. Rows whose ledger is newer stay as they are.
-             older AS (INSERT INTO {ledger} AS l (rel, skey, version, deleted)
-                     SELECT $1, c.skey, $2::text::pg_lsn - 1, false FROM cand c
-                     WHERE c.older
-                     ON CONFLICT (rel, skey) DO UPDATE SET version = EXCLUDED.version, deleted = false
-                       WHERE l.version < EXCLUDED.version),
-             gone AS (DELETE FROM {deferred} d USING cand c
-                      WHERE d.rel = $1 AND d.target = {target_lit} AND d.skey = c.skey AND d.version = c.version
-                        AND (c.older OR c.superseded OR c.skey IN (SELECT skey FROM upd))
-                      RETURNING d.skey)
-             SELECT count(*) FROM gone",
-            deferred = state.table("deferred"),
-            ledger = state.table("ledger"),
-            trunc = state.table("truncations"),
-            target_lit = quote_literal(&o.target()),
+            "SELECT live.skey FROM live JOIN {} t ON {}",
+            o.quoted_target(),
+            wheres
         )
-    }
+    } else {
+        format!(
+            "UPDATE {} AS t SET {} FROM live WHERE {} RETURNING live.skey",
+            o.quoted_target(),
+            sets.join(", "),
+            wheres
+        )
+    };
+    state.fold(staged, &quote_literal(&o.target()), &update)
 }
 
 /// Record the chunk: cursor (JSON text of the last key), counts. `$1` rel, `$2` cursor,
 /// `$3` rows, `$4` done.
 pub fn advance(state: &StateSchema) -> String {
-    format!(
-        "UPDATE {} SET cursor = $2, rows_copied = rows_copied + $3, chunks = chunks + 1,
-                state = CASE WHEN $4 THEN 'done' ELSE 'copying' END,
-                started_at = COALESCE(started_at, now()), updated_at = now()
-         WHERE rel = $1",
-        state.table("backfill_tables")
-    )
+    state.advance_backfill()
 }

@@ -59,13 +59,10 @@ impl SetupError {
 
 /// The recovery both slot-loss errors name (docs/troubleshooting.md#slot-lost).
 fn recover(slot: &str, state: &str) -> String {
-    let lit = crate::quote::quote_literal(slot);
+    let reset = crate::state::StateSchema::reset_for_new_slot(state, slot);
     format!(
         "Recover (docs/troubleshooting.md#slot-lost): stop remodel; on the target run \
-         BEGIN; DELETE FROM {state}.progress WHERE slot = {lit}; \
-         TRUNCATE {state}.ledger, {state}.truncations, {state}.deferred, \
-         {state}.dead_letters, {state}.backfill_passes; \
-         UPDATE {state}.backfill_tables SET state = 'pending', cursor = NULL; COMMIT; \
+         {reset} \
          then start remodel run (a new slot; backfill copies every row again, and dead-letters \
          again whatever still cannot be transformed) and, once backfill is done, run remodel verify --repair to remove the rows deleted on the \
          source meanwhile"
@@ -131,6 +128,7 @@ pub async fn ensure_publication(
 /// Create the logical slot if missing; returns its confirmed flush position.
 /// `streamed`: how far the target's state says remodel already streamed from `slot` (None on
 /// a first start). With it, a missing or invalidated slot is fatal: never silently re-created.
+/// `state`: the state schema's name (unquoted), for the recovery the error names.
 pub async fn ensure_slot(
     client: &Client,
     slot: &str,

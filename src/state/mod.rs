@@ -19,7 +19,10 @@
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
 //! data tables, and never write progress outside the apply transaction that earned it.
 
+mod backfill;
 mod deferred;
+mod ledger;
+mod progress;
 
 pub use deferred::{DeferredEntry, DeferredSummary};
 
@@ -166,6 +169,28 @@ impl StateSchema {
         format!("{}.{}", self.quoted, name)
     }
 
+    /// The statements that forget everything streamed from `slot` (a lost slot's recovery,
+    /// docs/troubleshooting.md#slot-lost), for a user to run: `schema` as written in the
+    /// config (quoted here).
+    pub fn reset_for_new_slot(schema: &str, slot: &str) -> String {
+        let s = quote_ident(schema);
+        let lit = crate::quote::quote_literal(slot);
+        format!(
+            "BEGIN; DELETE FROM {s}.progress WHERE slot = {lit}; \
+             TRUNCATE {s}.ledger, {s}.truncations, {s}.deferred, {s}.dead_letters, {s}.backfill_passes; \
+             UPDATE {s}.backfill_tables SET state = 'pending', cursor = NULL; COMMIT;"
+        )
+    }
+
+    /// Whether the state table `name` exists yet (`remodel status` before the first run).
+    pub async fn has_table(&self, client: &Client, name: &str) -> Result<bool, StateError> {
+        Ok(client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&self.table(name)])
+            .await
+            .map_err(self.err("looking for the state schema"))?
+            .get(0))
+    }
+
     fn err(&self, what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StateError {
         let schema = self.schema.clone();
         move |source| StateError::Sql {
@@ -245,56 +270,9 @@ impl StateSchema {
             .map_err(self.err("committing migration"))?;
         Ok(MIGRATIONS.len() as i32)
     }
-
-    /// The last source commit end LSN applied for `slot`, if any.
-    pub async fn progress(
-        &self,
-        client: &Client,
-        slot: &str,
-    ) -> Result<Option<Progress>, StateError> {
-        let row = client
-            .query_opt(
-                &format!(
-                    "SELECT applied_lsn::text, extract(epoch from commit_ts)::float8, \
-                     extract(epoch from updated_at)::float8 FROM {} WHERE slot = $1",
-                    self.table("progress")
-                ),
-                &[&slot],
-            )
-            .await
-            .map_err(self.err("reading progress"))?;
-        Ok(row.map(|r| Progress {
-            applied_lsn: r.get::<_, String>(0).parse().unwrap_or_default(),
-            commit_ts_unix: r.get(1),
-            updated_at_unix: r.get(2),
-        }))
-    }
 }
 
 impl StateSchema {
-    /// Record that remodel streams from `slot`, starting at `lsn`, unless it already does: a
-    /// progress row exists from the moment the slot does, so a slot that later disappears
-    /// while the row exists was lost, not never created.
-    pub async fn claim_slot(
-        &self,
-        client: &Client,
-        slot: &str,
-        lsn: Lsn,
-    ) -> Result<(), StateError> {
-        client
-            .execute(
-                &format!(
-                    "INSERT INTO {} (slot, applied_lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now()) \
-                     ON CONFLICT (slot) DO NOTHING",
-                    self.table("progress")
-                ),
-                &[&slot, &lsn.to_string()],
-            )
-            .await
-            .map_err(self.err("recording the slot's start"))?;
-        Ok(())
-    }
-
     /// Register key maps, each `(name, quoted sequence, own)`, creating remodel's own sequence
     /// where no target sequence owns the map (`own`).
     pub async fn ensure_keymaps(

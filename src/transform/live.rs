@@ -1,16 +1,19 @@
 //! The plan compiled against the live catalogs: the publication's tables and both schemas read
 //! once, the mapping compiled against them, the source position the plan is valid from, and the
 //! plan's key maps registered on the target. `remodel run` (stream and backfill), `backfill`,
-//! `verify` and `dead-letters` compile through here.
+//! `verify`, `dead-letters` and `check` (without the registration) compile through here.
 //!
 //! Owns the sequence of one compile. Must never alter a user table (registering a key map may
 //! create remodel's own sequence, in the state schema, when no target sequence owns the map).
 
+use std::collections::HashMap;
+
 use tokio_postgres::Client;
 
+use super::catalog::{self, TableInfo};
 use super::custom::Registry;
 use super::mapping::TableMapping;
-use super::{catalog, compile, Env, Plan, Problem};
+use super::{compile, Env, Plan, Problem};
 use crate::pgerr::PgError;
 use crate::source::setup::{self, SetupError};
 use crate::state::{StateError, StateSchema};
@@ -59,6 +62,28 @@ fn sql(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PlanError {
     }
 }
 
+/// Compile the mapping against catalogs already read (`published` tables, the source and
+/// target schemas); reads the target only where a mapping asks (key map sequences) and writes
+/// nothing. `remodel check` compiles through here; [`compile_live`] adds the position and the
+/// key maps' registration.
+pub async fn compile_catalogs(
+    live: &Live<'_>,
+    published: &[String],
+    source: &HashMap<String, TableInfo>,
+    target: &HashMap<String, TableInfo>,
+    target_client: &Client,
+) -> Result<Plan, Vec<Problem>> {
+    let env = Env {
+        published,
+        source,
+        target,
+        target_client,
+        state_schema: live.state_schema,
+        registry: live.registry,
+    };
+    compile(live.tables, &env).await
+}
+
 /// Compile the mapping against the live schemas of `source` and `target`.
 pub async fn compile_live(
     live: &Live<'_>,
@@ -72,15 +97,7 @@ pub async fn compile_live(
     let tgt = catalog::load(target)
         .await
         .map_err(sql("reading the target schema"))?;
-    let env = Env {
-        published: &published,
-        source: &src,
-        target: &tgt,
-        target_client: target,
-        state_schema: live.state_schema,
-        registry: live.registry,
-    };
-    let mut plan = compile(live.tables, &env)
+    let mut plan = compile_catalogs(live, &published, &src, &tgt, target)
         .await
         .map_err(PlanError::Problems)?;
     // After the catalog was read: see `Plan::compiled_at`.

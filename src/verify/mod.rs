@@ -538,13 +538,7 @@ async fn connect(
 async fn backfill_running(ctx: &Ctx, rel: &str) -> Result<bool, VerifyError> {
     let row = ctx
         .target
-        .query_opt(
-            &format!(
-                "SELECT state <> 'done' FROM {} WHERE rel = $1",
-                ctx.state.table("backfill_tables")
-            ),
-            &[&rel],
-        )
+        .query_opt(&ctx.state.backfill_running(), &[&rel])
         .await
         .map_err(q("reading backfill state"))?;
     Ok(match row {

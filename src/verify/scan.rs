@@ -310,11 +310,12 @@ pub(crate) async fn since(ctx: &Ctx, t: &mut Table, lsn: Lsn) -> Result<(), Veri
     let rows = ctx
         .target
         .query(
-            &format!(
-                "SELECT skey FROM {} WHERE rel = $1 AND version >= $2::text::pg_lsn ORDER BY version LIMIT $3",
-                t.state.table("ledger")
-            ),
-            &[&t.rel, &lsn.to_string(), &(ctx.settings.max_keys as i64 + 1)],
+            &t.state.keys_since(),
+            &[
+                &t.rel,
+                &lsn.to_string(),
+                &(ctx.settings.max_keys as i64 + 1),
+            ],
         )
         .await
         .map_err(q("reading the ledger"))?;

@@ -372,19 +372,17 @@ pub fn absent_on_source(ts: &TableSql) -> String {
 
 /// `busy` and `pending` for the source key `{alias}.skey` (see the module doc).
 fn status(st: &StateSchema, alias: &str, target: &str) -> String {
+    let skey = format!("{alias}.skey");
     format!(
-        "(EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey AND l.version >= $2::text::pg_lsn)
-          OR EXISTS (SELECT 1 FROM {trunc} tr WHERE tr.rel = $1 AND tr.version >= $2::text::pg_lsn)) AS busy,
-         ((NOT EXISTS (SELECT 1 FROM {ledger} l WHERE l.rel = $1 AND l.skey = {alias}.skey)
-           AND (EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done')
-                OR ($3::bool AND NOT EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1))))
-          OR (EXISTS (SELECT 1 FROM {deferred} d WHERE d.rel = $1 AND d.skey = {alias}.skey AND d.target = {target})
-              AND EXISTS (SELECT 1 FROM {bf} b WHERE b.rel = $1 AND b.state <> 'done'))) AS pending",
-        ledger = st.table("ledger"),
-        trunc = st.table("truncations"),
-        bf = st.table("backfill_tables"),
-        deferred = st.table("deferred"),
-        target = quote_literal(target),
+        "({since} OR {truncated}) AS busy,
+         ((NOT {known} AND ({unfinished} OR ($3::bool AND {unregistered})))
+          OR ({deferred} AND {unfinished})) AS pending",
+        since = st.key_since(&skey),
+        truncated = st.truncated_since(),
+        known = st.key_known(&skey),
+        unfinished = st.backfill_unfinished(),
+        unregistered = st.backfill_unregistered(),
+        deferred = st.key_deferred(&skey, &quote_literal(target)),
     )
 }
 
