@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::apply::Applier;
+use crate::apply::Writer;
 use crate::change::{Change, Datum, Op, Relation, RelationColumn, SourceKey};
 use crate::config::Config;
 use crate::error::Error;
@@ -107,13 +107,7 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
     let letters = load(&client, &st, i64::MAX).await?;
     let mut check = target(config).await?;
     st.migrate(&mut check).await?;
-    let mut applier = Applier::standalone(
-        client,
-        st.clone(),
-        plan.clone(),
-        format!("{}:dead-letters", config.source.slot),
-        config.apply.batch_rows,
-    );
+    let mut applier = Writer::new(client, st.clone(), config.stall_timeout());
     let mut report = RetryReport::default();
     let delete = format!(
         "DELETE FROM {} WHERE rel = $1 AND skey = $2 AND version = $3::text::pg_lsn",

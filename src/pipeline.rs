@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{Applier, ApplyError, ApplySettings};
+use crate::apply::{Applier, ApplyError, ApplySettings, Writer};
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::Error;
@@ -312,8 +312,7 @@ async fn run_once(
     metrics.set_ready(true);
 
     let applier = Applier::new(
-        target,
-        state,
+        Writer::new(target, state, config.stall_timeout()),
         ApplySettings {
             slot: config.source.slot.clone(),
             batch_rows: config.apply.batch_rows,

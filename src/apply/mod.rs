@@ -1,11 +1,16 @@
 //! Apply: writes transformed changes to the target, batched, versioned and idempotent.
 //!
 //! ```text
-//!  Event ─▶ Transformer ─▶ pending ops ─(batch_rows)─▶ batch::groups ─▶ sql (ledger-guarded)
+//!  Event ─▶ Transformer ─▶ pending ops ─(batch_rows)─▶ Writer: batch::groups ─▶ sql (ledger-guarded)
 //!                                          │
 //!  Commit of a source txn ──▶ maybe COMMIT the target txn with the progress row in it
 //!                                          └─▶ FlushHandle::applied(end_lsn) → slot confirmed
 //! ```
+//!
+//! Two parts: [`Writer`] (`writer.rs`, with `statements.rs` and `pipelined.rs`) writes ops
+//! through the version rule in a transaction its caller opens — the stream, `verify --repair`,
+//! `dead-letters --retry` and the resolution of deferred entries use it; [`Applier`] (this file)
+//! is the stream loop: events, batching windows, pause, commit with progress, feedback.
 //!
 //! A target transaction holds whole source transactions only (several small ones may share it),
 //! so each source transaction lands all or nothing, in commit order. The progress row commits in
@@ -19,6 +24,9 @@ pub mod batch;
 mod pipelined;
 pub mod sql;
 mod statements;
+mod writer;
+
+pub use writer::{Counts, Writer};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Statement};
 
 use crate::change::{Event, Op};
 use crate::control::Control;
@@ -34,9 +41,7 @@ use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::source::replication::pg_ts_to_unix_secs;
 use crate::source::stream::FlushHandle;
-use crate::state::StateSchema;
 use crate::transform::{TargetOp, TransformError, Transformer};
-use batch::Group;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -150,10 +155,7 @@ struct OpenTxn {
     /// Source transactions begun in this target transaction, and the last one's commit LSN.
     begun: u64,
     max_commit_lsn: Lsn,
-    /// Source tables whose lock this target transaction holds (shared; see sql::lock_shared).
-    locked: std::collections::HashSet<String>,
     counts: HashMap<(Arc<str>, Op), u64>,
-    dead_letters: HashMap<Arc<str>, u64>,
 }
 
 impl OpenTxn {
@@ -165,22 +167,22 @@ impl OpenTxn {
             source_txns: 0,
             begun,
             max_commit_lsn,
-            locked: Default::default(),
             counts: HashMap::new(),
-            dead_letters: HashMap::new(),
         }
     }
 }
 
+/// The stream loop: events in, whole source transactions out through its [`Writer`], progress
+/// committed with them, feedback after. The source of events (`run`'s channel) and the target
+/// (the writer) are parameters: a second stream (the reverse one of a fallback) is a second
+/// `Applier` over another channel and writer.
 pub struct Applier {
-    client: Client,
-    state: StateSchema,
+    writer: Writer,
     settings: ApplySettings,
     transformer: Transformer,
     flush: FlushHandle,
     metrics: Arc<Metrics>,
     control: Control,
-    stmts: HashMap<StmtKey, Statement>,
     pending: Vec<TargetOp>,
     txn: Option<OpenTxn>,
     /// Commit LSN of the source transaction being received, between Begin and Commit.
@@ -193,8 +195,7 @@ pub struct Applier {
 impl Applier {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        client: Client,
-        state: StateSchema,
+        writer: Writer,
         settings: ApplySettings,
         transformer: Transformer,
         flush: FlushHandle,
@@ -203,14 +204,12 @@ impl Applier {
         applied: Lsn,
     ) -> Self {
         Applier {
-            client,
-            state,
+            writer,
             settings,
             transformer,
             flush,
             metrics,
             control,
-            stmts: HashMap::new(),
             pending: Vec::new(),
             txn: None,
             source_txn: None,
@@ -220,33 +219,6 @@ impl Applier {
                 .ok()
                 .and_then(|v| v.parse().ok()),
         }
-    }
-
-    /// An applier for work outside the stream ([`Applier::apply_alone`]: dead-letter retries,
-    /// verify's repairs): no flush feedback, no progress row, metrics of its own.
-    pub fn standalone(
-        client: Client,
-        state: StateSchema,
-        plan: Arc<crate::transform::Plan>,
-        purpose: String,
-        batch_rows: usize,
-    ) -> Self {
-        Applier::new(
-            client,
-            state,
-            ApplySettings {
-                slot: purpose,
-                batch_rows,
-                max_delay: std::time::Duration::from_secs(1),
-                isolate_until: None,
-                stall_timeout: Duration::from_secs(120),
-            },
-            Transformer::new(plan),
-            FlushHandle::new(crate::source::stream::FeedbackState::new(Lsn::default())),
-            Metrics::new(),
-            Control::new(),
-            Lsn::default(),
-        )
     }
 
     /// Apply events until the channel closes or shutdown; commits complete work before returning.
@@ -275,97 +247,6 @@ impl Applier {
                 }
             }
         }
-    }
-
-    /// Apply `ops` in a target transaction of their own, together with `also` (one statement,
-    /// text parameters), then commit: for work outside the stream (dead-letter retries). No
-    /// progress row is written.
-    pub async fn apply_alone(
-        &mut self,
-        ops: Vec<TargetOp>,
-        also: &str,
-        params: &[&str],
-    ) -> Result<(), ApplyError> {
-        self.client
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await
-            .map_err(db("beginning a transaction"))?;
-        self.txn = Some(OpenTxn::new(Lsn::default(), 1));
-        self.pending = ops;
-        let result = async {
-            self.flush_pending().await?;
-            let p: Vec<&(dyn ToSql + Sync)> =
-                params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            self.client
-                .execute(also, &p)
-                .await
-                .map_err(db("recording the retry"))?;
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(db("committing"))
-        }
-        .await;
-        if result.is_err() {
-            self.abort().await;
-        }
-        self.txn = None;
-        result
-    }
-
-    /// [`Applier::apply_alone`] for a writer that races the backfill's chunk merges and must
-    /// honour a pause: `lock` (with `params`) runs first in the transaction (the table lock the
-    /// chunk merges take exclusively), then `go` decides — false (paused meanwhile) rolls back
-    /// with nothing written and returns `Ok(None)` — and the ops and every statement of `also`
-    /// (all with `params`, each returning one count) commit together; the counts' sum is
-    /// returned.
-    pub async fn apply_locked(
-        &mut self,
-        lock: &str,
-        go: impl Fn() -> bool,
-        ops: Vec<TargetOp>,
-        also: &[String],
-        params: &[&str],
-    ) -> Result<Option<u64>, ApplyError> {
-        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await
-            .map_err(db("beginning a transaction"))?;
-        self.txn = Some(OpenTxn::new(Lsn::default(), 1));
-        let result = async {
-            self.client
-                .execute(lock, &p[..1])
-                .await
-                .map_err(db("locking the table"))?;
-            if !go() {
-                return Ok(None);
-            }
-            self.pending = ops;
-            self.flush_pending().await?;
-            let mut counted = 0u64;
-            for sql in also {
-                let n: i64 = self
-                    .client
-                    .query_one(sql.as_str(), &p)
-                    .await
-                    .map_err(db("settling deferred updates"))?
-                    .try_get(0)
-                    .map_err(db("settling deferred updates"))?;
-                counted += n.max(0) as u64;
-            }
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(db("committing"))?;
-            Ok(Some(counted))
-        }
-        .await;
-        if !matches!(result, Ok(Some(_))) {
-            self.abort().await;
-        }
-        self.txn = None;
-        result
     }
 
     /// When the open target transaction holds more than one source transaction: the last one's
@@ -440,15 +321,13 @@ impl Applier {
                 if self.txn.is_none() {
                     if let Some(k) = self.test_barrier {
                         // Test hook (tests/it/backfill_races.rs): hold new target transactions.
-                        self.client
+                        self.writer
+                            .client()
                             .batch_execute(&format!("SELECT pg_advisory_lock_shared({k}); SELECT pg_advisory_unlock_shared({k})"))
                             .await
                             .map_err(db("test barrier"))?;
                     }
-                    self.client
-                        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-                        .await
-                        .map_err(db("beginning a transaction"))?;
+                    self.writer.begin().await?;
                     self.txn = Some(OpenTxn::new(commit_lsn, 0));
                 }
                 if let Some(t) = self.txn.as_mut() {
@@ -515,15 +394,8 @@ impl Applier {
     async fn abort(&mut self) {
         self.pending.clear();
         self.source_txn = None;
-        if self.txn.take().is_some() {
-            // Bounded: on a connection that stopped answering, ROLLBACK would wait forever
-            // (and the transaction dies with the connection anyway).
-            let _ = tokio::time::timeout(
-                self.settings.stall_timeout,
-                self.client.batch_execute("ROLLBACK"),
-            )
-            .await;
-        }
+        self.txn = None;
+        self.writer.abort().await;
     }
 
     async fn commit(&mut self) -> Result<(), ApplyError> {
@@ -534,41 +406,26 @@ impl Applier {
         let Some(t) = self.txn.take() else {
             return Ok(());
         };
-        match t.last_commit {
+        let counts = match t.last_commit {
             Some((end, ts)) => {
-                let stmt = match self.stmts.get(&StmtKey::Progress) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let s = self
-                            .client
-                            .prepare_typed(
-                                &sql::progress(&self.state),
-                                &[Type::TEXT, Type::TEXT, Type::FLOAT8],
-                            )
-                            .await
-                            .map_err(db("preparing the progress update"))?;
-                        self.stmts.insert(StmtKey::Progress, s.clone());
-                        s
-                    }
-                };
+                let text = sql::progress(&self.writer.state);
+                let stmt = self
+                    .writer
+                    .prepared(
+                        StmtKey::Progress,
+                        &text,
+                        &[Type::TEXT, Type::TEXT, Type::FLOAT8],
+                    )
+                    .await?;
                 let (end_text, secs) = (end.to_string(), pg_ts_to_unix_secs(ts));
                 let params: [&(dyn ToSql + Sync); 3] = [&self.settings.slot, &end_text, &secs];
                 // Pipelined: the progress row and COMMIT go out together (one round trip).
                 // If the progress row fails, the server turns that COMMIT into a rollback,
                 // so the progress error alone decides: nothing is confirmed.
-                let (progress, commit) = tokio::join!(
-                    self.client.execute(&stmt, &params),
-                    self.client.batch_execute("COMMIT")
-                );
-                progress.map_err(db("writing progress"))?;
-                commit.map_err(db("committing"))?;
+                self.writer.commit_with(Some((&stmt, &params))).await?
             }
-            None => self
-                .client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(db("committing"))?,
-        }
+            None => self.writer.commit().await?,
+        };
         crate::failpoint::hit("apply.after_commit");
         self.metrics
             .apply_batch_seconds
@@ -586,9 +443,15 @@ impl Applier {
                 .set(((now - ts) as f64 / 1e6).max(0.0));
         }
         self.metrics.transactions_applied.inc_by(t.source_txns);
-        for (table, n) in t.dead_letters {
+        for (table, n) in counts.dead_letters {
             self.metrics
                 .dead_letters
+                .with_label_values(&[&table])
+                .inc_by(n);
+        }
+        for (table, n) in counts.deferred {
+            self.metrics
+                .deferred_rows
                 .with_label_values(&[&table])
                 .inc_by(n);
         }
@@ -601,98 +464,18 @@ impl Applier {
         Ok(())
     }
 
+    /// Write the pending ops into the open target transaction.
     async fn flush_pending(&mut self) -> Result<(), ApplyError> {
         if self.pending.is_empty() {
             return Ok(());
         }
         let ops = std::mem::take(&mut self.pending);
         let n = ops.len();
-        let groups = batch::groups(ops);
-        let mut i = 0;
-        while i < groups.len() {
-            // A stretch of row groups goes out pipelined; other kinds run one by one.
-            let end = (i..groups.len())
-                .find(|&k| !pipelined::pipelinable(&groups[k]))
-                .unwrap_or(groups.len());
-            let (result, next) = if end > i {
-                (
-                    self.exec_pipelined(&groups[i..end])
-                        .await
-                        .map_err(|(k, e)| (i + k, e)),
-                    end,
-                )
-            } else {
-                (self.exec(&groups[i]).await.map_err(|e| (i, e)), i + 1)
-            };
-            if let Err((k, e)) = result {
-                if is_data_rejection(&e) {
-                    return Err(self.diagnose(&groups[k], e).await);
-                }
-                return Err(ApplyError::Db {
-                    what: "writing a batch",
-                    source: e.into(),
-                });
-            }
-            crate::failpoint::hit("apply.mid_batch");
-            i = next;
-        }
+        self.writer.write(ops).await?;
         if let Some(t) = self.txn.as_mut() {
             t.rows += n;
         }
         Ok(())
-    }
-
-    /// The target rejected a group: roll back, then find the row it rejects, one by one.
-    async fn diagnose(&mut self, group: &Group, err: tokio_postgres::Error) -> ApplyError {
-        self.abort().await;
-        let mut culprit = (group.first_guard().cloned(), err);
-        if self.client.batch_execute("BEGIN").await.is_ok() {
-            for single in group.split() {
-                let _ = self.client.batch_execute("SAVEPOINT diagnose").await;
-                match self.exec(&single).await {
-                    Ok(()) => {
-                        let _ = self
-                            .client
-                            .batch_execute("RELEASE SAVEPOINT diagnose")
-                            .await;
-                    }
-                    Err(e) => {
-                        culprit = (single.first_guard().cloned(), e);
-                        break;
-                    }
-                }
-            }
-            let _ = self.client.batch_execute("ROLLBACK").await;
-        }
-        let (guard, e) = culprit;
-        let (target, op) = match group {
-            Group::Upsert { output, .. } => (output.target(), "insert/update"),
-            Group::Update { output, .. } => (output.target(), "update"),
-            Group::Delete { output, .. } => (output.target(), "delete"),
-            Group::Clear { output, .. } => (output.target(), "clear merged columns"),
-            Group::Children { output, .. } => (output.target(), "replace child rows"),
-            Group::DeadLetters { .. } => ("(dead letters)".into(), "record dead letter"),
-            Group::Truncate { .. } => ("(truncate)".into(), "truncate"),
-        };
-        let db = e.as_db_error();
-        ApplyError::Rejected {
-            op,
-            table: guard
-                .as_ref()
-                .map(|g| g.source_rel.to_string())
-                .unwrap_or_default(),
-            key: guard
-                .as_ref()
-                .map(|g| g.key.to_string())
-                .unwrap_or_default(),
-            lsn: guard.as_ref().map(|g| g.version).unwrap_or_default(),
-            target,
-            message: db
-                .map(|d| d.message().to_string())
-                .unwrap_or_else(|| e.to_string()),
-            detail: db.and_then(|d| d.detail().map(str::to_string)),
-            sqlstate: db.map(|d| d.code().code().to_string()).unwrap_or_default(),
-        }
     }
 }
 

@@ -22,13 +22,13 @@ use tokio_postgres::types::ToSql;
 
 use super::batch::Group;
 use super::statements::{data_parts, deferred_keys, stmt_text, RowParams};
-use super::Applier;
+use super::writer::Writer;
 
 type Request<'a> = Pin<
     Box<dyn Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>> + Send + 'a>,
 >;
 
-/// Groups [`Applier::exec_pipelined`] takes (the others run one by one).
+/// Groups [`Writer::exec_pipelined`] takes (the others run one by one).
 pub(super) fn pipelinable(g: &Group) -> bool {
     matches!(
         g,
@@ -36,7 +36,7 @@ pub(super) fn pipelinable(g: &Group) -> bool {
     )
 }
 
-impl Applier {
+impl Writer {
     /// Run `groups` (all [`pipelinable`]) in order, pipelined. On failure: the index of the
     /// group whose request failed first, and its error.
     pub(super) async fn exec_pipelined(

@@ -1,8 +1,8 @@
 //! The statements of one target transaction: each [`Group`] kind's prepared, ledger-guarded
 //! statement with its array parameters, and the per-table shared lock taken before it.
 //!
-//! Owns nothing but the statement cache it shares with [`Applier`]; never commits, never
-//! confirms a position (that is `Applier::commit`'s, after the target's COMMIT returned).
+//! Owns nothing but the statement cache of its [`Writer`]; never commits, never confirms a
+//! position (that is the stream loop's, `Applier::commit`, after the target's COMMIT returned).
 
 use std::sync::Arc;
 
@@ -10,12 +10,13 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Statement;
 
 use super::batch::{self, Group};
-use super::{sql, Applier, StmtKey};
+use super::writer::Writer;
+use super::{sql, StmtKey};
 use crate::quote::quote_ident;
 use crate::state::StateSchema;
 use crate::transform::{Guard, OutputPlan, Value};
 
-impl Applier {
+impl Writer {
     /// The prepared shared-lock statement (see sql::lock_shared).
     pub(super) async fn lock_stmt(&mut self) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.stmts.get(&StmtKey::Lock) {
@@ -105,7 +106,7 @@ impl Applier {
     /// Partial updates whose rows the target does not have: counted and logged (the statement
     /// already kept them in `<state>.deferred`).
     pub(super) fn note_deferred(
-        &self,
+        &mut self,
         output: &OutputPlan,
         rows: &[(Guard, Vec<Value>)],
         deferred: &[String],
@@ -113,10 +114,9 @@ impl Applier {
         if deferred.is_empty() {
             return;
         }
-        self.metrics
-            .deferred_rows
-            .with_label_values(&[&output.source])
-            .inc_by(deferred.len() as u64);
+        if let Some(t) = self.txn.as_mut() {
+            *t.counts.deferred.entry(output.source.clone()).or_default() += deferred.len() as u64;
+        }
         tracing::info!(
             table = %output.source,
             keys = ?deferred.iter().take(10).collect::<Vec<_>>(),
@@ -256,7 +256,10 @@ impl Applier {
             tracing::warn!(table = %d.source_rel, key = %d.key, lsn = %d.version, reason = %d.reason,
                 "row set aside in {}.dead_letters (on_error = \"dead_letter\")", self.state.schema);
             if let Some(t) = self.txn.as_mut() {
-                *t.dead_letters.entry(d.source_rel.clone()).or_default() += 1;
+                *t.counts
+                    .dead_letters
+                    .entry(d.source_rel.clone())
+                    .or_default() += 1;
             }
         }
         Ok(())

@@ -40,7 +40,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use super::{Ctx, VerifyError};
-use crate::apply::Applier;
+use crate::apply::Writer;
 use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
@@ -204,12 +204,10 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
     let snap = ctx.snapshot().await?;
     let version = Lsn(snap.p.0.saturating_sub(1));
     let p = snap.p.to_string();
-    let mut applier = Applier::standalone(
+    let mut applier = Writer::new(
         ctx.tgt_info.connect().await?,
         ctx.state.clone(),
-        ctx.plan.clone(),
-        format!("{}:deferred", ctx.config.source.slot),
-        ctx.config.apply.batch_rows,
+        ctx.config.stall_timeout(),
     );
     let mut transformer = Transformer::new(ctx.plan.clone());
     let mut resolved = 0u64;

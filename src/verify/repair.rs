@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use futures_util::StreamExt;
 
 use super::{scan, sql, Ctx, Snap, Table, VerifyError, Why};
-use crate::apply::Applier;
+use crate::apply::Writer;
 use crate::backfill::rows::parse_tuple;
 use crate::change::{Change, Datum, Op, SourceKey, Tuple};
 use crate::lsn::Lsn;
@@ -31,13 +31,7 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
     let snap = ctx.snapshot().await?;
     let version = Lsn(snap.p.0.saturating_sub(1));
     let client = ctx.tgt_info.connect().await?;
-    let mut applier = Applier::standalone(
-        client,
-        ctx.state.clone(),
-        ctx.plan.clone(),
-        format!("{}:verify-repair", ctx.config.source.slot),
-        ctx.config.apply.batch_rows,
-    );
+    let mut applier = Writer::new(client, ctx.state.clone(), ctx.config.stall_timeout());
     let mut transformer = Transformer::new(ctx.plan.clone());
     for t in tables.iter_mut() {
         let keys: Vec<(String, Vec<Option<String>>)> =
