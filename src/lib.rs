@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pgerr;
 pub mod pipeline;
 pub mod quote;
+pub mod read;
 pub mod retry;
 pub mod source;
 pub mod state;

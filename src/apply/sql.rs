@@ -13,7 +13,7 @@
 //! than a table-wide tombstone (TRUNCATE) never pass the guard.
 //! Parameters: `$1` source table name, `$2` source keys, `$3` versions, `$4..` one text[] per value column.
 
-use crate::quote::quote_ident;
+use crate::quote::{quote_ident, quote_literal};
 use crate::state::StateSchema;
 use crate::transform::OutputPlan;
 
@@ -408,5 +408,58 @@ pub fn dead_letters(state: &StateSchema) -> String {
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS d(r, k, v, o, why, j)
          ON CONFLICT (rel, skey, version) DO NOTHING",
         state.table("dead_letters")
+    )
+}
+
+/// Take a source table's lock exclusively (`$1` = source table), in its own statement: a chunk
+/// merge or a resolution round, against the stream's shared lock ([`lock_shared`]).
+pub fn lock_exclusive() -> String {
+    format!("SELECT pg_advisory_xact_lock({})", table_lock_key("$1"))
+}
+
+/// Fold the deferred partial updates of the keys `staged` (a query giving `skey`) into `o`'s
+/// rows just written from a snapshot at `$2` (`$1` the source table): the target side of
+/// [`StateSchema::fold`], shared by backfill chunks and resolution rounds.
+pub fn fold(state: &StateSchema, o: &OutputPlan, staged: &str) -> String {
+    let from_json = |name: &str| format!("(live.columns->>{})", quote_literal(name));
+    let sets: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !o.key.contains(i))
+        .map(|(_, c)| {
+            format!(
+                "{q} = CASE WHEN live.columns ? {lit} THEN {v} ELSE t.{q} END",
+                q = quote_ident(&c.name),
+                lit = quote_literal(&c.name),
+                v = c.sql_value(&from_json(&c.name))
+            )
+        })
+        .collect();
+    let wheres = match_columns(o, &o.key, |_, k| from_json(&o.columns[k].name));
+    let update = if sets.is_empty() {
+        format!(
+            "SELECT live.skey FROM live JOIN {} t ON {}",
+            o.quoted_target(),
+            wheres
+        )
+    } else {
+        format!(
+            "UPDATE {} AS t SET {} FROM live WHERE {} RETURNING live.skey",
+            o.quoted_target(),
+            sets.join(", "),
+            wheres
+        )
+    };
+    state.fold(staged, &quote_literal(&o.target()), &update)
+}
+
+/// [`fold`] for the keys in `$3` (a JSON array of source keys as the ledger stores them), just
+/// written at `$2`−1 from a snapshot at `$2`: a resolution round (`verify::deferred`).
+pub fn fold_keys(state: &StateSchema, o: &OutputPlan) -> String {
+    fold(
+        state,
+        o,
+        "SELECT jsonb_array_elements_text($3::text::jsonb) AS skey",
     )
 }

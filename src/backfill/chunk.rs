@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use super::{copy, pass_barrier, sql, test_barrier, BackfillError, Job, Shared};
+use super::{pass_barrier, sql, test_barrier, BackfillError, Job, Shared};
 use crate::change::SourceKey;
 use crate::lsn::Lsn;
+use crate::read::copy;
 
 /// Wait for throttle, lag and pause; false when the pass must end (deadline, shutdown).
 async fn may_copy(
@@ -165,9 +166,9 @@ async fn blocked(
         .map_err(sql("checking for newer writes"))
 }
 
-/// The guarded path: stage the chunk, then (under the table lock) merge it at P−1, skipping
-/// keys with a ledger version ≥ P, and fold in deferred updates. None when paused meanwhile.
-async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError> {
+/// The plain path (a pure column mapping): stage the chunk as read, then merge it at P−1
+/// ([`merge_staged`]). None when paused meanwhile.
+async fn stage_plain(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError> {
     let Chunk {
         shared,
         source,
@@ -191,41 +192,27 @@ async fn staged(chunk: &Chunk<'_>) -> Result<Option<copy::Piped>, BackfillError>
         table: job.rel.clone(),
         source,
     })?;
-    pass_barrier(target, barrier).await?;
-    target
-        .execute(&job.sql.lock(), &[&job.rel])
-        .await
-        .map_err(sql("locking the table against the stream"))?;
-    if shared.control.is_paused() {
+    let merged = super::merge::merge_staged(
+        shared,
+        target,
+        job,
+        version,
+        barrier,
+        |probe| {
+            job.outputs
+                .iter()
+                .map(|o| job.sql.merge(st, o, probe))
+                .collect()
+        },
+        &job.outputs
+            .iter()
+            .map(|o| job.sql.merge_deferred(st, o))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    if !merged {
         // Paused while this chunk was staged: write nothing; it is read again later.
         return Ok(None);
-    }
-    // Under the lock nothing else writes this table: if nothing of it is newer than P now, no
-    // staged key is, and the per-row ledger probe can go.
-    let probe: bool = target
-        .query_one(&job.sql.any_newer(st), &[&job.rel, &version])
-        .await
-        .map_err(sql("checking the ledger"))?
-        .get(0);
-    let deferred: bool = target
-        .query_one(&st.any_deferred(), &[&job.rel])
-        .await
-        .map_err(sql("checking deferred updates"))?
-        .get(0);
-    for o in &job.outputs {
-        target
-            .execute(&job.sql.merge(st, o, probe), &[&job.rel, &version])
-            .await
-            .map_err(|e| BackfillError::Copy {
-                table: job.rel.clone(),
-                source: copy::CopyError::Target(e.into()),
-            })?;
-        if deferred {
-            target
-                .execute(&job.sql.merge_deferred(st, o), &[&job.rel, &version])
-                .await
-                .map_err(sql("folding in deferred updates"))?;
-        }
     }
     Ok(Some(piped))
 }
@@ -316,14 +303,14 @@ pub(super) async fn copy_table(
             let written = match &job.rows {
                 Some(rj) => {
                     let copy_out = job.sql.copy_out(cursor.as_deref(), limit);
-                    super::rows::staged(
+                    super::rows::stage_transformed(
                         shared, source, target, job, rj, &copy_out, &version, barrier,
                     )
                     .await?
                 }
                 None => match try_direct(&inputs).await? {
                     Some(p) => Some(p),
-                    None => staged(&inputs).await?,
+                    None => stage_plain(&inputs).await?,
                 },
             };
             let Some(piped) = written else {

@@ -20,7 +20,7 @@
 //! ledger version is ≥ its pass's P, and never hold one snapshot past the configured age.
 
 mod chunk;
-pub mod copy;
+mod merge;
 pub mod progress;
 pub(crate) mod rows;
 pub mod sql;
@@ -58,7 +58,7 @@ pub enum BackfillError {
     Copy {
         table: String,
         #[source]
-        source: copy::CopyError,
+        source: crate::read::CopyError,
     },
     #[error(transparent)]
     Replication(#[from] ReplicationError),
@@ -93,6 +93,17 @@ pub enum BackfillError {
         table: String,
         after: std::time::Duration,
     },
+}
+
+impl From<crate::read::ReadError> for BackfillError {
+    fn from(e: crate::read::ReadError) -> Self {
+        match e {
+            crate::read::ReadError::Copy { table, source } => BackfillError::Copy { table, source },
+            crate::read::ReadError::Transform { table, source } => {
+                BackfillError::Transform { table, source }
+            }
+        }
+    }
 }
 
 impl BackfillError {

@@ -13,9 +13,9 @@ use tokio_postgres::Client;
 use super::report::{diff_columns, Diff};
 use super::sql;
 use super::{q, Table, VerifyError, Why};
-use crate::backfill::rows::{self, Parents, Transformed};
 use crate::change::SourceKey;
 use crate::lsn::Lsn;
+use crate::read::rows::{self, Parents, Transformed};
 
 /// Where a chunk's rows come from.
 pub(crate) enum Source<'a> {
@@ -93,7 +93,7 @@ async fn stage_and_compare(
         let cols: Vec<String> = (0..t.outs[i].o.columns.len())
             .map(|c| format!("c{c}"))
             .collect();
-        rows::copy_in(
+        crate::read::copy::copy_in(
             target,
             &format!("COPY {stage} (skey, {}) FROM STDIN", cols.join(", ")),
             data,
@@ -104,7 +104,7 @@ async fn stage_and_compare(
     let parents = std::mem::take(&mut tr.parents);
     if !parents.is_empty() {
         let keys: Vec<String> = (0..t.ts.key_len).map(|j| format!("k{j}")).collect();
-        rows::copy_in(
+        crate::read::copy::copy_in(
             target,
             &format!(
                 "COPY {} (skey, {}) FROM STDIN",
@@ -190,7 +190,7 @@ fn read_keys(parents: &[u8]) -> std::collections::HashSet<String> {
         .filter(|l| !l.is_empty())
         .filter_map(|l| {
             let f = l.split(|&b| b == b'\t').next()?;
-            crate::backfill::copy::unescape(f).ok().flatten()
+            crate::read::copy::unescape(f).ok().flatten()
         })
         .collect()
 }

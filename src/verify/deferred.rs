@@ -41,7 +41,6 @@ use tokio_postgres::Client;
 
 use super::{Ctx, VerifyError};
 use crate::apply::Writer;
-use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
 use crate::lsn::Lsn;
@@ -219,7 +218,7 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
                 .outputs
                 .iter()
                 .filter(|o| matches!(o.kind, OutputKind::Row | OutputKind::Merge))
-                .map(|o| TableSql::merge_deferred_keys(&ctx.state, o))
+                .map(|o| crate::apply::sql::fold_keys(&ctx.state, o))
                 .collect();
         let keys: Vec<(&String, &Vec<Option<String>>)> = by_rel[&t.rel].iter().collect();
         for batch in keys.chunks(BATCH) {
@@ -242,7 +241,7 @@ async fn resolve(ctx: &Ctx, control: &Control, metrics: &Metrics) -> Result<u64,
             // still cancels the write.
             let settled = applier
                 .apply_locked(
-                    &t.ts.lock(),
+                    &crate::apply::sql::lock_exclusive(),
                     || !control.is_paused(),
                     ops,
                     &fold,

@@ -41,13 +41,13 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::backfill::rows::RowsJob;
-use crate::backfill::sql::TableSql;
 use crate::config::Config;
 use crate::control::Control;
 use crate::lsn::Lsn;
 use crate::metrics::Metrics;
 use crate::pgerr::PgError;
+use crate::read::rows::RowsJob;
+use crate::read::TableSql;
 use crate::source::conninfo::{ConnInfo, ConnectError};
 use crate::source::snapshot::{self, SnapshotError};
 use crate::state::{StateError, StateSchema};
@@ -69,7 +69,7 @@ pub enum VerifyError {
     #[error("verify: {0}")]
     Snapshot(#[from] SnapshotError),
     #[error("verify: reading source rows: {0}")]
-    Read(#[from] crate::backfill::BackfillError),
+    Read(#[from] crate::read::ReadError),
     #[error("verify: {0}")]
     Plan(crate::transform::live::PlanError),
     #[error("rewriting rows of {table} from the source: {source}")]

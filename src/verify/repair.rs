@@ -19,9 +19,9 @@ use futures_util::StreamExt;
 
 use super::{scan, sql, Ctx, Snap, Table, VerifyError, Why};
 use crate::apply::Writer;
-use crate::backfill::rows::parse_tuple;
 use crate::change::{Change, Datum, Op, SourceKey, Tuple};
 use crate::lsn::Lsn;
+use crate::read::rows::parse_tuple;
 use crate::transform::{TargetOp, Transformer};
 
 /// Keys per repair transaction.
@@ -106,7 +106,7 @@ pub(super) async fn reread(
     )
     .await
     .map_err(|e| {
-        VerifyError::Read(crate::backfill::BackfillError::Copy {
+        VerifyError::Read(crate::read::ReadError::Copy {
             table: t.rel.clone(),
             source: e,
         })
@@ -155,8 +155,8 @@ async fn read(
     copy: &str,
     width: usize,
     key_len: usize,
-) -> Result<HashMap<Vec<Option<String>>, Tuple>, crate::backfill::copy::CopyError> {
-    use crate::backfill::copy::CopyError;
+) -> Result<HashMap<Vec<Option<String>>, Tuple>, crate::read::CopyError> {
+    use crate::read::CopyError;
     let out = reader
         .copy_out(copy)
         .await

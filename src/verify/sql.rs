@@ -9,9 +9,9 @@
 //! update waits: backfill has not copied it yet).
 //! Parameters of the target statements: `$1` source table, `$2` P, `$3` backfill enabled.
 
-use crate::backfill::sql::TableSql;
 use crate::quote::quote_ident;
 use crate::quote::quote_literal;
+use crate::read::TableSql;
 use crate::state::StateSchema;
 use crate::transform::plan::{Expr, OutputKind, OutputPlan};
 

@@ -189,6 +189,20 @@ pub async fn pipe(
     })
 }
 
+/// COPY `data` (COPY text, built by the caller) into the target with `sql` (`COPY ... FROM
+/// STDIN`).
+pub async fn copy_in(
+    target: &Client,
+    sql: &str,
+    data: Vec<u8>,
+) -> Result<(), tokio_postgres::Error> {
+    let sink = target.copy_in::<_, bytes::Bytes>(sql).await?;
+    futures_util::pin_mut!(sink);
+    sink.as_mut().send(bytes::Bytes::from(data)).await?;
+    sink.as_mut().finish().await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
