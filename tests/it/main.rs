@@ -35,5 +35,6 @@ mod mapping_merge;
 mod mapping_split;
 mod privileges;
 mod stream;
+mod structure;
 mod types;
 mod verify;
