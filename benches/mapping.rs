@@ -158,7 +158,7 @@ async fn transform_only(source: &Cluster, target: &Cluster, n: i64) -> (Duration
         published: &published,
         source: &src,
         target: &tgt,
-        target_client: &t,
+        target_types: &t,
         state_schema: "remodel",
         registry: &registry,
     };

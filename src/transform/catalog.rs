@@ -149,13 +149,14 @@ pub async fn load(client: &Client) -> Result<HashMap<String, TableInfo>, tokio_p
 }
 
 /// Everything compile needs besides the mapping: the publication's tables, both catalogs as
-/// read, the target connection (to prepare casts) and the registered transforms.
+/// read, what the target answers about its types, and the registered transforms.
 pub struct Env<'a> {
     pub published: &'a [String],
     pub source: &'a HashMap<String, TableInfo>,
     pub target: &'a HashMap<String, TableInfo>,
-    /// Used to ask the target whether each conversion exists (by preparing, never running it).
-    pub target_client: &'a Client,
+    /// Asked whether each conversion exists (the live target prepares, never runs, a
+    /// statement; unit tests answer from data: `target_types::Answers`).
+    pub target_types: &'a dyn super::target_types::TargetTypes,
     pub state_schema: &'a str,
     pub registry: &'a Registry,
 }

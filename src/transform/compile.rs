@@ -81,7 +81,7 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
         }
     }
     let mut plan = Plan {
-        fk_tables: fk_tables(env.target_client).await,
+        fk_tables: env.target_types.fk_tables().await,
         shared_targets: named
             .into_iter()
             .filter(|(_, n)| *n > 1)
@@ -343,29 +343,6 @@ async fn compile_table(
     })
 }
 
-/// Target tables on either side of a foreign key (None when the catalog could not be read).
-async fn fk_tables(target: &tokio_postgres::Client) -> Option<BTreeSet<String>> {
-    let rows = target
-        .query(
-            "SELECT DISTINCT n.nspname, c.relname FROM pg_constraint k
-             JOIN pg_class c ON c.oid IN (k.conrelid, k.confrelid)
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE k.contype = 'f'",
-            &[],
-        )
-        .await
-        .ok()?;
-    rows.iter()
-        .map(|r| {
-            Some(format!(
-                "{}.{}",
-                r.try_get::<_, String>(0).ok()?,
-                r.try_get::<_, String>(1).ok()?
-            ))
-        })
-        .collect()
-}
-
 fn output(
     plan: &mut Plan,
     source: &str,
@@ -525,7 +502,7 @@ async fn split_output(
             if let Some(k) = source_key.iter().position(|k| k == p) {
                 parent[k] = Some(columns.len());
             }
-            let via = super::compile_row::via(&sc.sql_type, &tc.sql_type, env.target_client).await;
+            let via = super::compile_row::via(&sc.sql_type, &tc.sql_type, env.target_types).await;
             (
                 Expr::Column {
                     name: p.to_string(),
@@ -565,8 +542,8 @@ async fn split_output(
         };
         if src_type != tc.sql_type && !matches!(expr, Expr::Column { .. }) {
             let ok = env
-                .target_client
-                .prepare(&format!("SELECT NULL::{src_type}::text::{}", tc.sql_type))
+                .target_types
+                .casts(&format!("{src_type}::text"), &tc.sql_type)
                 .await
                 .is_ok();
             if !ok {
@@ -692,14 +669,9 @@ async fn keymaps(
                     if matches!(&c.expr, Expr::Lookup { map: m2, from: f2, .. } if m2 == map && f2 == from)
                     {
                         let found = env
-                            .target_client
-                            .query_one(
-                                "SELECT pg_get_serial_sequence($1, $2)",
-                                &[&o.quoted_target(), &c.name],
-                            )
-                            .await
-                            .ok()
-                            .and_then(|r| r.get::<_, Option<String>>(0));
+                            .target_types
+                            .serial_sequence(&o.quoted_target(), &c.name)
+                            .await;
                         if let Some(s) = found {
                             if seq.as_ref().is_some_and(|(prev, _)| *prev != s) {
                                 problems.add(

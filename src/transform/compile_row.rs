@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio_postgres::Client;
+use super::target_types::TargetTypes;
 
 use super::catalog::Env;
 use super::catalog::TableInfo;
@@ -33,7 +33,7 @@ pub(super) async fn row_output(
     let table = s.qualified();
     let tgt_name = t.qualified();
     let before = problems.len();
-    let client = env.target_client;
+    let client = env.target_types;
     let mut p = |message: String, fix: String| {
         problems.push(Problem {
             table: table.clone(),
@@ -162,15 +162,9 @@ pub(super) async fn row_output(
         if !fill(tname, "a constant".into(), &mut p) {
             continue;
         }
-        if let Err(e) = client
-            .query_one(&format!("SELECT $1::text::{ttype}"), &[value])
-            .await
-        {
+        if let Err(e) = client.constant(value, &ttype).await {
             p(
-                format!(
-                    "constant {value:?} is not a valid {ttype} for {tname}: {}",
-                    db_message(&e)
-                ),
+                format!("constant {value:?} is not a valid {ttype} for {tname}: {e}"),
                 "fix the value under [tables.constants]".into(),
             );
             continue;
@@ -199,11 +193,7 @@ pub(super) async fn row_output(
             }
         };
         let from = type_name(compiled.result_type());
-        if client
-            .prepare(&format!("SELECT NULL::{from}::{ttype}"))
-            .await
-            .is_err()
-        {
+        if client.casts(from, &ttype).await.is_err() {
             p(format!("[tables.computed] {tname}: the expression gives {from}, which does not convert to {tgt_name}.{tname} ({ttype})"), format!("add a cast, e.g. ({text})::text, or change the column type"));
             continue;
         }
@@ -348,68 +338,34 @@ fn type_name(t: Type) -> &'static str {
     }
 }
 
-pub(super) fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string())
-}
-
 /// The type to cast a source column's text through on the way to `to` (see [`conversion`]);
 /// None when the types match or the target lacks the source type.
-pub(super) async fn via(from: &str, to: &str, client: &Client) -> Option<String> {
+pub(super) async fn via(from: &str, to: &str, client: &dyn TargetTypes) -> Option<String> {
     if from == to {
         return None;
     }
     conversion(from, to, client).await.ok().flatten()
 }
 
-async fn same_type(a: &str, b: &str, client: &Client) -> bool {
-    if a == b {
-        return true;
-    }
-    match client
-        .query_one("SELECT $1::text::regtype = $2::text::regtype", &[&a, &b])
-        .await
-    {
-        Ok(r) => r.get(0),
-        Err(_) => false,
-    }
+async fn same_type(a: &str, b: &str, client: &dyn TargetTypes) -> bool {
+    a == b || client.same_type(a, b).await
 }
 
 /// How to convert source type `from` to `to` on the target: `Ok(Some(from))` casts through
 /// the source type, `Ok(None)` converts the text form directly (the target lacks `from`).
-async fn conversion(from: &str, to: &str, client: &Client) -> Result<Option<String>, String> {
-    let known = client
-        .query_one("SELECT to_regtype($1) IS NOT NULL", &[&from])
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false);
-    if known {
-        client
-            .prepare(&format!("SELECT NULL::{from}::{to}"))
-            .await
-            .map(|_| Some(from.to_string()))
-            .map_err(|e| db_message(&e))
+async fn conversion(
+    from: &str,
+    to: &str,
+    client: &dyn TargetTypes,
+) -> Result<Option<String>, String> {
+    if client.type_known(from).await {
+        client.casts(from, to).await.map(|_| Some(from.to_string()))
     } else {
-        client
-            .prepare(&format!("SELECT NULL::text::{to}"))
-            .await
-            .map(|_| None)
-            .map_err(|e| db_message(&e))
+        client.casts("text", to).await.map(|_| None)
     }
 }
 
 /// Whether PostgreSQL would convert `from` to `to` on assignment without an explicit cast.
-async fn assignable(from: &str, to: &str, client: &Client) -> bool {
-    client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_cast
-                 WHERE castsource = to_regtype($1) AND casttarget = to_regtype($2)
-                   AND castcontext IN ('i', 'a'))
-                 OR to_regtype($1) = to_regtype($2)",
-            &[&from, &to],
-        )
-        .await
-        .map(|r| r.get::<_, Option<bool>>(0).unwrap_or(false))
-        .unwrap_or(false)
+async fn assignable(from: &str, to: &str, client: &dyn TargetTypes) -> bool {
+    client.assignable(from, to).await
 }

@@ -77,7 +77,7 @@ pub async fn compile_catalogs(
         published,
         source,
         target,
-        target_client,
+        target_types: target_client,
         state_schema: live.state_schema,
         registry: live.registry,
     };

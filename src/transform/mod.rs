@@ -13,12 +13,15 @@
 pub mod catalog;
 pub mod compile;
 mod compile_row;
+#[cfg(test)]
+mod compile_tests;
 pub mod custom;
 pub mod expr;
 pub mod live;
 pub mod mapping;
 pub mod plan;
 pub mod split;
+pub mod target_types;
 mod transformer;
 
 use std::sync::Arc;
