@@ -9,11 +9,13 @@
 //! non-deterministic (no clock, randomness or sequences), so that replays and
 //! backfills produce identical rows.
 //!
-//! Layout: this file (public API); `parse` (lexer and parser to an untyped tree);
-//! `check` (type checker, builds the evaluation tree; regexes, JSON paths and typed
-//! literals are prepared once here); `eval` (evaluates the tree on a row); `value`
-//! (runtime values and their PostgreSQL text conversions and casts); `json` (JSON
-//! paths and a validating, tree-free JSON scanner).
+//! Layout: this file (public API); `parse` (the parser to an untyped tree; `parse/lex`
+//! the lexer, `parse/ast` the tree); `check` (type checker, builds the evaluation tree;
+//! regexes, JSON paths and typed literals are prepared once here; `check/funcs` the function
+//! table and each function's checking); `eval` (evaluates the tree on a row; `eval/funcs`
+//! the built-in functions); `value` (runtime values, casts; `value/num` numbers, `value/time`
+//! dates and timestamps); `json` (JSON paths and a validating, tree-free JSON scanner);
+//! `tests/` (examples, compile errors, evaluation errors, properties).
 
 mod check;
 mod eval;
