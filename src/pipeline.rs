@@ -23,9 +23,8 @@ use crate::config::Config;
 use crate::control::Control;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::quote::quote_ident;
 use crate::source::pgoutput::Decoder;
-use crate::source::replication::{ReplicationConn, ReplicationError};
+use crate::source::replication::ReplicationError;
 use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream, StreamError};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
@@ -252,23 +251,16 @@ async fn run_once(
             .await?
             .map(|p| p.applied_lsn)
             .unwrap_or_default();
-        let start = progress.max(slot_lsn);
+        let start = crate::source::start::start_position(progress, slot_lsn);
         tracing::info!(source = %src_info, target = %tgt_info, slot = %config.source.slot, %progress, %slot_lsn, tables = plan.tables.len(), "starting replication");
 
-        let repl = ReplicationConn::connect(&src_info).await?;
-        let publications = quote_ident(&config.source.publication);
-        let (reader, writer) = repl
-            .start_replication(
-                &config.source.slot,
-                start,
-                // Messages: a backfill pass's marker must reach apply even on an idle source.
-                &[
-                    ("proto_version", "1"),
-                    ("publication_names", &publications),
-                    ("messages", "true"),
-                ],
-            )
-            .await?;
+        let (reader, writer) = crate::source::start::open_stream(
+            &src_info,
+            &config.source.slot,
+            &config.source.publication,
+            start,
+        )
+        .await?;
         Ok::<_, Error>((source, start, plan, state, target, progress, reader, writer))
     };
     let (source, start, plan, state, target, progress, reader, writer) =

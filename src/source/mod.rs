@@ -19,4 +19,5 @@ pub mod pgoutput;
 pub mod replication;
 pub mod setup;
 pub mod snapshot;
+pub mod start;
 pub mod stream;

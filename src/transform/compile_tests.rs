@@ -4,10 +4,18 @@
 use std::collections::HashMap;
 
 use super::catalog::{ColumnInfo, Env, TableInfo};
+use super::custom::Registry;
+use super::mapping::TableMapping;
 use super::plan::OutputKind;
 use super::target_types::Answers;
 use super::{compile, Plan, Problem};
-use crate::config::Config;
+
+/// The `[[tables]]` of a config text, read as the configuration reads them.
+#[derive(serde::Deserialize)]
+struct Mappings {
+    #[serde(default)]
+    tables: Vec<TableMapping>,
+}
 
 fn table(qualified: &str, cols: &[(&str, &str)], pk: &[&str]) -> TableInfo {
     let (schema, name) = qualified.split_once('.').expect("schema.table");
@@ -46,11 +54,12 @@ async fn compile_toml(
     target: Vec<TableInfo>,
     answers: &Answers,
 ) -> Result<Plan, Vec<Problem>> {
-    let config = Config::from_toml(&format!(
-        "[source]\nurl = \"postgresql://u@localhost:5432/src\"\n\
-         [target]\nurl = \"postgresql://u@localhost:5433/dst\"\n{mapping}"
-    ))
-    .expect("test config");
+    let mappings: Mappings = config::Config::builder()
+        .add_source(config::File::from_str(mapping, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .expect("test mapping");
+    let registry = Registry::default();
     let published: Vec<String> = source.iter().map(|t| t.qualified()).collect();
     let (source, target) = (catalog(source), catalog(target));
     let env = Env {
@@ -59,9 +68,9 @@ async fn compile_toml(
         target: &target,
         target_types: answers,
         state_schema: "remodel",
-        registry: &config.transforms,
+        registry: &registry,
     };
-    compile(&config.tables, &env).await
+    compile(&mappings.tables, &env).await
 }
 
 fn accounts() -> TableInfo {
