@@ -406,6 +406,12 @@ impl Applier {
         let Some(t) = self.txn.take() else {
             return Ok(());
         };
+        // The loop's transaction is the writer's: a commit without one would confirm what was
+        // never committed.
+        debug_assert!(
+            self.writer.in_transaction(),
+            "the stream loop holds a target transaction the writer does not"
+        );
         let counts = match t.last_commit {
             Some((end, ts)) => {
                 let text = sql::progress(&self.writer.state);
@@ -415,6 +421,7 @@ impl Applier {
                         StmtKey::Progress,
                         &text,
                         &[Type::TEXT, Type::TEXT, Type::FLOAT8],
+                        "preparing the progress update",
                     )
                     .await?;
                 let (end_text, secs) = (end.to_string(), pg_ts_to_unix_secs(ts));

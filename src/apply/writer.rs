@@ -125,6 +125,7 @@ impl Writer {
         key: StmtKey,
         text: &str,
         types: &[Type],
+        what: &'static str,
     ) -> Result<Statement, ApplyError> {
         if let Some(s) = self.stmts.get(&key) {
             return Ok(s.clone());
@@ -133,7 +134,7 @@ impl Writer {
             .client
             .prepare_typed(text, types)
             .await
-            .map_err(db("preparing a statement"))?;
+            .map_err(db(what))?;
         self.stmts.insert(key, s.clone());
         Ok(s)
     }
