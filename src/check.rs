@@ -125,7 +125,9 @@ async fn int(client: &Client, sql: &str) -> i64 {
 }
 
 /// Run every check; an empty result means ready to `run`.
-pub async fn run(config: &Config) -> Vec<Finding> {
+/// With `fallback`, also every reason the mapping cannot run backwards
+/// (`transform::inverse`).
+pub async fn run(config: &Config, fallback: bool) -> Vec<Finding> {
     let mut out = Vec::new();
     let source = connect("source", config.source_conn(), &mut out).await;
     let target = connect("target", config.target_conn(), &mut out).await;
@@ -190,6 +192,15 @@ pub async fn run(config: &Config) -> Vec<Finding> {
                 }
             }
             Ok(plan) => {
+                if fallback {
+                    for p in crate::transform::inverse::problems(&plan, &src_tables) {
+                        out.push(finding(
+                            format!("fallback: mapping {}", p.table),
+                            p.message,
+                            p.fix,
+                        ));
+                    }
+                }
                 let mut targets: Vec<String> = plan.outputs.iter().map(|o| o.target()).collect();
                 targets.sort();
                 targets.dedup();

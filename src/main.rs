@@ -95,10 +95,15 @@ enum Cmd {
     /// its fix).
     #[command(after_help = "Examples:
   remodel check -c remodel.toml
+  remodel check -c remodel.toml --fallback   # also: can the mapping run backwards?
   REMODEL__TARGET__URL=postgresql://remodel@staging/app_v2 remodel check -c remodel.toml")]
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also check that the mapping can run backwards (NEW → OLD), as a fallback after a
+        /// switch needs: every table and column it cannot invert, with the fix.
+        #[arg(long)]
+        fallback: bool,
     },
     /// Rows the mapping could not transform (on_error = "dead_letter"); --retry re-runs them
     /// through the current mapping (after fixing it) and removes the ones that now apply.
@@ -344,9 +349,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Cmd::Check { config } => {
+        Cmd::Check { config, fallback } => {
             let cfg = load(&config)?;
-            let findings = remodel::check::run(&cfg).await;
+            let findings = remodel::check::run(&cfg, fallback).await;
             if findings.is_empty() {
                 println!("ok: source, target and mapping are ready");
                 Ok(ExitCode::SUCCESS)

@@ -172,3 +172,124 @@ async fn a_computed_column_whose_type_does_not_convert_is_refused() {
         .await
         .expect("compiles once the conversion exists");
 }
+
+// ---------------------------------------------------------------- can the plan run backwards?
+
+fn column(name: &str, ty: &str, not_null: bool, has_default: bool) -> ColumnInfo {
+    ColumnInfo {
+        name: name.into(),
+        sql_type: ty.into(),
+        not_null,
+        has_default,
+        generated: false,
+        identity_always: false,
+        type_oid: 0,
+        typmod: -1,
+    }
+}
+
+async fn inverse_problems(mapping: &str, source: TableInfo, target: TableInfo) -> Vec<Problem> {
+    let plan = compile_toml(
+        mapping,
+        vec![source.clone()],
+        vec![target],
+        &Answers::postgres(),
+    )
+    .await
+    .expect("compiles");
+    super::inverse::problems(&plan, &catalog(vec![source]))
+}
+
+#[tokio::test]
+async fn an_identity_mapping_and_a_rename_run_backwards() {
+    assert!(inverse_problems("", accounts(), accounts())
+        .await
+        .is_empty());
+    let renamed = table(
+        "public.accounts",
+        &[("id", "integer"), ("amount", "bigint"), ("note", "text")],
+        &["id"],
+    );
+    let p = inverse_problems(
+        "[[tables]]\nsource = \"public.accounts\"\n[tables.columns]\nbalance = { rename = \"amount\" }\n",
+        accounts(),
+        renamed,
+    )
+    .await;
+    assert!(p.is_empty(), "{p:?}");
+}
+
+#[tokio::test]
+async fn filters_and_computed_columns_are_refused_by_name() {
+    let target = table(
+        "public.accounts",
+        &[
+            ("id", "integer"),
+            ("balance", "bigint"),
+            ("note", "text"),
+            ("rich", "boolean"),
+        ],
+        &["id"],
+    );
+    let p = inverse_problems(
+        "[[tables]]\nsource = \"public.accounts\"\nfilter = \"balance > 0\"\n[tables.computed]\nrich = \"balance > 100\"\n",
+        accounts(),
+        target,
+    )
+    .await;
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("filter") && p.fix.contains("--no-fallback")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("computed column public.accounts.rich")),
+        "{p:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_column_comes_back_only_when_old_can_do_without_it() {
+    let target = table(
+        "public.accounts",
+        &[("id", "integer"), ("balance", "bigint")],
+        &["id"],
+    );
+    let drop = "[[tables]]\nsource = \"public.accounts\"\n[tables.columns]\nnote = \"drop\"\n";
+    // Nullable `note`: a row born on NEW leaves it NULL on OLD.
+    assert!(inverse_problems(drop, accounts(), target.clone())
+        .await
+        .is_empty());
+    let mut strict = accounts();
+    strict.columns[2] = column("note", "text", true, false);
+    let p = inverse_problems(drop, strict.clone(), target.clone()).await;
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("public.accounts.note") && p.fix.contains("DEFAULT")),
+        "{p:?}"
+    );
+    strict.columns[2] = column("note", "text", true, true);
+    assert!(inverse_problems(drop, strict, target).await.is_empty());
+}
+
+#[tokio::test]
+async fn only_a_widening_cast_runs_backwards() {
+    let wider = table(
+        "public.accounts",
+        &[("id", "bigint"), ("balance", "numeric"), ("note", "text")],
+        &["id"],
+    );
+    assert!(inverse_problems("", accounts(), wider).await.is_empty());
+    let narrower = table(
+        "public.accounts",
+        &[("id", "integer"), ("balance", "integer"), ("note", "text")],
+        &["id"],
+    );
+    let p = inverse_problems("", accounts(), narrower).await;
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("balance") && p.message.contains("can lose values")),
+        "{p:?}"
+    );
+}

@@ -17,6 +17,7 @@ mod compile_row;
 mod compile_tests;
 pub mod custom;
 pub mod expr;
+pub mod inverse;
 pub mod live;
 pub mod mapping;
 pub mod plan;

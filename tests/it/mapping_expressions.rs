@@ -97,6 +97,15 @@ async fn computed_columns_filters_and_dead_letters_then_retry() {
     let path = file.display().to_string();
     let (code, out) = remodel_cmd(&["check", "--config", &path], &env);
     assert_eq!(code, Some(0), "check: {out}");
+    // Computed columns and a filter cannot run backwards: a fallback check names them.
+    let (code, out) = remodel_cmd(&["check", "--config", &path, "--fallback"], &env);
+    assert_eq!(code, Some(1), "check --fallback: {out}");
+    assert!(
+        out.contains("fallback: mapping public.customers")
+            && out.contains("has no inverse")
+            && out.contains("--no-fallback"),
+        "check --fallback: {out}"
+    );
     let mut d = Daemon::start_file(&file, &listen, env.clone());
     d.wait_ready().await;
     for i in 0..300 {

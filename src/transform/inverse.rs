@@ -1,0 +1,163 @@
+//! Whether a compiled plan can be run backwards (NEW → OLD) for a fallback (issue 18), and why
+//! not, per table and column, with the fix: the first step of the reverse stream. It only
+//! judges; building and running the inverse are not here yet.
+//!
+//! What inverts today: one row output per source table whose columns are source columns
+//! (renamed or not), cast only along a lossless widening (the way back never loses a value the
+//! forward way produced), and constants (NEW's value stays on NEW). A source column the mapping
+//! drops keeps OLD's value on update; a row born on NEW needs it nullable or with a default.
+//! Everything else is refused: filters, computed columns, custom transforms, key maps, splits
+//! and merges — the last three are for the inverse mapping still to be built.
+//!
+//! Must never touch a database: it reads the plan and the source catalog as data.
+
+use std::collections::HashMap;
+
+use super::catalog::TableInfo;
+use super::plan::{Expr, OutputKind, Plan};
+use super::Problem;
+
+/// Source → target type pairs whose way back is lossless for every value the forward cast
+/// produces (a widening: every source value is a target value, and converts back unchanged).
+const WIDENINGS: &[(&str, &str)] = &[
+    ("smallint", "integer"),
+    ("smallint", "bigint"),
+    ("integer", "bigint"),
+    ("smallint", "numeric"),
+    ("integer", "numeric"),
+    ("bigint", "numeric"),
+    ("real", "double precision"),
+    ("character varying", "text"),
+    ("character", "text"),
+];
+
+fn base(t: &str) -> &str {
+    t.split('(').next().unwrap_or(t).trim()
+}
+
+/// Whether a value cast from `source` to `target` converts back to the same `source` value.
+pub fn lossless(source: &str, target: &str) -> bool {
+    let (s, t) = (base(source), base(target));
+    (s == t && (source == target || !target.contains('('))) || WIDENINGS.contains(&(s, t))
+}
+
+/// Every reason the plan cannot run backwards, per table (empty: it can).
+pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut tables: Vec<_> = plan.tables.iter().collect();
+    tables.sort_by(|a, b| a.0.cmp(b.0));
+    for (rel, tp) in tables {
+        let mut p = |message: String, fix: &str| {
+            out.push(Problem {
+                table: rel.clone(),
+                message,
+                fix: fix.to_string(),
+            })
+        };
+        if let Some(f) = &tp.filter_text {
+            p(
+                format!("the filter {f:?} has no inverse: rows it leaves out on OLD are not on NEW, and a row NEW changes cannot be told to pass it"),
+                "remove the filter before the switch, or switch with --no-fallback",
+            );
+        }
+        if tp.custom.is_some() {
+            p(
+                "a custom transform has no inverse".into(),
+                "switch with --no-fallback (a Transform cannot supply its inverse yet)",
+            );
+        }
+        let rows: Vec<_> = tp
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Row))
+            .collect();
+        for o in &tp.outputs {
+            match &o.kind {
+                OutputKind::Row => {}
+                OutputKind::Split(_) => p(
+                    format!("the split into {} cannot be inverted yet (rebuilding the list text from the child rows is not built)", o.target()),
+                    "switch with --no-fallback",
+                ),
+                OutputKind::Merge => p(
+                    format!("the merge into {} cannot be inverted yet", o.target()),
+                    "switch with --no-fallback",
+                ),
+            }
+        }
+        if rows.len() > 1 {
+            p(
+                format!(
+                    "{} row outputs: which one a row of OLD comes back from is ambiguous",
+                    rows.len()
+                ),
+                "map the table to one target table, or switch with --no-fallback",
+            );
+        }
+        let mut fed: Vec<&str> = Vec::new();
+        for o in &rows {
+            for c in &o.columns {
+                let target = format!("{}.{}", o.target(), c.name);
+                match &c.expr {
+                    Expr::Column { name, .. } => {
+                        fed.push(name);
+                        let src_type = tp
+                            .columns
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, t)| t.as_str())
+                            .unwrap_or("");
+                        if !lossless(src_type, &c.sql_type) {
+                            p(
+                                format!("column {target} ({}) from {name} ({src_type}): the cast back to {src_type} can lose values", c.sql_type),
+                                "keep the source type, widen only (e.g. integer to bigint), or switch with --no-fallback",
+                            );
+                        }
+                    }
+                    Expr::Constant(_) => {}
+                    Expr::Computed { text, .. } => p(
+                        format!("computed column {target} ({text}) has no inverse"),
+                        "drop the computed column before the switch, or switch with --no-fallback",
+                    ),
+                    Expr::Lookup { map, from, .. } => p(
+                        format!("column {target} maps {from} through key map {map}: mapping the integers back to the original keys is not built yet"),
+                        "switch with --no-fallback",
+                    ),
+                    Expr::Custom { .. } | Expr::Child(_) => {}
+                }
+            }
+        }
+        // Source columns the mapping drops: OLD keeps them on update; an insert made on NEW
+        // must be able to leave them out.
+        if let (Some(info), false) = (source.get(rel.as_str()), rows.is_empty()) {
+            for c in &info.columns {
+                if fed.contains(&c.name.as_str()) || c.generated {
+                    continue;
+                }
+                if c.not_null && !c.has_default && !c.identity_always {
+                    p(
+                        format!("source column {}.{} is not mapped, NOT NULL and without a default: a row inserted on NEW cannot be written back", rel, c.name),
+                        "give the column a default on OLD (ALTER TABLE ... ALTER COLUMN ... SET DEFAULT ...), or map it",
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lossless;
+
+    #[test]
+    fn only_widening_casts_are_lossless_backwards() {
+        assert!(lossless("integer", "integer"));
+        assert!(lossless("integer", "bigint"));
+        assert!(lossless("character varying(20)", "text"));
+        assert!(!lossless("bigint", "integer"));
+        assert!(!lossless("numeric(10,2)", "numeric(8,2)"));
+        assert!(lossless("numeric(10,2)", "numeric"));
+        assert!(!lossless("text", "integer"));
+        assert!(!lossless("timestamp with time zone", "date"));
+    }
+}
