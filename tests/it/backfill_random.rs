@@ -107,6 +107,26 @@ fn random_txn(r: &mut StdRng) -> String {
     sql
 }
 
+/// With `REMODEL_DIAGNOSE`: the transaction's docs statements and the source LSN after it.
+async fn trace(db: &TestDb, what: &str, txn: &str) {
+    if std::env::var_os("REMODEL_DIAGNOSE").is_none() {
+        return;
+    }
+    let l: String = db
+        .source
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let short: String = txn
+        .split(';')
+        .filter(|x| x.contains("docs"))
+        .map(|x| x.split(" || (SELECT").next().unwrap_or(x).to_string())
+        .collect::<Vec<_>>()
+        .join(";");
+    eprintln!("DBG {what} after {l}: {short}");
+}
+
 async fn scenario(seed: u64) {
     eprintln!("backfill_random: seed {seed} (replay: REMODEL_SEED={seed})");
     let mut r = rng(seed);
@@ -129,21 +149,7 @@ async fn scenario(seed: u64) {
             .batch_execute(&t)
             .await
             .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
-        if std::env::var_os("REMODEL_DIAGNOSE").is_some() {
-            let l: String = db
-                .source
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await
-                .unwrap()
-                .get(0);
-            let short: String = t
-                .split(';')
-                .filter(|x| x.contains("docs"))
-                .map(|x| x.split(" || (SELECT").next().unwrap_or(x).to_string())
-                .collect::<Vec<_>>()
-                .join(";");
-            eprintln!("DBG step {step} after {l}: {short}");
-        }
+        trace(&db, &format!("step {step}"), &t).await;
         match r.gen_range(0..40) {
             0 | 1 => {
                 // Kill -9 at a random moment, restart; backfill resumes from its cursors.
@@ -157,21 +163,7 @@ async fn scenario(seed: u64) {
                 for _ in 0..r.gen_range(1..5) {
                     let t = random_txn(&mut r);
                     db.source.batch_execute(&t).await.unwrap();
-                    if std::env::var_os("REMODEL_DIAGNOSE").is_some() {
-                        let l: String = db
-                            .source
-                            .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                            .await
-                            .unwrap()
-                            .get(0);
-                        let short: String = t
-                            .split(';')
-                            .filter(|x| x.contains("docs"))
-                            .map(|x| x.split(" || (SELECT").next().unwrap_or(x).to_string())
-                            .collect::<Vec<_>>()
-                            .join(";");
-                        eprintln!("DBG paused after {l}: {short}");
-                    }
+                    trace(&db, "paused", &t).await;
                 }
                 d.signal(Signal::SIGUSR2);
                 d.wait_paused(false).await;

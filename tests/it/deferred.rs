@@ -248,21 +248,16 @@ async fn a_filter_flipping_a_row_in_ahead_of_the_cursor_brings_the_whole_row() {
     finish(r, &db).await;
 }
 
-/// A filter flipping a row out and back in within one transaction, ahead of the cursor: the
-/// stream leaves a tombstone and a deferred entry at the same version (the removal came first).
-/// The chunk that then stages the row must skip it (the tombstone is newer than its snapshot)
-/// and must keep the entry it cannot settle for the resolution — dropping it as "deleted at
-/// its own version" lost the row (found by the randomized interleavings). A round that listed
-/// only another row is held meanwhile, so the chunk sees the entry first.
-#[tokio::test]
-async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transaction() {
-    let db = fresh_db(pair()).await;
-    seed_published(&db).await;
+/// The published docs, the daemon started with `extra`, its backfill held before its first
+/// chunk merge, and a resolution round that listed only row 15 (flipped in) held before its
+/// snapshot: a chunk released now meets whatever the stream defers next before any round does.
+async fn held_before_a_chunk_and_a_round(db: &TestDb, extra: &str) -> Run {
+    seed_published(db).await;
     hold(&db.target, BF).await;
     hold(&db.target, RES).await;
     let r = start(
-        &db,
-        FILTERED,
+        db,
+        extra,
         &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, RES)],
     )
     .await;
@@ -276,7 +271,6 @@ async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transa
         "the backfill at its barrier",
     )
     .await;
-    // Row 15 flips in: a round lists it (only it) and waits at its first barrier.
     db.source
         .batch_execute("UPDATE docs SET published = true WHERE id = 15")
         .await
@@ -291,6 +285,19 @@ async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transa
         "a round that listed row 15",
     )
     .await;
+    r
+}
+
+/// A filter flipping a row out and back in within one transaction, ahead of the cursor: the
+/// stream leaves a tombstone and a deferred entry at the same version (the removal came first).
+/// The chunk that then stages the row must skip it (the tombstone is newer than its snapshot)
+/// and must keep the entry it cannot settle for the resolution — dropping it as "deleted at
+/// its own version" lost the row (found by the randomized interleavings). A round that listed
+/// only another row is held meanwhile, so the chunk sees the entry first.
+#[tokio::test]
+async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transaction() {
+    let db = fresh_db(pair()).await;
+    let r = held_before_a_chunk_and_a_round(&db, FILTERED).await;
     // Row 14 (in the second chunk's snapshot) flips out and back in, in one transaction.
     db.source
         .batch_execute(
@@ -327,39 +334,8 @@ async fn a_chunk_keeps_an_entry_whose_row_was_removed_and_re_added_in_one_transa
 #[tokio::test]
 async fn a_chunk_never_folds_an_entry_over_a_full_write_of_the_same_transaction() {
     let db = fresh_db(pair()).await;
-    seed_published(&db).await;
-    hold(&db.target, BF).await;
-    hold(&db.target, RES).await;
-    let r = start(
-        &db,
-        &format!("[apply]\nbatch_rows = 1\n{FILTERED}"),
-        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, RES)],
-    )
-    .await;
-    r.d.wait_ready().await;
-    wait_waiters(
-        &r.d,
-        &db.target,
-        BF,
-        "ShareLock",
-        1,
-        "the backfill at its barrier",
-    )
-    .await;
-    db.source
-        .batch_execute("UPDATE docs SET published = true WHERE id = 15")
-        .await
-        .unwrap();
-    wait_deferred_by_stream(&r, 1.0).await;
-    wait_waiters(
-        &r.d,
-        &db.target,
-        RES,
-        "ShareLock",
-        1,
-        "a round that listed row 15",
-    )
-    .await;
+    let r =
+        held_before_a_chunk_and_a_round(&db, &format!("[apply]\nbatch_rows = 1\n{FILTERED}")).await;
     db.source
         .batch_execute(
             "BEGIN;
