@@ -38,7 +38,7 @@ use crate::support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROW
 use crate::support::daemon::remodel_cmd;
 use crate::support::locks::{
     count, finish, hold, release, start, start_unprepared, table_state, tail, until,
-    wait_backfilled, wait_count, wait_waiters, Run, WAIT,
+    wait_backfilled, wait_count, wait_log, wait_waiters, Run, WAIT,
 };
 use crate::support::{fresh_db, pair, TestDb};
 use rand::Rng;
@@ -982,14 +982,7 @@ async fn backfill_and_remodel_backfill_at_the_same_time_converge() {
         };
         assert_eq!(code, Some(0), "remodel backfill: {out}");
         assert!(out.contains("backfill complete"), "{out}");
-        until(&r.d, "the daemon's backfill complete", || async {
-            if r.d.log().contains("backfill complete") {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        })
-        .await;
+        wait_log(&r.d, "the daemon's backfill complete", "backfill complete").await;
         stop.store(true, Ordering::Relaxed);
     };
     let (txns, ()) = tokio::join!(writer, driver);

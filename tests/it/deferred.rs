@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::support::compare::{converge, converge_with, rows, seed_docs, DOCS_ROWS};
 use crate::support::daemon::{drop_slot, remodel_cmd, remodel_json};
 use crate::support::locks::{
-    count, finish, hold, release, start, table_state, until, wait_backfilled, wait_count,
+    count, finish, hold, release, start, table_state, until, wait_backfilled, wait_count, wait_log,
     wait_waiters, Run,
 };
 use crate::support::{fresh_db, pair, TestDb};
@@ -108,7 +108,7 @@ async fn assert_backfill_still_held(db: &TestDb) {
 /// update, and the row (`ids`) must reach the target while the backfill still waits; then the
 /// backfill is let go and completes.
 async fn resolved_while_backfill_held(db: &TestDb, extra: &str, update: &str, ids: &str) -> Run {
-    let r = start_held(db, extra).await;
+    let r = start_held(db, extra, &[]).await;
     db.source.batch_execute(update).await.unwrap();
     let updated = std::time::Instant::now();
     wait_deferred_by_stream(&r, 1.0).await;
@@ -126,9 +126,12 @@ async fn resolved_while_backfill_held(db: &TestDb, extra: &str, update: &str, id
 
 /// Start the daemon with its backfill held at the barrier before its first chunk (staged, not
 /// merged): nothing is copied until the test releases it.
-async fn start_held(db: &TestDb, extra: &str) -> Run {
+async fn start_held(db: &TestDb, extra: &str, hooks: &[(&str, i64)]) -> Run {
     hold(&db.target, BF).await;
-    let r = start(db, extra, &[(BACKFILL_BARRIER, BF)]).await;
+    let hooks: Vec<(&str, i64)> = std::iter::once((BACKFILL_BARRIER, BF))
+        .chain(hooks.iter().copied())
+        .collect();
+    let r = start(db, extra, &hooks).await;
     r.d.wait_ready().await;
     wait_waiters(
         &r.d,
@@ -253,24 +256,8 @@ async fn a_filter_flipping_a_row_in_ahead_of_the_cursor_brings_the_whole_row() {
 /// snapshot: a chunk released now meets whatever the stream defers next before any round does.
 async fn held_before_a_chunk_and_a_round(db: &TestDb, extra: &str) -> Run {
     seed_published(db).await;
-    hold(&db.target, BF).await;
     hold(&db.target, RES).await;
-    let r = start(
-        db,
-        extra,
-        &[(BACKFILL_BARRIER, BF), (DEFERRED_BARRIER, RES)],
-    )
-    .await;
-    r.d.wait_ready().await;
-    wait_waiters(
-        &r.d,
-        &db.target,
-        BF,
-        "ShareLock",
-        1,
-        "the backfill at its barrier",
-    )
-    .await;
+    let r = start_held(db, extra, &[(DEFERRED_BARRIER, RES)]).await;
     db.source
         .batch_execute("UPDATE docs SET published = true WHERE id = 15")
         .await
@@ -606,13 +593,11 @@ async fn a_row_deleted_before_the_re_read_is_settled_and_shown_while_outstanding
         "the stream's delete left the entry of the row it removed"
     );
     release(&db.target, RES).await;
-    until(&r.d, "the held round to end", || async {
-        if r.d.log().contains("deferred partial updates re-read") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
+    wait_log(
+        &r.d,
+        "the held round to end",
+        "deferred partial updates re-read",
+    )
     .await;
     r.d.wait_metric("remodel_deferred_rows", |v| v == 0.0).await;
     assert!(rows(&db.target, "SELECT id::text FROM docs WHERE id = 7")
@@ -754,13 +739,11 @@ async fn a_round_never_overwrites_a_newer_backfill_copy_of_its_row() {
         "the backfill's fold removes the entry"
     );
     release(&db.target, RES + 1).await;
-    until(&r.d, "the held round to write", || async {
-        if r.d.log().contains("deferred partial updates re-read") {
-            Ok(())
-        } else {
-            Err("not yet".to_string())
-        }
-    })
+    wait_log(
+        &r.d,
+        "the held round to write",
+        "deferred partial updates re-read",
+    )
     .await;
     assert_eq!(
         rows(

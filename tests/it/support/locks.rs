@@ -50,6 +50,18 @@ where
     }
 }
 
+/// Wait until the daemon's log contains `needle` (deadline and failure report as [`until`]).
+pub async fn wait_log(d: &Daemon, what: &str, needle: &str) {
+    until(d, what, || async {
+        if d.log().contains(needle) {
+            Ok(())
+        } else {
+            Err(format!("no {needle:?} in the log yet"))
+        }
+    })
+    .await
+}
+
 pub async fn count(
     c: &Client,
     sql: &str,
