@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::source::conninfo::{ConnInfo, ConnInfoError};
 use crate::transform::mapping::TableMapping;
 
+mod switch;
+pub use switch::SwitchConfig;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The `config` crate's error already names its cause in its message (and again as its
@@ -56,6 +59,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub switch: SwitchConfig,
     /// Table mappings. Empty: every published table maps unchanged to the same-named target table.
     #[serde(default)]
     pub tables: Vec<TableMapping>,

@@ -71,6 +71,15 @@ impl Control {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
+    /// A control for one part of the run (one direction of the stream): paused and throttled
+    /// with this one, stopped with it, and stoppable on its own.
+    pub fn child(&self) -> Control {
+        Control {
+            paused: self.paused.clone(),
+            shutdown: self.shutdown.child_token(),
+            throttle: self.throttle.clone(),
+        }
+    }
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }

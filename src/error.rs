@@ -29,6 +29,12 @@ impl From<crate::transform::live::PlanError> for Error {
     }
 }
 
+impl From<crate::switch::SwitchError> for Error {
+    fn from(e: crate::switch::SwitchError) -> Self {
+        Error::Switch(Box::new(e))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -66,6 +72,9 @@ pub enum Error {
     #[error("resolving deferred partial updates (rows the target lacks): {0}")]
     Deferred(Box<crate::verify::VerifyError>),
     /// A database stopped answering during work with no finer timeout of its own.
+    /// Reading the phase or building the reverse direction (`switch`).
+    #[error("switch: {0}")]
+    Switch(Box<crate::switch::SwitchError>),
     #[error("{what}: no answer within {} ms (network.stall_timeout_ms + connect timeouts); treating the connections as lost", .after.as_millis())]
     Stalled {
         what: &'static str,
@@ -93,6 +102,7 @@ impl Error {
             Error::Sql { source, .. } => source.is_transient(),
             Error::Stalled { .. } => true,
             Error::Backfill(e) => e.is_transient(),
+            Error::Switch(e) => e.is_transient(),
         }
     }
 
@@ -116,6 +126,7 @@ impl Error {
             Error::Backfill(_) => "backfill",
             Error::Deferred(_) => "deferred",
             Error::Stalled { .. } => "stalled",
+            Error::Switch(_) => "switch",
         }
     }
 }

@@ -19,6 +19,18 @@ use std::sync::OnceLock;
 /// is refused at start-up (a typo would otherwise arm nothing and the test pass vacuously).
 pub const POINTS: &[(&str, &str)] = &[
     (
+        "switch.after_fence",
+        "a cutover or fallback fenced its side and wrote the marker; not drained yet",
+    ),
+    (
+        "switch.after_drain",
+        "a switch drained to its marker (and created the reverse slot); sequences not moved, nothing recorded",
+    ),
+    (
+        "switch.after_record",
+        "a switch recorded its new phase; the other side not unfenced, the hook not run",
+    ),
+    (
         "apply.after_commit",
         "the target transaction (data + progress row) committed; the slot not yet confirmed",
     ),

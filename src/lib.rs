@@ -27,6 +27,7 @@ pub mod retry;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod switch;
 pub mod transform;
 pub mod verify;
 

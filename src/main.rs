@@ -153,6 +153,48 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Switch the app from OLD (the source) to NEW (the target): check the gates, fence OLD,
+    /// drain to the fence's marker, move NEW's sequences past OLD's, record the switch, start
+    /// the reverse stream (NEW → OLD, for a fallback), run the hook.
+    ///
+    /// Exit 0 switched; 1 aborted (OLD writable again, forward streaming as before); 2 could
+    /// not start (each failed gate named, with its fix); 3 switched but the hook failed.
+    #[command(after_help = "Examples:
+  remodel cutover -c remodel.toml --dry-run
+  remodel cutover -c remodel.toml --timeout 10 --switch-hook './point-app-at-new.sh'
+  remodel cutover -c remodel.toml --postpone-file /tmp/remodel.postpone")]
+    Cutover {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        opts: SwitchArgs,
+    },
+    /// Switch the app back from NEW to OLD after a cutover: fence NEW, drain the reverse
+    /// stream, move OLD's sequences past NEW's, record, stream OLD → NEW again, run the hook.
+    ///
+    /// Exit codes as for cutover.
+    #[command(after_help = "Examples:
+  remodel fallback -c remodel.toml --dry-run
+  remodel fallback -c remodel.toml --switch-hook './point-app-at-old.sh'")]
+    Fallback {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(flatten)]
+        opts: SwitchArgs,
+    },
+    /// End a switched migration: the daemon stops; the slots, publications and replication
+    /// origins remodel created are removed (data, state schemas and OLD's fence stay).
+    ///
+    /// Exit 0 done, 1 refused or failed (says why).
+    #[command(after_help = "Examples:
+  remodel complete -c remodel.toml")]
+    Complete {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Seconds to wait for the daemon to let go of the slots.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Pause the running daemon (SIGUSR1 via its pidfile): nothing is written until resume.
     ///
     /// The slot keeps the source's WAL meanwhile: watch remodel_slot_retained_wal_bytes.
@@ -200,6 +242,81 @@ enum Cmd {
         #[arg(long)]
         seed: Option<u64>,
     },
+}
+
+/// Options of `cutover` and `fallback`.
+#[derive(clap::Args)]
+struct SwitchArgs {
+    /// Check every gate and report them all; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seconds the app's writes may be held (fence to recorded switch) before giving up.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    timeout: f64,
+    /// Start only when the stream is at most this far behind (e.g. 16MB, 512kB).
+    #[arg(long, default_value = "16MB", value_name = "BYTES")]
+    max_lag: String,
+    /// Run with sh -c once the other database takes the app's writes (your deploy, flag or
+    /// proxy switch); REMODEL_SWITCH, REMODEL_PHASE, REMODEL_*_LSN are set.
+    #[arg(long, value_name = "CMD")]
+    switch_hook: Option<String>,
+    /// Wait while this file exists before fencing (delete it to go on).
+    #[arg(long, value_name = "PATH")]
+    postpone_file: Option<PathBuf>,
+    /// Cutover without a reverse stream: no fallback afterwards.
+    #[arg(long)]
+    no_fallback: bool,
+    /// Rows per table the verify gate samples (0 skips it).
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    verify_sample: u64,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl SwitchArgs {
+    fn options(&self) -> anyhow::Result<remodel::switch::Options> {
+        if !(self.timeout > 0.0 && self.timeout.is_finite()) {
+            anyhow::bail!("--timeout {}: must be a positive number of seconds", self.timeout);
+        }
+        Ok(remodel::switch::Options {
+            dry_run: self.dry_run,
+            timeout: std::time::Duration::from_secs_f64(self.timeout),
+            max_lag_bytes: remodel::config::parse_bytes(&self.max_lag).with_context(|| {
+                format!("--max-lag {:?}: use bytes, e.g. 16MB or 512kB", self.max_lag)
+            })?,
+            switch_hook: self.switch_hook.clone(),
+            postpone_file: self.postpone_file.clone(),
+            no_fallback: self.no_fallback,
+            verify_sample: self.verify_sample,
+        })
+    }
+}
+
+async fn switch_cmd(config: &Path, args: SwitchArgs, cutover: bool, log_format: Option<String>) -> anyhow::Result<ExitCode> {
+    let cfg = load(config)?;
+    let format = log_format.unwrap_or_else(|| cfg.log.format.clone());
+    let _reload = init_tracing(&cfg.log.level, &format)?;
+    let opts = args.options()?;
+    let outcome = if cutover {
+        remodel::switch::cutover(&cfg, &opts).await
+    } else {
+        remodel::switch::fallback(&cfg, &opts).await
+    };
+    match outcome {
+        Ok(o) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&o)?);
+            } else {
+                print!("{}", o.text());
+            }
+            Ok(ExitCode::from(o.exit_code()))
+        }
+        Err(e) => {
+            eprintln!("remodel: could not start: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -452,6 +569,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     eprintln!("remodel: could not verify: {e}");
                     Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Cutover { config, opts } => switch_cmd(&config, opts, true, cli.log_format).await,
+        Cmd::Fallback { config, opts } => switch_cmd(&config, opts, false, cli.log_format).await,
+        Cmd::Complete { config, wait } => {
+            let cfg = load(&config)?;
+            match remodel::switch::complete(&cfg, std::time::Duration::from_secs(wait)).await {
+                Ok(done) => {
+                    println!("the migration is complete");
+                    for r in &done.removed {
+                        println!("  removed {r}");
+                    }
+                    for l in &done.left {
+                        println!("  left    {l}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("remodel: complete: {e}");
+                    Ok(ExitCode::from(1))
                 }
             }
         }

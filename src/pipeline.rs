@@ -10,6 +10,10 @@
 //!   on a definite error), verify::continuous (never stops it)
 //! ```
 //!
+//! Around it, the leg the recorded phase calls for (`switch::Leg`): the above is the forward
+//! leg (OLD → NEW); the reverse leg (NEW → OLD, after a cutover) is the same stream with the
+//! databases swapped and the inverse mapping; `switch::watch` ends a leg when the phase changes.
+//!
 //! No decisions about data live here; each stage owns its own.
 
 use std::sync::Arc;
@@ -28,21 +32,104 @@ use crate::source::replication::ReplicationError;
 use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream, StreamError};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
+use crate::switch::watch::Leg;
 use crate::transform::Transformer;
 
-/// Run the stream (and, with `backfill.enabled`, the backfill beside it), the resolution of
-/// deferred partial updates and continuous verification, until `control` shuts down (Ok) or a
-/// fatal error stops the stream, the backfill or the resolution.
+/// Run the daemon until `control` shuts down (Ok) or a fatal error: the leg the recorded
+/// phase calls for (`switch::Leg`: forward OLD → NEW, reverse NEW → OLD, idle, or stop when
+/// complete), changing legs when the phase changes.
 pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Result<(), Error> {
     let _ = metrics.slot.set(config.source.slot.clone());
     control.set_throttle(config.throttle());
+    let shutdown = control.shutdown_token();
+    let mut retry = crate::retry::Retry::new();
+    loop {
+        retry.attempt();
+        let leg = match crate::switch::current_phase(&config).await {
+            Ok(rec) => Leg::of(&rec),
+            Err(e) => {
+                if let Some(end) = retry
+                    .after(e.into(), "reading the phase", "the recorded phase", &metrics, &shutdown)
+                    .await
+                {
+                    return end;
+                }
+                continue;
+            }
+        };
+        tracing::info!(leg = ?leg, "following the recorded phase");
+        if leg == Leg::Complete {
+            tracing::info!("the migration is complete (remodel complete): nothing to stream; stopping");
+            return Ok(());
+        }
+        let part = control.child();
+        let watcher = {
+            let (config, leg, part) = (config.clone(), leg.clone(), part.clone());
+            let poll = Duration::from_millis(config.switch.phase_poll_ms);
+            tokio::spawn(async move {
+                crate::switch::watch(config, leg, poll, part.shutdown_token()).await;
+                part.shutdown();
+            })
+        };
+        let origin = leg.origin(&config);
+        let result = match &leg {
+            Leg::Forward { .. } => forward(config.clone(), part.clone(), metrics.clone(), origin).await,
+            Leg::Reverse { .. } => reverse(&config, &part, &metrics, origin).await,
+            Leg::Idle | Leg::Complete => {
+                part.shutdown_token().cancelled().await;
+                Ok(())
+            }
+        };
+        watcher.abort();
+        if shutdown.is_cancelled() {
+            return result;
+        }
+        result?;
+    }
+}
+
+/// The reverse leg: NEW → OLD through the inverse mapping, with the forward leg's stream code.
+async fn reverse(
+    config: &Config,
+    control: &Control,
+    metrics: &Arc<Metrics>,
+    origin: Option<String>,
+) -> Result<(), Error> {
+    let shutdown = control.shutdown_token();
+    let mut retry = crate::retry::Retry::new();
+    let reversed = loop {
+        retry.attempt();
+        match crate::switch::reverse::live_config(config).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if let Some(end) = retry
+                    .after(e.into(), "reverse stream", "the recorded phase", metrics, &shutdown)
+                    .await
+                {
+                    return end;
+                }
+            }
+        }
+    };
+    stream(&reversed, control, metrics, origin.as_deref()).await
+}
+
+/// The forward leg: the stream (and, with `backfill.enabled`, the backfill beside it), the
+/// resolution of deferred partial updates and continuous verification, until `control` shuts
+/// down (Ok) or a fatal error stops the stream, the backfill or the resolution.
+async fn forward(
+    config: Config,
+    control: Control,
+    metrics: Arc<Metrics>,
+    origin: Option<String>,
+) -> Result<(), Error> {
     let verifying = tokio::spawn(crate::verify::continuous(
         config.clone(),
         control.clone(),
         metrics.clone(),
     ));
     let resolving = crate::verify::deferred::run(config.clone(), control.clone(), metrics.clone());
-    let stages = run_stages(config, &control, metrics);
+    let stages = run_stages(config, &control, metrics, origin);
     tokio::pin!(resolving, stages);
     // The resolution of deferred rows ends on shutdown (Ok) or on a definite error, which stops
     // the daemon as a stream error would.
@@ -63,12 +150,17 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
     result
 }
 
-async fn run_stages(config: Config, control: &Control, metrics: Arc<Metrics>) -> Result<(), Error> {
+async fn run_stages(
+    config: Config,
+    control: &Control,
+    metrics: Arc<Metrics>,
+    origin: Option<String>,
+) -> Result<(), Error> {
     let control = control.clone();
     if !config.backfill.enabled {
-        return stream(&config, &control, &metrics).await;
+        return stream(&config, &control, &metrics, origin.as_deref()).await;
     }
-    let streaming = stream(&config, &control, &metrics);
+    let streaming = stream(&config, &control, &metrics, origin.as_deref());
     // Backfill starts once the stream streams: its publication and slot exist, and a pass can
     // count on the stream to apply everything before its snapshot.
     let backfilling = async {
@@ -155,7 +247,12 @@ async fn backfill(config: &Config, control: &Control, metrics: &Arc<Metrics>) ->
 }
 
 /// The stream: restart on retryable errors, resuming from the committed progress.
-async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> Result<(), Error> {
+async fn stream(
+    config: &Config,
+    control: &Control,
+    metrics: &Arc<Metrics>,
+    origin: Option<&str>,
+) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let mut retry = crate::retry::Retry::new();
     let mut isolate_until = None;
@@ -172,6 +269,7 @@ async fn stream(config: &Config, control: &Control, metrics: &Arc<Metrics>) -> R
             metrics,
             isolate_until.take(),
             receive_timeout,
+            origin,
         )
         .await;
         metrics.set_ready(false);
@@ -213,6 +311,7 @@ async fn run_once(
     metrics: &Arc<Metrics>,
     isolate_until: Option<crate::Lsn>,
     receive_timeout: Duration,
+    origin: Option<&str>,
 ) -> Result<(), Error> {
     let src_info = config
         .source_conn()
@@ -303,8 +402,12 @@ async fn run_once(
     metrics.applied_lsn.set(progress.0 as i64);
     metrics.set_ready(true);
 
+    let writer = Writer::new(target, state, config.stall_timeout());
+    if let Some(name) = origin {
+        writer.tag_origin(name).await?;
+    }
     let applier = Applier::new(
-        Writer::new(target, state, config.stall_timeout()),
+        writer,
         ApplySettings {
             slot: config.source.slot.clone(),
             batch_rows: config.apply.batch_rows,

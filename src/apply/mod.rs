@@ -336,7 +336,7 @@ impl Applier {
                 }
             }
             Event::Change(c) => {
-                if self.skipping {
+                if self.skipping || self.transformer.ignores(&c.rel) {
                     return Ok(());
                 }
                 if let Some(t) = self.txn.as_mut() {

@@ -67,6 +67,28 @@ impl Writer {
         &self.client
     }
 
+    /// Tag every transaction of this session with replication origin `name` (created when
+    /// missing), so that a stream reading this database skips what remodel wrote here (see
+    /// `source::stream::is_remodel_origin`) and a fence lets it through (`switch::fence`).
+    /// Needs superuser or EXECUTE on `pg_replication_origin_session_setup` and
+    /// `pg_replication_origin_create`. Held until the session ends; a session of a killed
+    /// daemon that has not ended yet makes it fail transiently ("already active").
+    pub async fn tag_origin(&self, name: &str) -> Result<(), ApplyError> {
+        self.client
+            .execute(
+                "SELECT pg_replication_origin_create($1) \
+                 WHERE pg_replication_origin_oid($1) IS NULL",
+                &[&name],
+            )
+            .await
+            .map_err(db("creating the replication origin that tags remodel's writes"))?;
+        self.client
+            .execute("SELECT pg_replication_origin_session_setup($1)", &[&name])
+            .await
+            .map_err(db("tagging this session with remodel's replication origin"))?;
+        Ok(())
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }

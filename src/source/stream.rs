@@ -142,6 +142,16 @@ pub struct SourceStream {
     open_txn: Option<(u32, Lsn)>,
     last_forwarded_end: Lsn,
     receive_timeout: Duration,
+    /// The open transaction was written by remodel itself (its replication origin names it,
+    /// [`is_remodel_origin`]): its row changes are not sent on, so nothing loops between the
+    /// two directions of a switch. Its Begin and Commit still are, so progress moves past it.
+    skipping_own: bool,
+}
+
+/// Whether a transaction tagged with replication origin `name` was written by remodel (its
+/// appliers tag their sessions `remodel_<slot>`, see `apply::origin`).
+pub fn is_remodel_origin(name: &str) -> bool {
+    name.starts_with("remodel_")
 }
 
 impl SourceStream {
@@ -161,6 +171,7 @@ impl SourceStream {
             open_txn: None,
             last_forwarded_end: start,
             receive_timeout: Duration::from_secs(60),
+            skipping_own: false,
         }
     }
 
@@ -237,6 +248,14 @@ impl SourceStream {
     }
 
     fn handle(&mut self, lsn: Lsn, msg: LogicalMessage) -> Result<Vec<Event>, StreamError> {
+        let mut events = self.events(lsn, msg)?;
+        if self.skipping_own {
+            events.retain(|e| !matches!(e, Event::Change(_)));
+        }
+        Ok(events)
+    }
+
+    fn events(&mut self, lsn: Lsn, msg: LogicalMessage) -> Result<Vec<Event>, StreamError> {
         Ok(match msg {
             LogicalMessage::Begin {
                 final_lsn,
@@ -244,6 +263,7 @@ impl SourceStream {
                 xid,
             } => {
                 self.open_txn = Some((xid, final_lsn));
+                self.skipping_own = false;
                 vec![Event::Begin {
                     xid,
                     commit_lsn: final_lsn,
@@ -334,9 +354,11 @@ impl SourceStream {
                 }
                 out
             }
-            LogicalMessage::Type { .. }
-            | LogicalMessage::Origin { .. }
-            | LogicalMessage::Message { .. } => vec![],
+            LogicalMessage::Origin { name, .. } => {
+                self.skipping_own = is_remodel_origin(&name);
+                vec![]
+            }
+            LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => vec![],
             LogicalMessage::StreamStart { .. }
             | LogicalMessage::StreamStop
             | LogicalMessage::StreamCommit { .. }

@@ -14,6 +14,9 @@
 //!                                                          allocated by keymap_lookup(map, value)
 //!   <schema>.dead_letters (rel, skey, version, op, reason, row)  rows the mapping could not
 //!                                                          transform (on_error = "dead_letter")
+//!   <schema>.phase (phase, fenced, reverse_slot, forward_lsn, reverse_lsn, timings)  where the
+//!                                                          migration is: forward, switched, ...
+//!   <schema>.switches (direction, outcome, lsns, timings)  every cutover and fallback attempt
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -22,9 +25,11 @@
 mod backfill;
 mod deferred;
 mod ledger;
+mod phase;
 mod progress;
 
 pub use deferred::{DeferredEntry, DeferredSummary};
+pub use phase::{Fenced, Phase, PhaseRecord};
 
 use tokio_postgres::Client;
 
@@ -122,6 +127,25 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (rel, skey, version));",
     // 6: verify finds the source key of a target row through a key map.
     "CREATE INDEX keymap_new ON {s}.keymap (map, new);",
+    // 7: the migration's phase (switch-over and fallback, one row) and its switches' history.
+    "CREATE TABLE {s}.phase (
+         id int PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+         phase text NOT NULL CHECK (phase IN ('forward', 'cutting_over', 'switched', 'falling_back', 'complete')),
+         fenced text NOT NULL DEFAULT 'none' CHECK (fenced IN ('none', 'old', 'new')),
+         reverse_slot text,
+         forward_lsn pg_lsn,
+         reverse_lsn pg_lsn,
+         timings jsonb,
+         updated_at timestamptz NOT NULL DEFAULT now());
+     CREATE TABLE {s}.switches (
+         id bigserial PRIMARY KEY,
+         direction text NOT NULL,
+         outcome text NOT NULL,
+         forward_lsn pg_lsn,
+         reverse_lsn pg_lsn,
+         timings jsonb NOT NULL,
+         detail text,
+         at timestamptz NOT NULL DEFAULT now());",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +225,10 @@ impl StateSchema {
     }
 
     /// Create the schema or bring it to the current version (serialised by an advisory lock).
+    /// Create or upgrade the schema. Every state table has a replica identity (its primary
+    /// key, or FULL): a publication FOR ALL TABLES covers them where remodel's state lives in
+    /// the source (OLD holds the reverse stream's state after a cutover), and PostgreSQL
+    /// refuses updates and deletes of a published table without one.
     pub async fn migrate(&self, client: &mut Client) -> Result<i32, StateError> {
         let tx = client
             .transaction()
@@ -230,7 +258,8 @@ impl StateSchema {
         };
         tx.batch_execute(&format!(
             "{create}
-             CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);",
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);
+             ALTER TABLE {s}.schema_version REPLICA IDENTITY FULL;",
             s = self.quoted
         ))
         .await

@@ -45,6 +45,28 @@ impl StateSchema {
         Ok(())
     }
 
+    /// Start `slot`'s progress over at `lsn`: a new slot of the same name (the reverse
+    /// stream's, created at each cutover) streams from there, whatever an earlier one applied.
+    pub async fn restart_progress(
+        &self,
+        client: &Client,
+        slot: &str,
+        lsn: Lsn,
+    ) -> Result<(), StateError> {
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} (slot, applied_lsn, updated_at) VALUES ($1, $2::text::pg_lsn, now()) \
+                     ON CONFLICT (slot) DO UPDATE SET applied_lsn = EXCLUDED.applied_lsn, commit_ts = NULL, updated_at = now()",
+                    self.table("progress")
+                ),
+                &[&slot, &lsn.to_string()],
+            )
+            .await
+            .map_err(self.err("restarting a slot's progress"))?;
+        Ok(())
+    }
+
     /// The last source commit end LSN applied for `slot`, if any.
     pub async fn progress(
         &self,

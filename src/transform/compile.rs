@@ -53,6 +53,19 @@ impl Problems {
 /// Compile `mappings` for the tables the publication covers.
 pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, Vec<Problem>> {
     let mut problems = Problems(Vec::new());
+    // remodel's own state schema is never mapped: a publication FOR ALL TABLES on a database
+    // that has one (OLD gets one at a cutover, for the reverse stream) covers it too.
+    let own = format!("{}.", env.state_schema);
+    let published: Vec<String> = env
+        .published
+        .iter()
+        .filter(|t| !t.starts_with(&own))
+        .cloned()
+        .collect();
+    let env = &Env {
+        published: &published,
+        ..*env
+    };
     let identity: Vec<TableMapping>;
     let mappings: &[TableMapping] = if mappings.is_empty() {
         identity = env
@@ -91,6 +104,7 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
             .filter(|(_, n)| *n > 1)
             .map(|(t, _)| t)
             .collect(),
+        state_schema: env.state_schema.to_string(),
         ..Plan::default()
     };
     // target table → (source, merge?, columns it fills)

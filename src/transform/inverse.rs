@@ -1,6 +1,6 @@
-//! Whether a compiled plan can be run backwards (NEW → OLD) for a fallback (issue 18), and why
-//! not, per table and column, with the fix: the first step of the reverse stream. It only
-//! judges; building and running the inverse are not here yet.
+//! Whether a compiled plan can be run backwards (NEW → OLD) for a fallback, and why not, per
+//! table and column, with the fix ([`problems`]); and the inverse mapping itself, as mapping
+//! configuration NEW → OLD that the reverse stream compiles like any other ([`mappings`]).
 //!
 //! What inverts today: one row output per source table whose columns are source columns
 //! (renamed or not), cast only along a lossless widening (the way back never loses a value the
@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 
 use super::catalog::TableInfo;
+use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, TableMapping};
 use super::plan::{Expr, OutputKind, Plan};
 use super::Problem;
 
@@ -141,6 +142,51 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                 }
             }
         }
+    }
+    out
+}
+
+/// The inverse of `plan` as mappings from NEW's tables (`target`: NEW's catalog) to OLD's,
+/// for a plan [`problems`] found nothing wrong with: each NEW column fed by a source column
+/// maps back to it (renamed back; the reverse compile casts where the types differ); a NEW
+/// column that is a constant, or that the mapping does not feed, is dropped (OLD keeps its
+/// own value of a column the forward mapping dropped: the reverse stream never writes it).
+pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMapping> {
+    let mut out = Vec::new();
+    let mut tables: Vec<_> = plan.tables.values().collect();
+    tables.sort_by(|a, b| a.source.cmp(&b.source));
+    for tp in tables {
+        let Some(o) = tp
+            .outputs
+            .iter()
+            .find(|o| matches!(o.kind, OutputKind::Row))
+        else {
+            continue;
+        };
+        let Some(info) = target.get(&o.target()) else {
+            continue;
+        };
+        let mut columns = std::collections::BTreeMap::new();
+        for c in &info.columns {
+            let fed = o.columns.iter().find(|t| t.name == c.name);
+            let spec = match fed.map(|t| &t.expr) {
+                Some(Expr::Column { name, .. }) if *name == c.name => {
+                    ColumnSpec::Action(ColumnAction::Keep)
+                }
+                Some(Expr::Column { name, .. }) => ColumnSpec::Map(ColumnMap {
+                    rename: Some(name.clone()),
+                    cast: None,
+                }),
+                _ => ColumnSpec::Action(ColumnAction::Drop),
+            };
+            columns.insert(c.name.clone(), spec);
+        }
+        out.push(TableMapping {
+            source: o.target(),
+            target: Some(tp.source.clone()),
+            columns,
+            ..TableMapping::default()
+        });
     }
     out
 }

@@ -273,6 +273,9 @@ pub struct Plan {
     /// Target tables more than one mapping writes (an owner and its merges, two splits):
     /// their outputs are linked, since one target row is guarded under several source keys.
     pub shared_targets: std::collections::BTreeSet<String>,
+    /// remodel's state schema: changes to its tables that reach the stream (a publication FOR
+    /// ALL TABLES covers it) are not the app's data, and are passed over.
+    pub state_schema: String,
 }
 
 /// One thing wrong with the mapping, with where and how to fix it.

@@ -98,6 +98,12 @@ impl Transformer {
             })
     }
 
+    /// Changes to remodel's own state tables (which a publication FOR ALL TABLES carries) are
+    /// not the app's data: passed over, not counted.
+    pub fn ignores(&self, rel: &Relation) -> bool {
+        rel.schema == self.plan.state_schema && !self.plan.tables.contains_key(&rel.qualified())
+    }
+
     /// Transform one change, appending its target operations to `out`. A row the mapping
     /// cannot transform is an error, or (on_error = "dead_letter") one [`TargetOp::DeadLetter`].
     pub fn transform(
@@ -106,6 +112,9 @@ impl Transformer {
         out: &mut Vec<TargetOp>,
     ) -> Result<(), TransformError> {
         let lsn = change.commit_lsn;
+        if self.ignores(&change.rel) {
+            return Ok(());
+        }
         self.changes += 1;
         let seq = self.changes;
         let b = self.bind(&change.rel, lsn)?;

@@ -36,5 +36,6 @@ mod mapping_split;
 mod privileges;
 mod stream;
 mod structure;
+mod switch;
 mod types;
 mod verify;

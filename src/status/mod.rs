@@ -12,9 +12,14 @@ use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::state::StateSchema;
 
+mod phase;
+pub use phase::PhaseStatus;
+
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub daemon: DaemonState,
+    /// The migration's phase (switch-over and fallback). None when the target could not be read.
+    pub phase: Option<PhaseStatus>,
     pub applied_lsn: Option<String>,
     pub progress_updated_at_unix: Option<f64>,
     pub last_applied_commit_unix: Option<f64>,
@@ -124,6 +129,7 @@ pub async fn gather(config: &Config) -> Status {
     };
     let mut st = Status {
         daemon,
+        phase: None,
         applied_lsn: None,
         progress_updated_at_unix: None,
         last_applied_commit_unix: None,
@@ -167,6 +173,10 @@ pub async fn gather(config: &Config) -> Status {
         match deferred(client, &state).await {
             Ok(d) => st.deferred = d,
             Err(e) => errors.push(e.to_string()),
+        }
+        match phase::gather(config, client).await {
+            Ok(p) => st.phase = Some(p),
+            Err(e) => errors.push(format!("reading the phase: {e}")),
         }
     }
     let progress = match &target {
@@ -342,6 +352,9 @@ impl std::fmt::Display for Status {
                 .map(|p| format!(" (pid {p})"))
                 .unwrap_or_default()
         )?;
+        if let Some(p) = &self.phase {
+            writeln!(f, "{}", p.line())?;
+        }
         writeln!(
             f,
             "position  applied {} · source {} · lag {}, {}",
