@@ -277,13 +277,19 @@ struct SwitchArgs {
 impl SwitchArgs {
     fn options(&self) -> anyhow::Result<remodel::switch::Options> {
         if !(self.timeout > 0.0 && self.timeout.is_finite()) {
-            anyhow::bail!("--timeout {}: must be a positive number of seconds", self.timeout);
+            anyhow::bail!(
+                "--timeout {}: must be a positive number of seconds",
+                self.timeout
+            );
         }
         Ok(remodel::switch::Options {
             dry_run: self.dry_run,
             timeout: std::time::Duration::from_secs_f64(self.timeout),
             max_lag_bytes: remodel::config::parse_bytes(&self.max_lag).with_context(|| {
-                format!("--max-lag {:?}: use bytes, e.g. 16MB or 512kB", self.max_lag)
+                format!(
+                    "--max-lag {:?}: use bytes, e.g. 16MB or 512kB",
+                    self.max_lag
+                )
             })?,
             switch_hook: self.switch_hook.clone(),
             postpone_file: self.postpone_file.clone(),
@@ -293,7 +299,12 @@ impl SwitchArgs {
     }
 }
 
-async fn switch_cmd(config: &Path, args: SwitchArgs, cutover: bool, log_format: Option<String>) -> anyhow::Result<ExitCode> {
+async fn switch_cmd(
+    config: &Path,
+    args: SwitchArgs,
+    cutover: bool,
+    log_format: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let cfg = load(config)?;
     let format = log_format.unwrap_or_else(|| cfg.log.format.clone());
     let _reload = init_tracing(&cfg.log.level, &format)?;

@@ -49,7 +49,13 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
             Ok(rec) => Leg::of(&rec),
             Err(e) => {
                 if let Some(end) = retry
-                    .after(e.into(), "reading the phase", "the recorded phase", &metrics, &shutdown)
+                    .after(
+                        e.into(),
+                        "reading the phase",
+                        "the recorded phase",
+                        &metrics,
+                        &shutdown,
+                    )
                     .await
                 {
                     return end;
@@ -59,7 +65,9 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
         };
         tracing::info!(leg = ?leg, "following the recorded phase");
         if leg == Leg::Complete {
-            tracing::info!("the migration is complete (remodel complete): nothing to stream; stopping");
+            tracing::info!(
+                "the migration is complete (remodel complete): nothing to stream; stopping"
+            );
             return Ok(());
         }
         let part = control.child();
@@ -73,7 +81,9 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
         };
         let origin = leg.origin(&config);
         let result = match &leg {
-            Leg::Forward { .. } => forward(config.clone(), part.clone(), metrics.clone(), origin).await,
+            Leg::Forward { .. } => {
+                forward(config.clone(), part.clone(), metrics.clone(), origin).await
+            }
             Leg::Reverse { .. } => reverse(&config, &part, &metrics, origin).await,
             Leg::Idle | Leg::Complete => {
                 part.shutdown_token().cancelled().await;
@@ -103,7 +113,13 @@ async fn reverse(
             Ok(c) => break c,
             Err(e) => {
                 if let Some(end) = retry
-                    .after(e.into(), "reverse stream", "the recorded phase", metrics, &shutdown)
+                    .after(
+                        e.into(),
+                        "reverse stream",
+                        "the recorded phase",
+                        metrics,
+                        &shutdown,
+                    )
                     .await
                 {
                     return end;

@@ -81,7 +81,9 @@ impl Writer {
                 &[&name],
             )
             .await
-            .map_err(db("creating the replication origin that tags remodel's writes"))?;
+            .map_err(db(
+                "creating the replication origin that tags remodel's writes",
+            ))?;
         self.client
             .execute("SELECT pg_replication_origin_session_setup($1)", &[&name])
             .await

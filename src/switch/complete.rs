@@ -21,7 +21,12 @@ pub struct Completed {
 }
 
 /// Drop slot `slot` on `c` once no walsender holds it (waiting up to `wait`).
-async fn drop_slot(c: &Client, slot: &str, side: &str, wait: Duration) -> Result<bool, SwitchError> {
+async fn drop_slot(
+    c: &Client,
+    slot: &str,
+    side: &str,
+    wait: Duration,
+) -> Result<bool, SwitchError> {
     let until = Instant::now() + wait;
     loop {
         let active: Option<bool> = c
@@ -55,7 +60,9 @@ async fn drop_publication(c: &Client, name: &str, side: &str) -> Result<bool, Sw
     let n = c
         .execute("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
         .await
-        .map_err(SwitchError::sql(format!("{side}: looking for publication {name}")))?;
+        .map_err(SwitchError::sql(format!(
+            "{side}: looking for publication {name}"
+        )))?;
     if n == 0 {
         return Ok(false);
     }
@@ -64,7 +71,9 @@ async fn drop_publication(c: &Client, name: &str, side: &str) -> Result<bool, Sw
         crate::quote::quote_ident(name)
     ))
     .await
-    .map_err(SwitchError::sql(format!("{side}: dropping publication {name}")))?;
+    .map_err(SwitchError::sql(format!(
+        "{side}: dropping publication {name}"
+    )))?;
     Ok(true)
 }
 
@@ -82,7 +91,10 @@ async fn drop_origin(c: &Client, name: &str, side: &str) -> Result<bool, SwitchE
 }
 
 /// End the migration. `wait`: how long to wait for the daemon to let go of the slots.
-pub async fn complete(config: &crate::config::Config, wait: Duration) -> Result<Completed, SwitchError> {
+pub async fn complete(
+    config: &crate::config::Config,
+    wait: Duration,
+) -> Result<Completed, SwitchError> {
     let sides = Sides::connect(config).await?;
     if !sides.state.lock_switch(&sides.new).await? {
         return Err(SwitchError::Refused(
@@ -123,7 +135,8 @@ async fn run(sides: &Sides, wait: Duration) -> Result<Completed, SwitchError> {
         done.removed.push(format!("OLD: slot {}", c.source.slot));
     }
     if drop_publication(&sides.old, &c.source.publication, "OLD").await? {
-        done.removed.push(format!("OLD: publication {}", c.source.publication));
+        done.removed
+            .push(format!("OLD: publication {}", c.source.publication));
     }
     // The origins: the reverse applier's on OLD, the forward applier's on NEW.
     let until = Instant::now() + wait;
@@ -134,7 +147,8 @@ async fn run(sides: &Sides, wait: Duration) -> Result<Completed, SwitchError> {
         loop {
             match drop_origin(client, &name, side).await {
                 Ok(true) => {
-                    done.removed.push(format!("{side}: replication origin {name}"));
+                    done.removed
+                        .push(format!("{side}: replication origin {name}"));
                     break;
                 }
                 Ok(false) => break,

@@ -89,7 +89,9 @@ pub async fn fence(
             &[&what],
         )
         .await
-        .map_err(SwitchError::sql(format!("{side}: writing the drain marker")))?
+        .map_err(SwitchError::sql(format!(
+            "{side}: writing the drain marker"
+        )))?
         .get(0);
     tx.commit()
         .await

@@ -94,7 +94,10 @@ async fn streaming(c: &Client, slot: &str, side: &str, dir: &str) -> Result<Gate
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     Ok(match active {
-        Some(true) => pass("daemon", format!("the {dir} stream reads slot {slot} on {side}")),
+        Some(true) => pass(
+            "daemon",
+            format!("the {dir} stream reads slot {slot} on {side}"),
+        ),
         Some(false) => fail(
             "daemon",
             format!("slot {slot} on {side} exists but nothing streams from it"),
@@ -208,7 +211,10 @@ async fn phase_gate(sides: &Sides, want: Phase) -> Result<Gate, SwitchError> {
     // The caller holds the switch lock: no other switch runs.
     let rec = sides.phase().await?;
     Ok(if rec.phase == want {
-        pass("phase", format!("{} (fenced: {})", rec.phase.as_str(), rec.fenced.as_str()))
+        pass(
+            "phase",
+            format!("{} (fenced: {})", rec.phase.as_str(), rec.fenced.as_str()),
+        )
     } else {
         fail(
             "phase",
@@ -243,7 +249,10 @@ async fn backfill(sides: &Sides, fwd: &Forward) -> Result<Gate, SwitchError> {
             .find(|r| r.get::<_, String>(0) == t)
             .map(|r| r.get(1));
         if state.as_deref() != Some("done") {
-            missing.push(format!("{t} ({})", state.as_deref().unwrap_or("not started")));
+            missing.push(format!(
+                "{t} ({})",
+                state.as_deref().unwrap_or("not started")
+            ));
         }
     }
     Ok(if missing.is_empty() {
@@ -321,7 +330,11 @@ async fn verify(sides: &Sides, opts: &Options) -> Result<Gate, SwitchError> {
         ),
         Ok(r) => fail(
             "verify",
-            format!("sample verification: {:?}: {}", r.outcome, r.incomplete.join("; ")),
+            format!(
+                "sample verification: {:?}: {}",
+                r.outcome,
+                r.incomplete.join("; ")
+            ),
             "run remodel verify (--repair where it says so) until it is clean",
         ),
         Err(e) => fail(
@@ -365,7 +378,8 @@ async fn new_as_source(sides: &Sides, fwd: &Forward) -> Result<Gate, SwitchError
     )
     .await?;
     if !role {
-        problems.push("remodel's role on NEW lacks REPLICATION (ALTER ROLE ... REPLICATION)".into());
+        problems
+            .push("remodel's role on NEW lacks REPLICATION (ALTER ROLE ... REPLICATION)".into());
     }
     for t in fwd.new_tables() {
         if let Some(info) = fwd.new_catalog.get(&t) {
@@ -382,7 +396,11 @@ async fn new_as_source(sides: &Sides, fwd: &Forward) -> Result<Gate, SwitchError
             format!("wal_level logical, {free} free slot(s), role may replicate, every mapped table has a replica identity"),
         )
     } else {
-        fail("NEW as a source", problems.join("; "), "fix each, then retry")
+        fail(
+            "NEW as a source",
+            problems.join("; "),
+            "fix each, then retry",
+        )
     })
 }
 

@@ -53,7 +53,11 @@ pub struct Forward {
 }
 
 impl Forward {
-    pub async fn compile(config: &Config, old: &Client, new: &Client) -> Result<Forward, SwitchError> {
+    pub async fn compile(
+        config: &Config,
+        old: &Client,
+        new: &Client,
+    ) -> Result<Forward, SwitchError> {
         let published =
             crate::source::setup::publication_tables(old, &config.source.publication).await?;
         let old_catalog = catalog::load(old)

@@ -43,7 +43,12 @@ fn quoted_table(t: &str) -> String {
     }
 }
 
-async fn owned(c: &Client, table: &str, column: &str, side: &str) -> Result<Option<String>, SwitchError> {
+async fn owned(
+    c: &Client,
+    table: &str,
+    column: &str,
+    side: &str,
+) -> Result<Option<String>, SwitchError> {
     Ok(c.query_one(
         "SELECT pg_get_serial_sequence($1, $2)",
         &[&quoted_table(table), &column],
@@ -58,10 +63,7 @@ async fn owned(c: &Client, table: &str, column: &str, side: &str) -> Result<Opti
 /// The last value handed out (or the start, if none was).
 async fn value(c: &Client, seq: &str, side: &str) -> Result<i64, SwitchError> {
     let r = c
-        .query_one(
-            &format!("SELECT last_value, is_called FROM {seq}"),
-            &[],
-        )
+        .query_one(&format!("SELECT last_value, is_called FROM {seq}"), &[])
         .await
         .map_err(SwitchError::sql(format!("{side}: reading sequence {seq}")))?;
     let (last, called): (i64, bool) = (r.get(0), r.get(1));
@@ -77,7 +79,11 @@ pub async fn advance(
     to_new: bool,
     headroom: i64,
 ) -> Result<Vec<String>, SwitchError> {
-    let (fs, ts) = if to_new { ("OLD", "NEW") } else { ("NEW", "OLD") };
+    let (fs, ts) = if to_new {
+        ("OLD", "NEW")
+    } else {
+        ("NEW", "OLD")
+    };
     let mut out = Vec::new();
     for (ot, oc, nt, nc) in pairs(fwd) {
         let ((ft, fc), (tt, tc)) = if to_new {
@@ -85,7 +91,8 @@ pub async fn advance(
         } else {
             ((&nt, &nc), (&ot, &oc))
         };
-        let (Some(fseq), Some(tseq)) = (owned(from, ft, fc, fs).await?, owned(to, tt, tc, ts).await?)
+        let (Some(fseq), Some(tseq)) =
+            (owned(from, ft, fc, fs).await?, owned(to, tt, tc, ts).await?)
         else {
             continue;
         };
@@ -98,9 +105,12 @@ pub async fn advance(
             ));
             continue;
         }
-        to.query_one("SELECT setval($1::text::regclass, $2, true)", &[&tseq, &want])
-            .await
-            .map_err(SwitchError::sql(format!("{ts}: moving sequence {tseq}")))?;
+        to.query_one(
+            "SELECT setval($1::text::regclass, $2, true)",
+            &[&tseq, &want],
+        )
+        .await
+        .map_err(SwitchError::sql(format!("{ts}: moving sequence {tseq}")))?;
         out.push(format!(
             "{ts} {tseq} moved {tv} → {want} ({fs} {fseq} at {fv}, headroom {headroom})"
         ));

@@ -64,16 +64,26 @@ impl Clock {
 }
 
 /// `remodel cutover`: switch the app from OLD to NEW.
-pub async fn cutover(config: &crate::config::Config, opts: &Options) -> Result<Outcome, SwitchError> {
+pub async fn cutover(
+    config: &crate::config::Config,
+    opts: &Options,
+) -> Result<Outcome, SwitchError> {
     switch(config, opts, Way::Cutover).await
 }
 
 /// `remodel fallback`: switch the app back from NEW to OLD.
-pub async fn fallback(config: &crate::config::Config, opts: &Options) -> Result<Outcome, SwitchError> {
+pub async fn fallback(
+    config: &crate::config::Config,
+    opts: &Options,
+) -> Result<Outcome, SwitchError> {
     switch(config, opts, Way::Fallback).await
 }
 
-async fn switch(config: &crate::config::Config, opts: &Options, way: Way) -> Result<Outcome, SwitchError> {
+async fn switch(
+    config: &crate::config::Config,
+    opts: &Options,
+    way: Way,
+) -> Result<Outcome, SwitchError> {
     let mut sides = Sides::connect(config).await?;
     lock(&sides).await?;
     let result = locked(&mut sides, opts, way).await;
@@ -163,7 +173,15 @@ async fn run_steps(
             Way::Cutover => &mut sides.old,
             Way::Fallback => &mut sides.new,
         };
-        fence::fence(client, &sides.state, fence_side, &fence_tables, lock_ms, way.name()).await
+        fence::fence(
+            client,
+            &sides.state,
+            fence_side,
+            &fence_tables,
+            lock_ms,
+            way.name(),
+        )
+        .await
     };
     let marker = match fenced {
         Ok(m) => m,
@@ -176,10 +194,7 @@ async fn run_steps(
     // Drain: the stream into the other side applied the fence's transaction.
     let (drain_client, drain_slot) = match way {
         Way::Cutover => (&sides.new, sides.config.source.slot.clone()),
-        Way::Fallback => (
-            &sides.old,
-            before.reverse_slot.clone().unwrap_or_default(),
-        ),
+        Way::Fallback => (&sides.old, before.reverse_slot.clone().unwrap_or_default()),
     };
     loop {
         match sides.applied(drain_client, &drain_slot).await {
@@ -300,7 +315,11 @@ async fn run_steps(
         .record_switch(
             &sides.new,
             way.name(),
-            if error.is_some() { "switched, hook failed" } else { "switched" },
+            if error.is_some() {
+                "switched, hook failed"
+            } else {
+                "switched"
+            },
             &done,
             error.as_deref(),
         )
@@ -373,7 +392,9 @@ async fn create_reverse(sides: &Sides, fwd: &Forward) -> Result<(String, Lsn), S
             &[&slot],
         )
         .await
-        .map_err(SwitchError::sql(format!("NEW: creating the reverse slot {slot}")))?
+        .map_err(SwitchError::sql(format!(
+            "NEW: creating the reverse slot {slot}"
+        )))?
         .get(0);
     let lsn: Lsn = lsn.parse().unwrap_or_default();
     sides.state.restart_progress(&sides.old, &slot, lsn).await?;
@@ -382,7 +403,11 @@ async fn create_reverse(sides: &Sides, fwd: &Forward) -> Result<(String, Lsn), S
 
 /// Drop the reverse slot once the daemon stopped reading it (after a fallback), waiting up
 /// to `wait`; a slot still held then is left for the next cutover or `complete` (warned).
-pub(super) async fn drop_reverse_slot(new: &Client, config: &crate::config::Config, wait: Duration) {
+pub(super) async fn drop_reverse_slot(
+    new: &Client,
+    config: &crate::config::Config,
+    wait: Duration,
+) {
     let slot = reverse::slot(config);
     let until = Instant::now() + wait;
     loop {
@@ -394,14 +419,14 @@ pub(super) async fn drop_reverse_slot(new: &Client, config: &crate::config::Conf
             .await;
         match r {
             Ok(None) => return,
-            Ok(Some(row)) if !row.get::<_, bool>(0) => {
-                if new
-                    .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
+            Ok(Some(row))
+                if !row.get::<_, bool>(0)
+                    && new
+                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                        .await
+                        .is_ok() =>
+            {
+                return
             }
             _ => {}
         }
@@ -497,7 +522,11 @@ async fn recover_locked(sides: &Sides) -> Result<bool, SwitchError> {
         .state
         .record_switch(
             &sides.new,
-            if back == Phase::Forward { "cutover" } else { "fallback" },
+            if back == Phase::Forward {
+                "cutover"
+            } else {
+                "fallback"
+            },
             "recovered",
             &restored,
             Some("the command died before recording the switch; the fence was lifted"),

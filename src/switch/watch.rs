@@ -80,7 +80,10 @@ pub async fn watch(config: Config, running: Leg, interval: Duration, stop: Cance
             }
         }
         if Leg::of(&rec) != running {
-            tracing::info!(phase = rec.phase.as_str(), "the recorded phase changed: changing direction");
+            tracing::info!(
+                phase = rec.phase.as_str(),
+                "the recorded phase changed: changing direction"
+            );
             return;
         }
     }

@@ -37,5 +37,6 @@ mod privileges;
 mod stream;
 mod structure;
 mod switch;
+mod switch_faults;
 mod types;
 mod verify;

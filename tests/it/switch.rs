@@ -8,7 +8,7 @@
 //! `accounts(id, holder, balance bigint)`; OLD keeps `note` on rows NEW changes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +19,17 @@ use crate::support::compare::{rows, seed};
 use crate::support::daemon::{config, free_listen, remodel_cmd, Daemon};
 use crate::support::{fresh_db, pair, wait_until, TestDb};
 
-const OLD_DDL: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL, \
+pub const OLD_DDL: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, owner text NOT NULL, \
                        balance int NOT NULL, note text)";
-const NEW_DDL: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, holder text NOT NULL, \
+pub const NEW_DDL: &str = "CREATE TABLE accounts (id bigserial PRIMARY KEY, holder text NOT NULL, \
                        balance bigint NOT NULL)";
-const MAPPING: &str = "[[tables]]\nsource = \"public.accounts\"\n\
+pub const MAPPING: &str = "[[tables]]\nsource = \"public.accounts\"\n\
                        [tables.columns]\nowner = { rename = \"holder\" }\nnote = \"drop\"\n";
-const OLD_ROWS: &str = "SELECT id || ':' || owner || ':' || balance FROM accounts ORDER BY id";
-const NEW_ROWS: &str = "SELECT id || ':' || holder || ':' || balance FROM accounts ORDER BY id";
+pub const OLD_ROWS: &str = "SELECT id || ':' || owner || ':' || balance FROM accounts ORDER BY id";
+pub const NEW_ROWS: &str = "SELECT id || ':' || holder || ':' || balance FROM accounts ORDER BY id";
 const SEED_ROWS: i64 = 100;
 
-async fn setup() -> TestDb {
+pub async fn setup() -> TestDb {
     let db = fresh_db(pair()).await;
     db.source.batch_execute(OLD_DDL).await.unwrap();
     db.target.batch_execute(NEW_DDL).await.unwrap();
@@ -43,29 +43,35 @@ async fn setup() -> TestDb {
     db
 }
 
-fn cli(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
-    let cfg = d.config_path.display().to_string();
-    let mut all = args.to_vec();
-    all.extend(["--config", cfg.as_str()]);
-    remodel_cmd(&all, &[])
+/// Run a `remodel` command with the daemon's config, off the async runtime (it blocks while
+/// the daemon must go on); (exit code, output).
+pub async fn cli_async(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
+    cli_env(d, args, &[]).await
 }
 
-/// `cli` off the async runtime (the command blocks while the daemon must go on).
-async fn cli_async(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
+pub async fn cli_env(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let cfg = d.config_path.display().to_string();
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(["--config".to_string(), cfg]);
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
-        remodel_cmd(&refs, &[])
+        remodel_cmd(&refs, &env)
     })
     .await
     .unwrap()
 }
 
-async fn start(db: &TestDb) -> Daemon {
+pub async fn start(db: &TestDb) -> Daemon {
+    start_with(db, MAPPING).await
+}
+
+pub async fn start_with(db: &TestDb, mapping: &str) -> Daemon {
     let listen = free_listen();
-    let d = Daemon::start(&config(db, &listen, MAPPING), &listen);
+    let d = Daemon::start(&config(db, &listen, mapping), &listen);
     d.wait_ready().await;
     let t = &db.target;
     wait_until("backfill done", Duration::from_secs(60), || async move {
@@ -89,39 +95,47 @@ async fn start(db: &TestDb) -> Daemon {
 }
 
 /// Wait until OLD and NEW hold the same rows (through the mapping).
-async fn converge(db: &TestDb) -> Vec<String> {
+pub async fn converge(db: &TestDb) -> Vec<String> {
     let (s, t) = (&db.source, &db.target);
-    wait_until("OLD = inverse(NEW)", Duration::from_secs(60), || async move {
-        let a = rows(s, OLD_ROWS).await;
-        let b = rows(t, NEW_ROWS).await;
-        if a == b {
-            Ok(a)
-        } else {
-            Err(format!("OLD {} rows, NEW {} rows", a.len(), b.len()))
-        }
-    })
+    wait_until(
+        "OLD = inverse(NEW)",
+        Duration::from_secs(60),
+        || async move {
+            let a = rows(s, OLD_ROWS).await;
+            let b = rows(t, NEW_ROWS).await;
+            if a == b {
+                Ok(a)
+            } else {
+                Err(format!("OLD {} rows, NEW {} rows", a.len(), b.len()))
+            }
+        },
+    )
     .await
 }
 
 /// The app: writes to the side `side` names (0 OLD, 1 NEW), one row change per transaction,
 /// and keeps what it committed. A write the fence refuses is retried (as an app would after
 /// its switch), never counted; any other error fails the test.
-struct App {
-    side: Arc<AtomicU8>,
+pub struct App {
+    pub side: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
-    committed: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
+    pub committed: Arc<AtomicU64>,
+    pub refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<BTreeMap<i64, (String, i64)>>,
 }
 
 impl App {
-    async fn start(db: &TestDb, seed: u64) -> App {
+    pub async fn start(db: &TestDb, seed: u64) -> App {
         let side = Arc::new(AtomicU8::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
-        let old = remodel::cluster::connect_no_tls(&db.source_url).await.unwrap();
-        let new = remodel::cluster::connect_no_tls(&db.target_url).await.unwrap();
+        let old = remodel::cluster::connect_no_tls(&db.source_url)
+            .await
+            .unwrap();
+        let new = remodel::cluster::connect_no_tls(&db.target_url)
+            .await
+            .unwrap();
         let mut model: BTreeMap<i64, (String, i64)> = BTreeMap::new();
         for r in old
             .query("SELECT id, owner, balance FROM accounts", &[])
@@ -130,14 +144,23 @@ impl App {
         {
             model.insert(r.get(0), (r.get(1), i64::from(r.get::<_, i32>(2))));
         }
-        let (s, st, c, rf) = (side.clone(), stop.clone(), committed.clone(), refused.clone());
+        let (s, st, c, rf) = (
+            side.clone(),
+            stop.clone(),
+            committed.clone(),
+            refused.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut n = 0u64;
             while !st.load(Ordering::SeqCst) {
                 n += 1;
                 let on_new = s.load(Ordering::SeqCst) == 1;
-                let (c2, col) = if on_new { (&new, "holder") } else { (&old, "owner") };
+                let (c2, col) = if on_new {
+                    (&new, "holder")
+                } else {
+                    (&old, "owner")
+                };
                 let ids: Vec<i64> = model.keys().copied().collect();
                 let pick = rng.gen_range(0..10);
                 let r = if pick < 5 || ids.is_empty() {
@@ -189,7 +212,7 @@ impl App {
         }
     }
 
-    async fn wait_committed(&self, more: u64) {
+    pub async fn wait_committed(&self, more: u64) {
         let target = self.committed.load(Ordering::SeqCst) + more;
         let c = self.committed.clone();
         wait_until("the app commits", Duration::from_secs(60), || {
@@ -207,7 +230,7 @@ impl App {
     }
 
     /// Stop; the model of what it committed, and how many writes it committed in all.
-    async fn finish(self) -> (BTreeMap<i64, (String, i64)>, u64) {
+    pub async fn finish(self) -> (BTreeMap<i64, (String, i64)>, u64) {
         self.stop.store(true, Ordering::SeqCst);
         let m = self.task.await.unwrap();
         (m, self.committed.load(Ordering::SeqCst))
@@ -226,10 +249,12 @@ async fn write(c: &Client, sql: &str, a: &str, b: i64) -> Result<Option<i64>, St
 }
 
 fn model_rows(m: &BTreeMap<i64, (String, i64)>) -> Vec<String> {
-    m.iter().map(|(id, (o, b))| format!("{id}:{o}:{b}")).collect()
+    m.iter()
+        .map(|(id, (o, b))| format!("{id}:{o}:{b}"))
+        .collect()
 }
 
-async fn changes_applied(d: &Daemon) -> f64 {
+pub async fn changes_applied(d: &Daemon) -> f64 {
     let Some((_, body)) = d.get("/metrics").await else {
         return -1.0;
     };
@@ -239,11 +264,10 @@ async fn changes_applied(d: &Daemon) -> f64 {
         .sum()
 }
 
-async fn phase(d: &Daemon) -> String {
+pub async fn phase(d: &Daemon) -> String {
     let (code, out) = cli_async(d, &["status", "--json"]).await;
     assert!(code.is_some(), "{out}");
-    let v: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     v["phase"]["phase"].as_str().unwrap_or("?").to_string()
 }
 
@@ -260,12 +284,26 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     let hook_cmd = format!("echo $REMODEL_SWITCH > {}", hook.display());
     let (code, out) = cli_async(
         &d,
-        &["cutover", "--timeout", "20", "--verify-sample", "50", "--switch-hook", &hook_cmd],
+        &[
+            "cutover",
+            "--timeout",
+            "20",
+            "--verify-sample",
+            "50",
+            "--switch-hook",
+            &hook_cmd,
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "cutover: {out}\n{}", d.log());
-    assert!(out.contains("cutover: switched") && out.contains("writes unavailable"), "{out}");
-    assert!(out.contains("sequence"), "names the sequence it moved: {out}");
+    assert!(
+        out.contains("cutover: switched") && out.contains("writes unavailable"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sequence"),
+        "names the sequence it moved: {out}"
+    );
     assert_eq!(std::fs::read_to_string(&hook).unwrap().trim(), "cutover");
     app.side.store(1, Ordering::SeqCst);
     assert_eq!(phase(&d).await, "switched");
@@ -273,7 +311,10 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     // OLD refuses the app, superuser and owner included; readers go on.
     let e = db
         .source
-        .execute("INSERT INTO accounts (owner, balance) VALUES ('stray', 1)", &[])
+        .execute(
+            "INSERT INTO accounts (owner, balance) VALUES ('stray', 1)",
+            &[],
+        )
         .await
         .expect_err("OLD is fenced");
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
@@ -296,7 +337,10 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     assert!(after_fallback >= at_fallback_start);
     let e = db
         .target
-        .execute("INSERT INTO accounts (holder, balance) VALUES ('stray', 1)", &[])
+        .execute(
+            "INSERT INTO accounts (holder, balance) VALUES ('stray', 1)",
+            &[],
+        )
         .await
         .expect_err("NEW is fenced after a fallback");
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
@@ -304,26 +348,46 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     // From here every write the app commits is on OLD (NEW refuses it).
     let before_old_writes = app.committed.load(Ordering::SeqCst);
     app.wait_committed(30).await;
+    let refused = app.refused.load(Ordering::SeqCst);
     let (model, committed) = app.finish().await;
+    eprintln!("the fences refused {refused} app write(s), each retried on the other side");
     let old_writes = (committed - before_old_writes) as f64;
     let converged = converge(&db).await;
-    assert_eq!(converged, model_rows(&model), "every committed write, on both sides (seed {seed})");
+    assert_eq!(
+        converged,
+        model_rows(&model),
+        "every committed write, on both sides (seed {seed})"
+    );
     // OLD kept the column the mapping drops, on rows NEW updated too.
     let notes: i64 = db
         .source
-        .query_one("SELECT count(*) FROM accounts WHERE note = 'seed-note'", &[])
+        .query_one(
+            "SELECT count(*) FROM accounts WHERE note = 'seed-note'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
-    let seeds_left = model.values().filter(|(o, _)| o.starts_with("seed")).count() as i64;
+    let seeds_left = model
+        .values()
+        .filter(|(o, _)| o.starts_with("seed"))
+        .count() as i64;
     assert_eq!(notes, seeds_left, "OLD keeps the dropped column's values");
 
     // No loop: the forward leg after the fallback applied exactly the app's writes on OLD
     // since then, not the reverse stream's writes it read back from OLD's WAL.
-    let forward_applied = wait_until("the forward leg applies the app's writes", Duration::from_secs(30), || async {
-        let n = changes_applied(&d).await - after_fallback;
-        if n >= old_writes { Ok(n) } else { Err(n) }
-    })
+    let forward_applied = wait_until(
+        "the forward leg applies the app's writes",
+        Duration::from_secs(30),
+        || async {
+            let n = changes_applied(&d).await - after_fallback;
+            if n >= old_writes {
+                Ok(n)
+            } else {
+                Err(n)
+            }
+        },
+    )
     .await;
     assert_eq!(
         forward_applied, old_writes,

@@ -1,0 +1,220 @@
+//! Switches that do not go through: a drain that times out, a mapping with no inverse, a
+//! command killed before and after its point of no return, the daemon killed while it
+//! streams backwards, and the end of the migration (`complete`).
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio_postgres::Client;
+
+use crate::support::compare::rows;
+use crate::support::{wait_until, TestDb};
+use crate::switch::{
+    changes_applied, cli_async, cli_env, converge, phase, setup, start, start_with, NEW_ROWS,
+    OLD_ROWS,
+};
+
+async fn fences(c: &Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'remodel_fence'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn old_takes_a_write(db: &TestDb, owner: &str) -> Result<u64, String> {
+    db.source
+        .execute(
+            "INSERT INTO accounts (owner, balance) VALUES ($1, 1)",
+            &[&owner],
+        )
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+async fn history(db: &TestDb) -> Vec<String> {
+    rows(
+        &db.target,
+        "SELECT direction || ':' || outcome FROM remodel.switches ORDER BY id",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_drain_that_times_out_aborts_and_leaves_old_writable() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    // A paused daemon applies nothing: the drain cannot reach the fence's marker.
+    d.signal(Signal::SIGUSR1);
+    d.wait_paused(true).await;
+    let (code, out) = cli_async(&d, &["cutover", "--timeout", "1", "--verify-sample", "0"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("aborted") && out.contains("marker"), "{out}");
+    assert_eq!(fences(&db.source).await, 0, "the fence is lifted");
+    old_takes_a_write(&db, "after-abort")
+        .await
+        .expect("OLD writable again");
+    assert_eq!(phase(&d).await, "forward");
+    assert_eq!(history(&db).await, ["cutover:aborted"]);
+    // Forward streaming goes on as before.
+    d.signal(Signal::SIGUSR2);
+    let rows = converge(&db).await;
+    assert!(rows.iter().any(|r| r.contains(":after-abort:")), "{rows:?}");
+    d.stop();
+}
+
+#[tokio::test]
+async fn a_mapping_without_an_inverse_is_refused_at_the_gates_by_table() {
+    let db = setup().await;
+    let filtered = "[[tables]]\nsource = \"public.accounts\"\nfilter = \"balance >= 0\"\n\
+                    [tables.columns]\nowner = { rename = \"holder\" }\nnote = \"drop\"\n";
+    let mut d = start_with(&db, filtered).await;
+    let (code, out) = cli_async(&d, &["cutover", "--dry-run", "--verify-sample", "0"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("FAIL  inverse mapping")
+            && out.contains("public.accounts")
+            && out.contains("filter"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok    backfill"),
+        "a dry run reports every gate: {out}"
+    );
+    let (code, out) = cli_async(&d, &["cutover", "--verify-sample", "0"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("not started"), "{out}");
+    assert_eq!(fences(&db.source).await, 0);
+    assert_eq!(phase(&d).await, "forward");
+    // Without a way back, the same mapping may switch.
+    let (code, out) = cli_async(
+        &d,
+        &[
+            "cutover",
+            "--dry-run",
+            "--no-fallback",
+            "--verify-sample",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    d.stop();
+}
+
+#[tokio::test]
+async fn a_cutover_killed_after_its_fence_is_undone_and_one_killed_after_its_record_stands() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    let fp = [("REMODEL_FAILPOINTS", "switch.after_fence")];
+    let (code, out) = cli_env(&d, &["cutover", "--verify-sample", "0"], &fp).await;
+    assert_eq!(code, None, "killed by SIGKILL: {out}");
+    assert!(out.contains("failpoint switch.after_fence"), "{out}");
+    // The daemon sees a switch whose command is gone, lifts its fence, puts the phase back.
+    wait_until(
+        "the daemon undoes the dead cutover",
+        Duration::from_secs(30),
+        || async {
+            let f = fences(&db.source).await;
+            let p = phase(&d).await;
+            if f == 0 && p == "forward" {
+                Ok(())
+            } else {
+                Err(format!("{f} fence(s), phase {p}"))
+            }
+        },
+    )
+    .await;
+    old_takes_a_write(&db, "after-kill")
+        .await
+        .expect("OLD writable again");
+    assert_eq!(history(&db).await, ["cutover:recovered"]);
+    converge(&db).await;
+
+    // Killed after the record: the switch stands, the daemon streams backwards.
+    let fp = [("REMODEL_FAILPOINTS", "switch.after_record")];
+    let (code, out) = cli_env(&d, &["cutover", "--verify-sample", "0"], &fp).await;
+    assert_eq!(code, None, "killed by SIGKILL: {out}");
+    assert_eq!(phase(&d).await, "switched");
+    db.target
+        .execute(
+            "INSERT INTO accounts (holder, balance) VALUES ('born-on-new', 7)",
+            &[],
+        )
+        .await
+        .expect("NEW takes the app's writes");
+    let rows = converge(&db).await;
+    assert!(
+        rows.iter().any(|r| r.ends_with(":born-on-new:7")),
+        "{rows:?}"
+    );
+    assert!(
+        old_takes_a_write(&db, "stray").await.is_err(),
+        "OLD stays fenced"
+    );
+    d.stop();
+}
+
+#[tokio::test]
+async fn the_daemon_killed_while_streaming_backwards_resumes_and_complete_ends_the_migration() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    let (code, out) = cli_async(&d, &["cutover", "--verify-sample", "0"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    for i in 0..20 {
+        db.target
+            .execute(
+                "INSERT INTO accounts (holder, balance) VALUES ($1, $2)",
+                &[&format!("n{i}"), &(i as i64)],
+            )
+            .await
+            .unwrap();
+    }
+    db.target
+        .batch_execute("UPDATE accounts SET balance = balance + 1000 WHERE id % 7 = 0; DELETE FROM accounts WHERE id % 11 = 0")
+        .await
+        .unwrap();
+    d.wait_metric(
+        "remodel_changes_applied_total{op=\"insert\",table=\"public.accounts\"}",
+        |n| n >= 1.0,
+    )
+    .await;
+    d.kill9();
+    db.target
+        .execute(
+            "INSERT INTO accounts (holder, balance) VALUES ('while-down', 1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    d.spawn();
+    let got = converge(&db).await;
+    assert!(got.iter().any(|r| r.ends_with(":while-down:1")), "{got:?}");
+    assert_eq!(got, rows(&db.target, NEW_ROWS).await);
+    assert_eq!(got, rows(&db.source, OLD_ROWS).await);
+    assert!(changes_applied(&d).await >= 1.0);
+
+    // complete: the daemon stops by itself; slots, publications and origins are gone.
+    let (code, out) = cli_async(&d, &["complete"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("removed NEW: slot") && out.contains("removed OLD: slot"),
+        "{out}"
+    );
+    let st = d.wait_exit(Duration::from_secs(30));
+    assert!(st.success(), "{st}\n{}", d.log());
+    for (c, side) in [(&db.source, "OLD"), (&db.target, "NEW")] {
+        let left: Vec<String> = rows(
+            c,
+            "SELECT 'slot ' || slot_name FROM pg_replication_slots WHERE database = current_database() \
+             UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname LIKE 'remodel_t%' \
+             UNION ALL SELECT 'publication ' || pubname FROM pg_publication",
+        )
+        .await;
+        let mine: Vec<&String> = left.iter().filter(|l| l.contains(&db.name)).collect();
+        assert!(mine.is_empty(), "{side} still has {mine:?}");
+    }
+    assert_eq!(fences(&db.source).await, 1, "OLD's fence stays");
+}
