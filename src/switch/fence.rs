@@ -156,7 +156,8 @@ pub async fn can_use_origins(client: &Client) -> Result<bool, SwitchError> {
     Ok(client
         .query_one(
             "SELECT has_function_privilege('pg_replication_origin_session_setup(text)', 'execute') \
-             AND has_function_privilege('pg_replication_origin_create(text)', 'execute')",
+             AND has_function_privilege('pg_replication_origin_create(text)', 'execute') \
+             AND has_function_privilege('pg_replication_origin_session_is_setup()', 'execute')",
             &[],
         )
         .await

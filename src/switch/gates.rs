@@ -411,7 +411,7 @@ async fn origins(c: &Client, side: &str) -> Result<Gate, SwitchError> {
         fail(
             "origins",
             format!("remodel's role on {side} may not use replication origins: its writes could not pass the fence, nor be told apart from the app's"),
-            format!("on {side}, as a superuser: GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), pg_replication_origin_drop(text) TO <remodel role>"),
+            format!("on {side}, as a superuser: GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_origin_session_setup(text), pg_replication_origin_session_is_setup(), pg_replication_origin_drop(text) TO <remodel role>"),
         )
     })
 }

@@ -123,6 +123,9 @@ fn every_command_has_help_with_examples() {
         "pause",
         "resume",
         "demo",
+        "cutover",
+        "fallback",
+        "complete",
     ] {
         assert!(
             commands.iter().any(|c| c == must),
@@ -157,6 +160,9 @@ fn exit_codes_are_documented_for_every_command() {
         "dead-letters",
         "pause",
         "demo",
+        "cutover",
+        "fallback",
+        "complete",
     ] {
         assert!(section.contains(&format!("`{cmd}`")), "exit codes of {cmd}");
     }

@@ -305,6 +305,13 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
         "names the sequence it moved: {out}"
     );
     assert_eq!(std::fs::read_to_string(&hook).unwrap().trim(), "cutover");
+    // Drained: OLD is fenced (its rows are final) and NEW holds every one of them already,
+    // before the app writes anything to NEW.
+    assert_eq!(
+        rows(&db.target, NEW_ROWS).await,
+        rows(&db.source, OLD_ROWS).await,
+        "NEW has every write OLD took before its fence, the moment cutover returns"
+    );
     app.side.store(1, Ordering::SeqCst);
     assert_eq!(phase(&d).await, "switched");
 
@@ -332,6 +339,11 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     let at_fallback_start = changes_applied(&d).await;
     let (code, out) = cli_async(&d, &["fallback", "--timeout", "20"]).await;
     assert_eq!(code, Some(0), "fallback: {out}\n{}", d.log());
+    assert_eq!(
+        rows(&db.source, OLD_ROWS).await,
+        rows(&db.target, NEW_ROWS).await,
+        "OLD has every write NEW took before its fence, the moment fallback returns"
+    );
     app.side.store(0, Ordering::SeqCst);
     let after_fallback = changes_applied(&d).await;
     assert!(after_fallback >= at_fallback_start);
