@@ -32,7 +32,7 @@ use crate::source::replication::ReplicationError;
 use crate::source::stream::{feedback_loop, FeedbackState, FlushHandle, SourceStream, StreamError};
 use crate::source::{monitor, setup};
 use crate::state::StateSchema;
-use crate::switch::watch::Leg;
+use crate::switch::watch::{Leg, Origins};
 use crate::transform::Transformer;
 
 /// Run the daemon until `control` shuts down (Ok) or a fatal error: the leg the recorded
@@ -79,12 +79,12 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
                 part.shutdown();
             })
         };
-        let origin = leg.origin(&config);
+        let origins = leg.origins(&config);
         let result = match &leg {
             Leg::Forward { .. } => {
-                forward(config.clone(), part.clone(), metrics.clone(), origin).await
+                forward(config.clone(), part.clone(), metrics.clone(), origins).await
             }
-            Leg::Reverse { .. } => reverse(&config, &part, &metrics, origin).await,
+            Leg::Reverse { .. } => reverse(&config, &part, &metrics, origins).await,
             Leg::Idle | Leg::Complete => {
                 part.shutdown_token().cancelled().await;
                 Ok(())
@@ -103,7 +103,7 @@ async fn reverse(
     config: &Config,
     control: &Control,
     metrics: &Arc<Metrics>,
-    origin: Option<String>,
+    origins: Origins,
 ) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let mut retry = crate::retry::Retry::new();
@@ -127,7 +127,7 @@ async fn reverse(
             }
         }
     };
-    stream(&reversed, control, metrics, origin.as_deref()).await
+    stream(&reversed, control, metrics, &origins).await
 }
 
 /// The forward leg: the stream (and, with `backfill.enabled`, the backfill beside it), the
@@ -137,7 +137,7 @@ async fn forward(
     config: Config,
     control: Control,
     metrics: Arc<Metrics>,
-    origin: Option<String>,
+    origins: Origins,
 ) -> Result<(), Error> {
     let verifying = tokio::spawn(crate::verify::continuous(
         config.clone(),
@@ -145,7 +145,7 @@ async fn forward(
         metrics.clone(),
     ));
     let resolving = crate::verify::deferred::run(config.clone(), control.clone(), metrics.clone());
-    let stages = run_stages(config, &control, metrics, origin);
+    let stages = run_stages(config, &control, metrics, origins);
     tokio::pin!(resolving, stages);
     // The resolution of deferred rows ends on shutdown (Ok) or on a definite error, which stops
     // the daemon as a stream error would.
@@ -170,13 +170,13 @@ async fn run_stages(
     config: Config,
     control: &Control,
     metrics: Arc<Metrics>,
-    origin: Option<String>,
+    origins: Origins,
 ) -> Result<(), Error> {
     let control = control.clone();
     if !config.backfill.enabled {
-        return stream(&config, &control, &metrics, origin.as_deref()).await;
+        return stream(&config, &control, &metrics, &origins).await;
     }
-    let streaming = stream(&config, &control, &metrics, origin.as_deref());
+    let streaming = stream(&config, &control, &metrics, &origins);
     // Backfill starts once the stream streams: its publication and slot exist, and a pass can
     // count on the stream to apply everything before its snapshot.
     let backfilling = async {
@@ -267,7 +267,7 @@ async fn stream(
     config: &Config,
     control: &Control,
     metrics: &Arc<Metrics>,
-    origin: Option<&str>,
+    origins: &Origins,
 ) -> Result<(), Error> {
     let shutdown = control.shutdown_token();
     let mut retry = crate::retry::Retry::new();
@@ -285,7 +285,7 @@ async fn stream(
             metrics,
             isolate_until.take(),
             receive_timeout,
-            origin,
+            origins,
         )
         .await;
         metrics.set_ready(false);
@@ -327,7 +327,7 @@ async fn run_once(
     metrics: &Arc<Metrics>,
     isolate_until: Option<crate::Lsn>,
     receive_timeout: Duration,
-    origin: Option<&str>,
+    origins: &Origins,
 ) -> Result<(), Error> {
     let src_info = config
         .source_conn()
@@ -394,6 +394,7 @@ async fn run_once(
     let stream = tokio::spawn(
         SourceStream::new(reader, Decoder::new(1), fb.clone(), tx)
             .receive_timeout(receive_timeout)
+            .skip_origin(origins.skip.clone())
             .run(stream_stop.clone()),
     );
     let feedback = {
@@ -419,7 +420,7 @@ async fn run_once(
     metrics.set_ready(true);
 
     let writer = Writer::new(target, state, config.stall_timeout());
-    if let Some(name) = origin {
+    if let Some(name) = &origins.tag {
         writer.tag_origin(name).await?;
     }
     let applier = Applier::new(

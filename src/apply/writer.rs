@@ -69,7 +69,7 @@ impl Writer {
 
     /// Tag every transaction of this session with replication origin `name` (created when
     /// missing), so that a stream reading this database skips what remodel wrote here (see
-    /// `source::stream::is_remodel_origin`) and a fence lets it through (`switch::fence`).
+    /// `source::stream::SourceStream::skip_origin`) and a fence lets it through (`switch::fence`).
     /// Needs superuser or EXECUTE on `pg_replication_origin_session_setup` and
     /// `pg_replication_origin_create`. Held until the session ends; a session of a killed
     /// daemon that has not ended yet makes it fail transiently ("already active").

@@ -142,16 +142,12 @@ pub struct SourceStream {
     open_txn: Option<(u32, Lsn)>,
     last_forwarded_end: Lsn,
     receive_timeout: Duration,
-    /// The open transaction was written by remodel itself (its replication origin names it,
-    /// [`is_remodel_origin`]): its row changes are not sent on, so nothing loops between the
-    /// two directions of a switch. Its Begin and Commit still are, so progress moves past it.
+    /// Transactions tagged with this replication origin were written by remodel's other
+    /// direction (`switch::watch::Origins`): their row changes are not sent on, so nothing
+    /// loops. Their Begin and Commit still are, so progress moves past them.
+    skip_origin: Option<String>,
+    /// The open transaction carries `skip_origin`.
     skipping_own: bool,
-}
-
-/// Whether a transaction tagged with replication origin `name` was written by remodel (its
-/// appliers tag their sessions `remodel_<slot>`, see `apply::origin`).
-pub fn is_remodel_origin(name: &str) -> bool {
-    name.starts_with("remodel_")
 }
 
 impl SourceStream {
@@ -171,6 +167,7 @@ impl SourceStream {
             open_txn: None,
             last_forwarded_end: start,
             receive_timeout: Duration::from_secs(60),
+            skip_origin: None,
             skipping_own: false,
         }
     }
@@ -179,6 +176,12 @@ impl SourceStream {
     /// feedback task asks for a keepalive halfway, so an idle source is not silent).
     pub fn receive_timeout(mut self, t: Duration) -> Self {
         self.receive_timeout = t;
+        self
+    }
+
+    /// Pass over the row changes of transactions tagged with replication origin `name`.
+    pub fn skip_origin(mut self, name: Option<String>) -> Self {
+        self.skip_origin = name;
         self
     }
 
@@ -355,7 +358,7 @@ impl SourceStream {
                 out
             }
             LogicalMessage::Origin { name, .. } => {
-                self.skipping_own = is_remodel_origin(&name);
+                self.skipping_own = self.skip_origin.as_deref() == Some(name.as_str());
                 vec![]
             }
             LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => vec![],

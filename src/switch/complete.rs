@@ -168,7 +168,7 @@ async fn run(sides: &Sides, wait: Duration) -> Result<Completed, SwitchError> {
         ));
     }
     done.left.push(format!(
-        "the state schema {s} on NEW and on OLD (progress, ledger, history). To remove it: DROP SCHEMA {s} CASCADE (on each)",
+        "the state schema {s} on NEW and on OLD (progress, ledger, history). To remove it: DROP SCHEMA {s} CASCADE on NEW; on OLD the same also drops the fence (its function lives there)",
         s = c.target.state_schema
     ));
     Ok(done)

@@ -48,13 +48,17 @@ fn function(state: &StateSchema, side: &str) -> String {
 
 /// Fence `tables` on `client` (the schema `state` exists there) and emit the drain marker in
 /// the same transaction. Returns the marker's LSN: everything committed before the fence is
-/// before it in the stream. Waits at most `lock_timeout_ms` for each table's lock.
+/// before it in the stream. The tables are locked in one statement: each lock waits at most
+/// `lock_timeout_ms`, all of them together at most `budget_ms`, so the app's writes (which
+/// queue behind a waiting lock) are held no longer than that. The trigger is ENABLE ALWAYS:
+/// it fires under `session_replication_role = replica` too (pg_restore, ETL tools).
 pub async fn fence(
     client: &mut Client,
     state: &StateSchema,
     side: &str,
     tables: &[String],
     lock_timeout_ms: u64,
+    budget_ms: u64,
     what: &str,
 ) -> Result<Lsn, SwitchError> {
     let tx = client
@@ -70,18 +74,27 @@ pub async fn fence(
         "{side}: creating the fence function {}.fence()",
         state.schema
     )))?;
-    for t in tables {
+    let all: Vec<String> = tables.iter().map(|t| qualified(t)).collect();
+    if !all.is_empty() {
         tx.batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {TRIGGER} ON {q}; \
-             CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
-             FOR EACH STATEMENT EXECUTE FUNCTION {s}.fence()",
-            q = qualified(t),
-            s = state.quoted,
+            "SET LOCAL statement_timeout = {budget_ms}; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; SET LOCAL statement_timeout = 0",
+            all.join(", ")
         ))
         .await
         .map_err(SwitchError::sql(format!(
-            "{side}: fencing {t} (waiting at most {lock_timeout_ms} ms for transactions that wrote it to end; raise switch.lock_timeout_ms or retry at a quieter moment)"
+            "{side}: locking the mapped tables to fence them (transactions that wrote them must end first: each lock waits at most {lock_timeout_ms} ms, all of them {budget_ms} ms; retry at a quieter moment, or raise switch.lock_timeout_ms / --timeout)"
         )))?;
+    }
+    for q in &all {
+        tx.batch_execute(&format!(
+            "DROP TRIGGER IF EXISTS {TRIGGER} ON {q}; \
+             CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {s}.fence(); \
+             ALTER TABLE {q} ENABLE ALWAYS TRIGGER {TRIGGER}",
+            s = state.quoted,
+        ))
+        .await
+        .map_err(SwitchError::sql(format!("{side}: fencing {q}")))?;
     }
     let marker: String = tx
         .query_one(

@@ -111,8 +111,26 @@ async fn streaming(c: &Client, slot: &str, side: &str, dir: &str) -> Result<Gate
     })
 }
 
-/// Lag of what `applied` says against `source`'s WAL insert position.
-async fn lag(source: &Client, applied: Lsn, max: u64, side: &str) -> Result<Gate, SwitchError> {
+/// Lag of what `applied` (or the slot's confirmed position, which moves past WAL the stream
+/// has nothing to apply from: other databases, unpublished tables) says against `source`'s WAL
+/// insert position.
+async fn lag(
+    source: &Client,
+    slot: &str,
+    applied: Lsn,
+    max: u64,
+    side: &str,
+) -> Result<Gate, SwitchError> {
+    let confirmed: Option<String> = source
+        .query_opt(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(SwitchError::sql(format!("{side}: reading the slot")))?
+        .and_then(|r| r.get(0));
+    let confirmed: Lsn = confirmed.and_then(|c| c.parse().ok()).unwrap_or_default();
+    let applied = applied.max(confirmed);
     let end: String = one(
         source,
         "SELECT pg_current_wal_insert_lsn()::text",
@@ -148,7 +166,7 @@ pub async fn cutover(sides: &Sides, fwd: &Forward, opts: &Options) -> Vec<Gate> 
     g.push(gate(
         "lag",
         match applied {
-            Ok(a) => lag(&sides.old, a, opts.max_lag_bytes, "OLD").await,
+            Ok(a) => lag(&sides.old, &c.source.slot, a, opts.max_lag_bytes, "OLD").await,
             Err(e) => Err(e),
         },
     ));
@@ -197,14 +215,77 @@ pub async fn fallback(sides: &Sides, opts: &Options) -> Vec<Gate> {
             g.push(gate(
                 "lag",
                 match applied {
-                    Ok(a) => lag(&sides.new, a, opts.max_lag_bytes, "NEW").await,
+                    Ok(a) => lag(&sides.new, &slot, a, opts.max_lag_bytes, "NEW").await,
                     Err(e) => Err(e),
                 },
             ));
         }
     }
     g.push(gate("origins", origins(&sides.new, "NEW").await));
+    g.push(gate(
+        "reverse dead letters",
+        reverse_dead_letters(sides).await,
+    ));
+    g.push(gate("forward slot", forward_slot(sides).await));
     g
+}
+
+/// Rows of NEW the reverse stream set aside (on_error = "dead_letter"): they are not on OLD.
+async fn reverse_dead_letters(sides: &Sides) -> Result<Gate, SwitchError> {
+    if !sides.state.has_table(&sides.old, "dead_letters").await? {
+        return Ok(pass("reverse dead letters", "none"));
+    }
+    let counts = sides.state.dead_letter_counts(&sides.old).await?;
+    Ok(if counts.is_empty() {
+        pass("reverse dead letters", "none")
+    } else {
+        fail(
+            "reverse dead letters",
+            format!(
+                "rows of NEW not on OLD: {}",
+                counts
+                    .iter()
+                    .map(|(t, n)| format!("{t}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "they are in OLD's state schema (dead_letters): fix each row on NEW so it fits OLD, or carry it over by hand",
+        )
+    })
+}
+
+/// The forward slot on OLD, which the forward stream resumes from after the fallback, must
+/// still hold OLD's WAL since the cutover.
+async fn forward_slot(sides: &Sides) -> Result<Gate, SwitchError> {
+    let slot = &sides.config.source.slot;
+    let status: Option<Option<String>> = sides
+        .old
+        .query_opt(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await
+        .map_err(SwitchError::sql("OLD: reading the forward slot".into()))?
+        .map(|r| r.get(0));
+    Ok(match status {
+        None => fail(
+            "forward slot",
+            format!("slot {slot} is gone from OLD: the forward stream cannot resume"),
+            "a fallback is not possible any more (docs/troubleshooting.md#slot-lost)",
+        ),
+        Some(Some(s)) if s == "lost" => fail(
+            "forward slot",
+            format!("slot {slot} on OLD was invalidated (max_slot_wal_keep_size)"),
+            "a fallback is not possible any more (docs/troubleshooting.md#slot-lost)",
+        ),
+        Some(s) => pass(
+            "forward slot",
+            format!(
+                "{slot} on OLD holds the WAL since the cutover ({})",
+                s.unwrap_or_default()
+            ),
+        ),
+    })
 }
 
 async fn phase_gate(sides: &Sides, want: Phase) -> Result<Gate, SwitchError> {

@@ -23,7 +23,7 @@ pub mod watch;
 
 pub use complete::complete;
 pub use gates::Gate;
-pub use steps::{cutover, fallback, recover};
+pub use steps::{cutover, fallback, reconcile, recover};
 pub use watch::watch;
 
 use std::path::PathBuf;
@@ -240,6 +240,11 @@ impl Sides {
             .map_err(ConnectError::from)?
             .connect()
             .await?;
+        // The phase record must be durable when it says so, even on a target that commits
+        // asynchronously by default.
+        new.batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(SwitchError::sql("NEW: setting synchronous_commit".into()))?;
         Ok(Sides {
             config: config.clone(),
             old,

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use super::reverse::{self, Forward};
 use super::{fence, gates, sequences, Options, Outcome, Report, Sides, SwitchError};
 use crate::lsn::Lsn;
+use crate::quote::quote_ident;
 use crate::state::{Fenced, Phase, PhaseRecord};
 
 /// Which way a switch goes.
@@ -179,6 +180,7 @@ async fn run_steps(
             fence_side,
             &fence_tables,
             lock_ms,
+            opts.timeout.as_millis() as u64,
             way.name(),
         )
         .await
@@ -274,7 +276,15 @@ async fn run_steps(
         },
     };
     if let Err(e) = sides.state.set_phase(&sides.new, &after).await {
-        return abort(sides, way, before, report, clock, e.to_string(), created).await;
+        // The commit may have landed with its answer lost: ask again on a new connection
+        // before undoing anything.
+        if recorded(&sides.config, after.phase).await != Some(true) {
+            return abort(sides, way, before, report, clock, e.to_string(), created).await;
+        }
+        tracing::warn!(error = %e, "the switch's record went through although its answer was lost");
+        if let Ok(fresh) = Sides::connect(&sides.config).await {
+            *sides = fresh;
+        }
     }
     clock.lap("record");
     crate::failpoint::hit("switch.after_record");
@@ -333,6 +343,12 @@ async fn run_steps(
     })
 }
 
+/// Whether the recorded phase is `phase`, read on a new connection (None: could not read).
+async fn recorded(config: &crate::config::Config, phase: Phase) -> Option<bool> {
+    let sides = Sides::connect(config).await.ok()?;
+    sides.phase().await.ok().map(|r| r.phase == phase)
+}
+
 /// Undo a switch before its record: lift the fence, drop a reverse slot it created, put the
 /// phase back, and say why.
 async fn abort(
@@ -375,7 +391,28 @@ async fn abort(
 async fn create_reverse(sides: &Sides, fwd: &Forward) -> Result<(String, Lsn), SwitchError> {
     let slot = reverse::slot(&sides.config);
     let publication = reverse::publication(&sides.config);
-    crate::source::setup::ensure_publication(&sides.new, &publication, &fwd.new_tables()).await?;
+    let tables = fwd.new_tables();
+    if !crate::source::setup::ensure_publication(&sides.new, &publication, &tables).await? {
+        // It exists from an earlier cutover: the mapping may have changed since.
+        let list: Vec<String> = tables
+            .iter()
+            .map(|t| match t.split_once('.') {
+                Some((a, b)) => format!("{}.{}", quote_ident(a), quote_ident(b)),
+                None => quote_ident(t),
+            })
+            .collect();
+        sides
+            .new
+            .batch_execute(&format!(
+                "ALTER PUBLICATION {} SET TABLE {}",
+                quote_ident(&publication),
+                list.join(", ")
+            ))
+            .await
+            .map_err(SwitchError::sql(format!(
+                "NEW: setting the tables of publication {publication}"
+            )))?;
+    }
     // A slot left by an earlier switch starts before writes remodel made since: a new one.
     sides
         .new
@@ -397,7 +434,13 @@ async fn create_reverse(sides: &Sides, fwd: &Forward) -> Result<(String, Lsn), S
         )))?
         .get(0);
     let lsn: Lsn = lsn.parse().unwrap_or_default();
-    sides.state.restart_progress(&sides.old, &slot, lsn).await?;
+    if let Err(e) = sides.state.restart_progress(&sides.old, &slot, lsn).await {
+        let _ = sides
+            .new
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await;
+        return Err(e.into());
+    }
     Ok((slot, lsn))
 }
 
@@ -487,6 +530,52 @@ pub async fn recover(config: &crate::config::Config) -> Result<bool, SwitchError
     let r = recover_locked(&sides).await;
     let _ = sides.state.unlock_switch(&sides.new).await;
     r
+}
+
+/// Make the fences and the reverse slot fit a settled phase, under the switch lock (skipped
+/// while a command holds it): the database the app writes to is never fenced (`switched`: NEW,
+/// `forward`: OLD) — a switch killed after its record, or whose unfence failed, leaves such a
+/// fence — and after a fallback the reverse slot, once the daemon let go of it, is dropped so
+/// it does not keep NEW's WAL.
+pub async fn reconcile(config: &crate::config::Config) -> Result<(), SwitchError> {
+    let sides = Sides::connect(config).await?;
+    if !sides.state.lock_switch(&sides.new).await? {
+        return Ok(());
+    }
+    let r = reconcile_locked(&sides).await;
+    let _ = sides.state.unlock_switch(&sides.new).await;
+    r
+}
+
+async fn reconcile_locked(sides: &Sides) -> Result<(), SwitchError> {
+    let rec = sides.phase().await?;
+    let lock_ms = sides.config.switch.lock_timeout_ms;
+    match rec.phase {
+        Phase::Switched if !fence::fenced(&sides.new).await?.is_empty() => {
+            tracing::warn!(
+                "NEW takes the app's writes (phase switched) but is fenced: lifting its fence"
+            );
+            fence::unfence(&sides.new, "NEW", lock_ms).await?;
+        }
+        Phase::Forward => {
+            if !fence::fenced(&sides.old).await?.is_empty() {
+                tracing::warn!(
+                    "OLD takes the app's writes (phase forward) but is fenced: lifting its fence"
+                );
+                fence::unfence(&sides.old, "OLD", lock_ms).await?;
+            }
+            sides
+                .new
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
+                    &[&reverse::slot(&sides.config)],
+                )
+                .await
+                .map_err(SwitchError::sql("NEW: dropping the reverse slot after a fallback".into()))?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The recovery, by a session holding the switch lock.

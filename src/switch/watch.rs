@@ -38,14 +38,32 @@ impl Leg {
         }
     }
 
-    /// The origin the applier of this leg tags its writes with, if any.
-    pub fn origin(&self, config: &Config) -> Option<String> {
+    /// The origin this leg's applier tags its writes with, and the one its stream skips.
+    pub fn origins(&self, config: &Config) -> Origins {
+        let forward = reverse::origin(&config.source.slot);
+        let backward = reverse::origin(&reverse::slot(config));
         match self {
-            Leg::Forward { tag: true } => Some(reverse::origin(&config.source.slot)),
-            Leg::Reverse { slot } => Some(reverse::origin(slot)),
-            _ => None,
+            Leg::Forward { tag } => Origins {
+                tag: tag.then_some(forward),
+                skip: Some(backward),
+            },
+            Leg::Reverse { .. } => Origins {
+                tag: Some(backward),
+                skip: Some(forward),
+            },
+            _ => Origins::default(),
         }
     }
+}
+
+/// Replication origins of one leg: the applier tags its target session with `tag` (so the
+/// other direction skips those writes and a fence lets them through); the stream passes over
+/// transactions tagged `skip` (the other direction's own writes). Exact names: writes another
+/// remodel (another migration) makes into the same database are data, not echoes.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    pub tag: Option<String>,
+    pub skip: Option<String>,
 }
 
 /// Poll the recorded phase every `interval` until the leg it calls for differs from
@@ -54,6 +72,9 @@ impl Leg {
 pub async fn watch(config: Config, running: Leg, interval: Duration, stop: CancellationToken) {
     let state = StateSchema::new(&config.target.state_schema);
     let mut client = None;
+    // Fences and the reverse slot are checked against the phase at start and every ~5 s.
+    let every = (5000 / interval.as_millis().max(1)).max(1) as u64;
+    let mut polls = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -78,7 +99,12 @@ pub async fn watch(config: Config, running: Leg, interval: Duration, stop: Cance
             if let Err(e) = super::recover(&config).await {
                 tracing::warn!(error = %e, "could not undo a switch whose command died; retrying");
             }
+        } else if polls.is_multiple_of(every) {
+            if let Err(e) = super::reconcile(&config).await {
+                tracing::warn!(error = %e, "could not check the fences against the phase; retrying");
+            }
         }
+        polls += 1;
         if Leg::of(&rec) != running {
             tracing::info!(
                 phase = rec.phase.as_str(),

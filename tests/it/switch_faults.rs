@@ -154,6 +154,37 @@ async fn a_cutover_killed_after_its_fence_is_undone_and_one_killed_after_its_rec
         old_takes_a_write(&db, "stray").await.is_err(),
         "OLD stays fenced"
     );
+
+    // Back, then a cutover killed after its record while NEW is still fenced (it lifts NEW's
+    // fence after the record): the daemon lifts it, so the app is never refused by both.
+    let (code, out) = cli_async(&d, &["fallback"]).await;
+    assert_eq!(code, Some(0), "{out}\n{}", d.log());
+    assert_eq!(fences(&db.target).await, 1, "NEW fenced after the fallback");
+    let (code, out) = cli_env(&d, &["cutover", "--verify-sample", "0"], &fp).await;
+    assert_eq!(code, None, "killed by SIGKILL: {out}");
+    wait_until(
+        "the daemon lifts NEW's fence",
+        Duration::from_secs(30),
+        || async {
+            match fences(&db.target).await {
+                0 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
+    db.target
+        .execute(
+            "INSERT INTO accounts (holder, balance) VALUES ('second-switch', 8)",
+            &[],
+        )
+        .await
+        .expect("NEW takes the app's writes again");
+    let rows = converge(&db).await;
+    assert!(
+        rows.iter().any(|r| r.ends_with(":second-switch:8")),
+        "{rows:?}"
+    );
     d.stop();
 }
 
