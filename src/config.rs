@@ -67,6 +67,10 @@ pub struct Config {
     /// Rust transforms a library user registered (named by `transform = ...` in `[[tables]]`).
     #[serde(skip)]
     pub transforms: crate::transform::custom::Registry,
+    /// Child tables whose changes rebuild a list column (the reverse stream's inverse of a
+    /// split; set by `switch::reverse`, never by a file).
+    #[serde(skip)]
+    pub rebuilds: Vec<std::sync::Arc<crate::transform::rebuild::RebuildPlan>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +386,7 @@ impl Config {
             tables: &self.tables,
             registry: &self.transforms,
             state_schema: &self.target.state_schema,
+            rebuilds: &self.rebuilds,
         }
     }
 

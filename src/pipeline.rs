@@ -431,6 +431,11 @@ async fn run_once(
             max_delay: Duration::from_millis(config.apply.max_batch_delay_ms),
             isolate_until,
             stall_timeout: config.stall_timeout(),
+            rebuilds: config
+                .rebuilds
+                .iter()
+                .map(|r| (r.child_table.clone(), r.clone()))
+                .collect(),
         },
         Transformer::new(Arc::new(plan)),
         FlushHandle::new(fb.clone()),

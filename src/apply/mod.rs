@@ -22,6 +22,7 @@
 
 pub mod batch;
 mod pipelined;
+mod rebuild;
 pub mod sql;
 mod statements;
 mod writer;
@@ -63,6 +64,15 @@ pub enum ApplyError {
     /// the culprit commits and the error names exactly it.
     #[error("{inner} (retrying with each source transaction up to {until} in its own target transaction, to commit everything before it)")]
     Isolate { until: Lsn, inner: Box<ApplyError> },
+    /// A child row's change that cannot be written back as its parent's list text.
+    #[error("cannot write {child} key {key} at LSN {lsn} back into {parent}: {message}. Nothing after it was applied: fix the row on NEW (or fall back before it), then restart")]
+    Rebuild {
+        child: String,
+        parent: String,
+        key: String,
+        lsn: Lsn,
+        message: String,
+    },
     #[error("target: {what}: {source}")]
     Db {
         what: &'static str,
@@ -82,9 +92,10 @@ impl ApplyError {
         match self {
             ApplyError::Db { source, .. } => source.is_transient(),
             ApplyError::Stalled { .. } => true,
-            ApplyError::Transform(_) | ApplyError::Rejected { .. } | ApplyError::Isolate { .. } => {
-                false
-            }
+            ApplyError::Transform(_)
+            | ApplyError::Rejected { .. }
+            | ApplyError::Isolate { .. }
+            | ApplyError::Rebuild { .. } => false,
         }
     }
 }
@@ -133,6 +144,8 @@ pub struct ApplySettings {
     pub isolate_until: Option<Lsn>,
     /// One step's target work (a batch, a commit) taking longer is [`ApplyError::Stalled`].
     pub stall_timeout: Duration,
+    /// Child tables whose changes rebuild a list column (the reverse stream), by name.
+    pub rebuilds: HashMap<String, Arc<crate::transform::rebuild::RebuildPlan>>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -343,6 +356,11 @@ impl Applier {
                     *t.counts
                         .entry((Arc::from(c.rel.qualified().as_str()), c.op))
                         .or_default() += 1;
+                }
+                if let Some(plan) = self.settings.rebuilds.get(&c.rel.qualified()).cloned() {
+                    // In order with the rows before it (the parent's insert, say).
+                    self.flush_pending().await?;
+                    return rebuild::apply(&self.writer, &plan, &c).await;
                 }
                 self.transformer.transform(&c, &mut self.pending)?;
                 if self.pending.len() >= self.settings.batch_rows {

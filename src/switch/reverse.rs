@@ -7,6 +7,7 @@
 //! refuses.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio_postgres::Client;
 
@@ -14,6 +15,7 @@ use super::SwitchError;
 use crate::config::Config;
 use crate::transform::catalog::{self, TableInfo};
 use crate::transform::mapping::TableMapping;
+use crate::transform::rebuild::RebuildPlan;
 use crate::transform::Plan;
 
 /// PostgreSQL's identifier limit, which slot and publication names share.
@@ -98,29 +100,41 @@ impl Forward {
         t
     }
 
-    /// The inverse mapping, or every reason there is none.
-    pub fn inverse(&self) -> Result<Vec<TableMapping>, SwitchError> {
+    /// The inverse mapping (tables, and the splits written back as list text), or every
+    /// reason there is none.
+    pub fn inverse(&self) -> Result<Inverse, SwitchError> {
         let problems = crate::transform::inverse::problems(&self.plan, &self.old_catalog);
         if !problems.is_empty() {
             return Err(SwitchError::NotInvertible(problems));
         }
-        Ok(crate::transform::inverse::mappings(
-            &self.plan,
-            &self.new_catalog,
-        ))
+        Ok(Inverse {
+            tables: crate::transform::inverse::mappings(&self.plan, &self.new_catalog),
+            rebuilds: crate::transform::inverse::rebuilds(&self.plan)
+                .into_iter()
+                .map(Arc::new)
+                .collect(),
+        })
     }
+}
+
+/// The inverse of a mapping: NEW's tables mapped back, and the splits' child tables written
+/// back as their parents' list text.
+pub struct Inverse {
+    pub tables: Vec<TableMapping>,
+    pub rebuilds: Vec<Arc<RebuildPlan>>,
 }
 
 /// The configuration of the reverse stream: NEW is its source, OLD its target (with its own
 /// state schema of the same name), the inverse mapping, no backfill (NEW's rows were OLD's).
-pub fn config(forward: &Config, mappings: Vec<TableMapping>, new_tables: Vec<String>) -> Config {
+pub fn config(forward: &Config, inverse: Inverse, new_tables: Vec<String>) -> Config {
     let mut c = forward.clone();
     c.source.url = forward.target.url.clone();
     c.source.slot = slot(forward);
     c.source.publication = publication(forward);
     c.source.tables = new_tables;
     c.target.url = forward.source.url.clone();
-    c.tables = mappings;
+    c.tables = inverse.tables;
+    c.rebuilds = inverse.rebuilds;
     c.backfill.enabled = false;
     c.verify.interval = None;
     c

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use super::catalog::TableInfo;
 use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, TableMapping};
-use super::plan::{Expr, OutputKind, Plan};
+use super::plan::{ChildField, Expr, OutputKind, OutputPlan, Plan, TablePlan};
+use super::rebuild::RebuildPlan;
 use super::Problem;
 
 /// Source → target type pairs whose way back is lossless for every value the forward cast
@@ -75,10 +76,14 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
         for o in &tp.outputs {
             match &o.kind {
                 OutputKind::Row => {}
-                OutputKind::Split(_) => p(
-                    format!("the split into {} cannot be inverted yet (rebuilding the list text from the child rows is not built)", o.target()),
-                    "switch with --no-fallback",
-                ),
+                OutputKind::Split(_) => {
+                    if let Err(why) = rebuild(tp, o) {
+                        p(
+                            format!("the split into {}: {why}", o.target()),
+                            "map the split's name (and position) to child columns, or switch with --no-fallback",
+                        )
+                    }
+                }
                 OutputKind::Merge => p(
                     format!("the merge into {} cannot be inverted yet", o.target()),
                     "switch with --no-fallback",
@@ -127,6 +132,12 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                 }
             }
         }
+        // A split's list column is written back from the child rows.
+        for o in &tp.outputs {
+            if let Some(sp) = o.split() {
+                fed.push(&sp.column);
+            }
+        }
         // Source columns the mapping drops: OLD keeps them on update; an insert made on NEW
         // must be able to leave them out.
         if let (Some(info), false) = (source.get(rel.as_str()), rows.is_empty()) {
@@ -140,6 +151,79 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                         "give the column a default on OLD (ALTER TABLE ... ALTER COLUMN ... SET DEFAULT ...), or map it",
                     );
                 }
+            }
+        }
+    }
+    out
+}
+
+/// How split output `o` of `tp` is written back to OLD's list column, or why it cannot be.
+fn rebuild(tp: &TablePlan, o: &OutputPlan) -> Result<RebuildPlan, String> {
+    let sp = o.split().ok_or("not a split")?;
+    let col = |f: ChildField| {
+        o.columns
+            .iter()
+            .find(|c| matches!(&c.expr, Expr::Child(x) if *x == f))
+            .map(|c| c.name.clone())
+    };
+    let name = col(ChildField::Name).ok_or(
+        "no child column holds the item's name: the list text cannot be rebuilt from the child rows",
+    )?;
+    let mut parent_key = Vec::new();
+    for (j, &idx) in sp.parent.iter().enumerate() {
+        let child_col = o
+            .columns
+            .get(idx)
+            .map(|c| c.name.clone())
+            .ok_or("parent key column missing")?;
+        let key = tp
+            .source_key
+            .get(j)
+            .cloned()
+            .ok_or("parent key column missing")?;
+        let ty = tp
+            .columns
+            .iter()
+            .find(|(n, _)| *n == key)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| "text".into());
+        parent_key.push((child_col, key, ty));
+    }
+    if parent_key.len() != tp.source_key.len() {
+        return Err(format!(
+            "the child rows do not carry the whole parent key ({}): map parent.<key column> to a child column",
+            tp.source_key.join(", ")
+        ));
+    }
+    let annotations = o
+        .columns
+        .iter()
+        .filter_map(|c| match &c.expr {
+            Expr::Child(ChildField::Annotation(i)) => Some((c.name.clone(), *i)),
+            _ => None,
+        })
+        .collect();
+    Ok(RebuildPlan {
+        child_table: o.target(),
+        parent_table: tp.source.clone(),
+        text_column: sp.column.clone(),
+        parent_key,
+        name,
+        position: col(ChildField::Position),
+        annotations,
+        splitter: std::sync::Arc::new(sp.splitter.clone()),
+    })
+}
+
+/// How every split of `plan` is written back (for a plan [`problems`] accepted).
+pub fn rebuilds(plan: &Plan) -> Vec<RebuildPlan> {
+    let mut out = Vec::new();
+    let mut tables: Vec<_> = plan.tables.values().collect();
+    tables.sort_by(|a, b| a.source.cmp(&b.source));
+    for tp in tables {
+        for o in &tp.outputs {
+            if let Ok(r) = rebuild(tp, o) {
+                out.push(r);
             }
         }
     }

@@ -24,6 +24,8 @@ pub struct Live<'a> {
     pub tables: &'a [TableMapping],
     pub registry: &'a Registry,
     pub state_schema: &'a str,
+    /// Child tables the reverse stream writes back as list text (not mapped as tables).
+    pub rebuilds: &'a [std::sync::Arc<super::rebuild::RebuildPlan>],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,8 +75,13 @@ pub async fn compile_catalogs(
     target: &HashMap<String, TableInfo>,
     target_client: &Client,
 ) -> Result<Plan, Vec<Problem>> {
+    let published: Vec<String> = published
+        .iter()
+        .filter(|t| !live.rebuilds.iter().any(|r| &r.child_table == *t))
+        .cloned()
+        .collect();
     let env = Env {
-        published,
+        published: &published,
         source,
         target,
         target_types: target_client,

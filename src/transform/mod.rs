@@ -21,6 +21,7 @@ pub mod inverse;
 pub mod live;
 pub mod mapping;
 pub mod plan;
+pub mod rebuild;
 pub mod split;
 pub mod target_types;
 mod transformer;

@@ -254,6 +254,10 @@ pub struct Splitter {
     /// Protected phrases and markers: spans that are skipped whole while scanning for cuts.
     keep: Vec<Pattern>,
     annotation_names: Vec<String>,
+    /// The separators and the markers (by annotation index) as configured: what writing a
+    /// list back as text uses (`transform::rebuild`).
+    separator_texts: Vec<String>,
+    marker_texts: Vec<String>,
     enumerators: bool,
     dedupe: bool,
     /// ASCII chars that can start a separator, protected phrase or marker; at any other ASCII
@@ -304,12 +308,18 @@ impl Splitter {
             };
             separators.iter().chain(&keep).any(starts_with_c)
         });
+        let marker_texts = annotation_names
+            .iter()
+            .map(|n| spec.annotations.get(n).cloned().unwrap_or_default())
+            .collect();
         Ok(Splitter {
             separators,
             protected,
             markers,
             keep,
             annotation_names,
+            separator_texts: spec.separators.clone(),
+            marker_texts,
             enumerators: spec.enumerators,
             dedupe: spec.dedupe,
             starts,
@@ -319,6 +329,16 @@ impl Splitter {
     /// Annotation names in a fixed order (BTreeMap order); Part::annotations aligns with it.
     pub fn annotation_names(&self) -> &[String] {
         &self.annotation_names
+    }
+
+    /// The configured separators, in order.
+    pub fn separator_texts(&self) -> &[String] {
+        &self.separator_texts
+    }
+
+    /// The marker of annotation `i` (aligned with [`Splitter::annotation_names`]).
+    pub fn marker_text(&self, i: usize) -> &str {
+        self.marker_texts.get(i).map(String::as_str).unwrap_or("")
     }
 
     /// Split one value. `None` and blank values give no parts. Never panics.

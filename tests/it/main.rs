@@ -38,5 +38,6 @@ mod stream;
 mod structure;
 mod switch;
 mod switch_faults;
+mod switch_split;
 mod types;
 mod verify;
