@@ -46,6 +46,8 @@ pub mod names {
     pub const VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS: &str =
         "remodel_verify_last_clean_timestamp_seconds";
     pub const READY: &str = "remodel_ready";
+    pub const PHASE: &str = "remodel_phase";
+    pub const SWITCH_UNAVAILABLE_SECONDS: &str = "remodel_switch_unavailable_seconds";
     pub const ALL: &[&str] = &[
         APPLIED_LSN,
         SOURCE_LAG_BYTES,
@@ -72,6 +74,8 @@ pub mod names {
         VERIFY_MISMATCHES,
         VERIFY_LAST_CLEAN_TIMESTAMP_SECONDS,
         READY,
+        PHASE,
+        SWITCH_UNAVAILABLE_SECONDS,
     ];
 }
 
@@ -84,6 +88,10 @@ pub struct Metrics {
     pub transactions_applied: IntCounter,
     pub apply_batch_seconds: Histogram,
     pub paused: IntGauge,
+    /// 1 for the recorded phase the daemon follows (`forward`, `switched`, ...), 0 for others.
+    pub phase: IntGaugeVec,
+    /// The last switch's write-unavailable time (fence to hook done).
+    pub switch_unavailable_seconds: Gauge,
     pub errors: IntCounterVec,
     pub slot_retained_wal_bytes: IntGauge,
     /// End LSN of the last source commit received and handed to apply.
@@ -190,6 +198,19 @@ impl Metrics {
             )
             .expect("valid metric"),
             paused: IntGauge::new(names::PAUSED, "1 while paused by signal").expect("valid metric"),
+            phase: IntGaugeVec::new(
+                Opts::new(
+                    names::PHASE,
+                    "1 for the migration's recorded phase (forward, cutting_over, switched, falling_back, complete)",
+                ),
+                &["phase"],
+            )
+            .expect("valid metric"),
+            switch_unavailable_seconds: Gauge::new(
+                names::SWITCH_UNAVAILABLE_SECONDS,
+                "The last cutover's or fallback's write-unavailable time (fence to hook done)",
+            )
+            .expect("valid metric"),
             errors: IntCounterVec::new(
                 Opts::new(
                     names::ERRORS_TOTAL,
@@ -311,6 +332,8 @@ impl Metrics {
             Box::new(m.transactions_applied.clone()),
             Box::new(m.apply_batch_seconds.clone()),
             Box::new(m.paused.clone()),
+            Box::new(m.phase.clone()),
+            Box::new(m.switch_unavailable_seconds.clone()),
             Box::new(m.errors.clone()),
             Box::new(m.slot_retained_wal_bytes.clone()),
             Box::new(m.confirmed_flush_lsn.clone()),
@@ -333,6 +356,30 @@ impl Metrics {
             r.register(c).expect("metric names are unique");
         }
         Arc::new(m)
+    }
+
+    /// Show `rec` (the phase the daemon follows, and its last switch).
+    pub fn set_phase(&self, rec: &crate::state::PhaseRecord) {
+        use crate::state::Phase;
+        for p in [
+            Phase::Forward,
+            Phase::CuttingOver,
+            Phase::Switched,
+            Phase::FallingBack,
+            Phase::Complete,
+        ] {
+            self.phase
+                .with_label_values(&[p.as_str()])
+                .set(i64::from(p == rec.phase));
+        }
+        if let Some(ms) = rec
+            .timings
+            .as_ref()
+            .and_then(|t| t.get("unavailable"))
+            .and_then(|v| v.as_f64())
+        {
+            self.switch_unavailable_seconds.set(ms / 1000.0);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -46,7 +46,10 @@ pub async fn run(config: Config, control: Control, metrics: Arc<Metrics>) -> Res
     loop {
         retry.attempt();
         let leg = match crate::switch::current_phase(&config).await {
-            Ok(rec) => Leg::of(&rec),
+            Ok(rec) => {
+                metrics.set_phase(&rec);
+                Leg::of(&rec)
+            }
             Err(e) => {
                 if let Some(end) = retry
                     .after(

@@ -12,6 +12,7 @@
 //! Owns only the demo scenario and its printing. Must never touch a server it did not start.
 
 mod scenario;
+mod switch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,6 +364,9 @@ async fn drive(
     print!("{}", report.render());
 
     before_after(s, t).await?;
+    if report.exit_code() == 0 {
+        switch::show(config, s, t).await?;
+    }
     summary(metrics, &config.metrics.listen);
     if opts.keep && report.exit_code() == 0 {
         println!(

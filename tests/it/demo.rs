@@ -107,6 +107,10 @@ fn demo_splits_guarantors_pauses_by_signal_and_verifies_clean() {
         "remodel_changes_applied_total{op=\"update\",table=\"public.loans\"}",
         "remodel_backfill_rows_total{table=\"public.loans\"}",
         "stopped cleanly; removed the clusters.",
+        "cutover: switched",
+        "writes unavailable",
+        "is fenced",
+        "guarantor = \"Harbor Point Capital; Summit Ridge Trust (Pledge)\"",
     ] {
         assert!(out.contains(needle), "missing {needle:?}:\n{out}");
     }
