@@ -159,6 +159,10 @@ impl RemodelSetup {
         })
     }
 
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.cfg
+    }
+
     /// `remodel verify` against this config (no daemon running); its exit code.
     pub async fn verify(&self) -> Result<i32> {
         let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_remodel"))

@@ -9,6 +9,7 @@
 //!  (c) live:  pgbench TPC-B, --clients for --seconds        lag p50/p99 of 100 ms heartbeats
 //!  (d) backfill of --backfill-rows rows                     raw COPY pipe, copy_data, remodel × --workers
 //!  (e) guarantor split of --loans loans + --updates         split vs identity mapping
+//!  (f) cutover + fallback × --switches under --switch-writers  write-unavailable time, steps
 //! ```
 //!
 //! For the drains a slot for each consumer exists before the backlog is written; the backlog is
@@ -28,6 +29,7 @@ mod live;
 #[path = "../common/loans.rs"]
 mod loans;
 mod split;
+mod switch;
 
 use std::time::Duration;
 
@@ -36,8 +38,8 @@ use clap::Parser;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "remodel against PostgreSQL's own logical replication, one table of figures")]
 pub struct Args {
-    /// Workloads to run, comma-separated, from a,b,c,d,e.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e")]
+    /// Workloads to run, comma-separated, from a,b,c,d,e,f.
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,f")]
     pub only: Vec<String>,
     /// (a) rows inserted by the one large transaction.
     #[arg(long, default_value_t = 1_000_000)]
@@ -69,6 +71,12 @@ pub struct Args {
     /// (e) guarantor updates in the backlog (1 000 per transaction).
     #[arg(long, default_value_t = 200_000)]
     pub updates: u64,
+    /// (f) cutover + fallback rounds.
+    #[arg(long, default_value_t = 3)]
+    pub switches: u32,
+    /// (f) app sessions writing during the switches.
+    #[arg(long, default_value_t = 4)]
+    pub switch_writers: u32,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -243,6 +251,9 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if on("e") {
         split::run(&clusters, args, &mut report).await?;
+    }
+    if on("f") {
+        switch::run(&clusters, args, &mut report).await?;
     }
     Ok(report)
 }

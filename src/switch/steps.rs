@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::Client;
-
 use super::reverse::{self, Forward};
 use super::{fence, gates, sequences, Options, Outcome, Report, Sides, SwitchError};
 use crate::lsn::Lsn;
@@ -334,9 +332,8 @@ async fn run_steps(
             error.as_deref(),
         )
         .await;
-    if way == Way::Fallback {
-        drop_reverse_slot(&sides.new, &sides.config, Duration::from_secs(10)).await;
-    }
+    // After a fallback the reverse slot is dropped by the daemon once it let go of it
+    // (`reconcile`), not here: the command returns as soon as the switch is done.
     Ok(match error {
         None => Outcome::Switched { report },
         Some(error) => Outcome::HookFailed { report, error },
@@ -442,43 +439,6 @@ async fn create_reverse(sides: &Sides, fwd: &Forward) -> Result<(String, Lsn), S
         return Err(e.into());
     }
     Ok((slot, lsn))
-}
-
-/// Drop the reverse slot once the daemon stopped reading it (after a fallback), waiting up
-/// to `wait`; a slot still held then is left for the next cutover or `complete` (warned).
-pub(super) async fn drop_reverse_slot(
-    new: &Client,
-    config: &crate::config::Config,
-    wait: Duration,
-) {
-    let slot = reverse::slot(config);
-    let until = Instant::now() + wait;
-    loop {
-        let r = new
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await;
-        match r {
-            Ok(None) => return,
-            Ok(Some(row))
-                if !row.get::<_, bool>(0)
-                    && new
-                        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                        .await
-                        .is_ok() =>
-            {
-                return
-            }
-            _ => {}
-        }
-        if Instant::now() >= until {
-            tracing::warn!(%slot, "the reverse slot is still in use; it retains WAL on NEW until the next cutover or remodel complete drops it (or: SELECT pg_drop_replication_slot('{slot}') once remodel run streams forward)");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn run_hook(cmd: &str, way: Way, rec: &PhaseRecord) -> Result<String, String> {
