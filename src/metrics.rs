@@ -503,6 +503,7 @@ mod tests {
         m.apply_batch_seconds.observe(0.1);
         m.verify_rows.with_label_values(&["t"]).inc();
         m.verify_mismatches.with_label_values(&["t"]).set(1);
+        m.phase.with_label_values(&["forward"]).set(1);
         let families: Vec<String> = m
             .registry
             .gather()

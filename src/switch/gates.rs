@@ -177,25 +177,56 @@ pub async fn cutover(sides: &Sides, fwd: &Forward, opts: &Options) -> Vec<Gate> 
             "skipped (--no-fallback: no reverse stream, no way back)",
         ));
     } else {
-        g.push(match fwd.inverse() {
-            Ok(m) => pass(
-                "inverse mapping",
-                format!(
-                    "{} table(s) map back NEW → OLD, {} split(s) written back as list text",
-                    m.tables.len(),
-                    m.rebuilds.len()
-                ),
-            ),
-            Err(e) => fail(
-                "inverse mapping",
-                e.to_string(),
-                "see each problem's fix, or --no-fallback",
-            ),
-        });
+        g.push(inverse(sides, fwd).await);
         g.push(gate("NEW as a source", new_as_source(sides, fwd).await));
         g.push(gate("origins", origins(&sides.old, "OLD").await));
     }
     g
+}
+
+/// The inverse mapping exists, and compiles against NEW's and OLD's live schemas as the reverse
+/// stream will compile it (a problem found only after the switch would stop the reverse stream).
+async fn inverse(sides: &Sides, fwd: &Forward) -> Gate {
+    let name = "inverse mapping";
+    let inv = match fwd.inverse() {
+        Ok(m) => m,
+        Err(e) => {
+            return fail(
+                name,
+                e.to_string(),
+                "see each problem's fix, or --no-fallback",
+            )
+        }
+    };
+    let (tables, splits) = (inv.tables.len(), inv.rebuilds.len());
+    let new_tables = fwd.new_tables();
+    let rev = super::reverse::config(&sides.config, inv, new_tables.clone());
+    match crate::transform::live::compile_catalogs(
+        &rev.live(),
+        &new_tables,
+        &fwd.new_catalog,
+        &fwd.old_catalog,
+        &sides.old,
+    )
+    .await
+    {
+        Ok(_) => pass(
+            name,
+            format!("{tables} table(s) map back NEW → OLD, {splits} split(s) written back as list text; it compiles against both schemas"),
+        ),
+        Err(problems) => fail(
+            name,
+            format!(
+                "the inverse mapping does not fit the schemas: {}",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            "fix OLD's or NEW's schema as each problem says, or --no-fallback",
+        ),
+    }
 }
 
 /// Gates of a fallback (NEW → OLD).

@@ -249,3 +249,160 @@ async fn the_daemon_killed_while_streaming_backwards_resumes_and_complete_ends_t
     }
     assert_eq!(fences(&db.source).await, 1, "OLD's fence stays");
 }
+
+#[tokio::test]
+async fn transactions_open_at_the_fence_either_commit_before_it_or_are_refused() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    // One wrote a mapped table before the cutover: the fence waits for it.
+    let wrote = remodel::cluster::connect_no_tls(&db.source_url)
+        .await
+        .unwrap();
+    wrote
+        .batch_execute("BEGIN; UPDATE accounts SET balance = 4242 WHERE id = 1")
+        .await
+        .unwrap();
+    // One is open but has not written yet.
+    let idle = remodel::cluster::connect_no_tls(&db.source_url)
+        .await
+        .unwrap();
+    idle.batch_execute("BEGIN; SELECT count(*) FROM accounts")
+        .await
+        .unwrap();
+    let cutover = {
+        let args = ["cutover", "--verify-sample", "0", "--timeout", "30"];
+        let cfg = d.config_path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut all = args.to_vec();
+            all.extend(["--config", cfg.as_str()]);
+            crate::support::daemon::remodel_cmd(&all, &[])
+        })
+    };
+    // The fence's lock waits behind the open writer.
+    let s = &db.source;
+    wait_until(
+        "the fence waits for the open writer",
+        Duration::from_secs(30),
+        || async move {
+            let waiting: i64 = s
+                .query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 'accounts' AND NOT l.granted",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("no waiter yet".to_string())
+            }
+        },
+    )
+    .await;
+    wrote
+        .batch_execute("COMMIT")
+        .await
+        .expect("the open writer commits before the fence");
+    let (code, out) = cutover.await.unwrap();
+    assert_eq!(code, Some(0), "{out}\n{}", d.log());
+    // Its write is on NEW: it committed before the marker the drain waited for.
+    let balance: i64 = db
+        .target
+        .query_one("SELECT balance FROM accounts WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 4242);
+    // The transaction that had not written is refused at its first write.
+    let e = idle
+        .execute("UPDATE accounts SET balance = 1 WHERE id = 2", &[])
+        .await
+        .expect_err("refused after the fence");
+    assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
+    d.stop();
+}
+
+#[tokio::test]
+async fn a_switch_killed_after_its_drain_is_undone_in_either_direction() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    let fp = [("REMODEL_FAILPOINTS", "switch.after_drain")];
+    let reverse_slots = || async {
+        rows(
+            &db.target,
+            &format!(
+                "SELECT slot_name FROM pg_replication_slots WHERE slot_name = '{}_reverse'",
+                db.name
+            ),
+        )
+        .await
+        .len()
+    };
+    // A cutover killed with OLD fenced and the reverse slot created, nothing recorded.
+    let (code, out) = cli_env(&d, &["cutover", "--verify-sample", "0"], &fp).await;
+    assert_eq!(code, None, "killed by SIGKILL: {out}");
+    wait_until(
+        "the dead cutover undone",
+        Duration::from_secs(30),
+        || async {
+            let (f, p, s) = (
+                fences(&db.source).await,
+                phase(&d).await,
+                reverse_slots().await,
+            );
+            if f == 0 && p == "forward" && s == 0 {
+                Ok(())
+            } else {
+                Err(format!("{f} fence(s), phase {p}, {s} reverse slot(s)"))
+            }
+        },
+    )
+    .await;
+    old_takes_a_write(&db, "after-dead-cutover")
+        .await
+        .expect("OLD writable");
+    converge(&db).await;
+
+    // A fallback killed with NEW fenced, nothing recorded: NEW takes writes again, the
+    // reverse stream goes on.
+    let (code, out) = cli_async(&d, &["cutover", "--verify-sample", "0"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli_env(&d, &["fallback"], &fp).await;
+    assert_eq!(code, None, "killed by SIGKILL: {out}");
+    wait_until(
+        "the dead fallback undone",
+        Duration::from_secs(30),
+        || async {
+            let (f, p) = (fences(&db.target).await, phase(&d).await);
+            if f == 0 && p == "switched" {
+                Ok(())
+            } else {
+                Err(format!("{f} fence(s) on NEW, phase {p}"))
+            }
+        },
+    )
+    .await;
+    db.target
+        .execute(
+            "INSERT INTO accounts (holder, balance) VALUES ('after-dead-fallback', 3)",
+            &[],
+        )
+        .await
+        .expect("NEW takes the app's writes again");
+    let got = converge(&db).await;
+    assert!(
+        got.iter().any(|r| r.ends_with(":after-dead-fallback:3")),
+        "{got:?}"
+    );
+    assert_eq!(
+        history(&db).await,
+        [
+            "cutover:recovered",
+            "cutover:switched",
+            "fallback:recovered"
+        ]
+    );
+    d.stop();
+}
