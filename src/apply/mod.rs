@@ -64,15 +64,6 @@ pub enum ApplyError {
     /// the culprit commits and the error names exactly it.
     #[error("{inner} (retrying with each source transaction up to {until} in its own target transaction, to commit everything before it)")]
     Isolate { until: Lsn, inner: Box<ApplyError> },
-    /// A child row's change that cannot be written back as its parent's list text.
-    #[error("cannot write {child} key {key} at LSN {lsn} back into {parent}: {message}. Nothing after it was applied: fix the row on NEW (or fall back before it), then restart")]
-    Rebuild {
-        child: String,
-        parent: String,
-        key: String,
-        lsn: Lsn,
-        message: String,
-    },
     #[error("target: {what}: {source}")]
     Db {
         what: &'static str,
@@ -92,10 +83,9 @@ impl ApplyError {
         match self {
             ApplyError::Db { source, .. } => source.is_transient(),
             ApplyError::Stalled { .. } => true,
-            ApplyError::Transform(_)
-            | ApplyError::Rejected { .. }
-            | ApplyError::Isolate { .. }
-            | ApplyError::Rebuild { .. } => false,
+            ApplyError::Transform(_) | ApplyError::Rejected { .. } | ApplyError::Isolate { .. } => {
+                false
+            }
         }
     }
 }
@@ -197,6 +187,12 @@ pub struct Applier {
     metrics: Arc<Metrics>,
     control: Control,
     pending: Vec<TargetOp>,
+    /// Child-row changes of the open source transaction, to write back as list text at its
+    /// end (the reverse stream's inverse of a split).
+    rebuilds: Vec<(
+        Arc<crate::transform::rebuild::RebuildPlan>,
+        crate::change::Change,
+    )>,
     txn: Option<OpenTxn>,
     /// Commit LSN of the source transaction being received, between Begin and Commit.
     source_txn: Option<Lsn>,
@@ -224,6 +220,7 @@ impl Applier {
             metrics,
             control,
             pending: Vec::new(),
+            rebuilds: Vec::new(),
             txn: None,
             source_txn: None,
             skipping: false,
@@ -358,9 +355,12 @@ impl Applier {
                         .or_default() += 1;
                 }
                 if let Some(plan) = self.settings.rebuilds.get(&c.rel.qualified()).cloned() {
-                    // In order with the rows before it (the parent's insert, say).
-                    self.flush_pending().await?;
-                    return rebuild::apply(&self.writer, &plan, &c).await;
+                    // Written back at the source transaction's end (or every batch_rows).
+                    self.rebuilds.push((plan, c));
+                    if self.rebuilds.len() >= self.settings.batch_rows {
+                        self.flush_rebuilds().await?;
+                    }
+                    return Ok(());
                 }
                 self.transformer.transform(&c, &mut self.pending)?;
                 if self.pending.len() >= self.settings.batch_rows {
@@ -376,6 +376,7 @@ impl Applier {
                     self.skipping = false;
                     return Ok(());
                 }
+                self.flush_rebuilds().await?;
                 self.source_txn = None;
                 let pending = self.pending.len();
                 let due = match self.txn.as_mut() {
@@ -490,6 +491,23 @@ impl Applier {
     }
 
     /// Write the pending ops into the open target transaction.
+    /// Write the buffered child-row changes back as list text (after the rows before them);
+    /// what cannot be written goes to the dead letters.
+    async fn flush_rebuilds(&mut self) -> Result<(), ApplyError> {
+        if self.rebuilds.is_empty() {
+            return Ok(());
+        }
+        self.flush_pending().await?;
+        let buffered = std::mem::take(&mut self.rebuilds);
+        let dead = rebuild::apply(&self.writer, buffered).await?;
+        if !dead.is_empty() {
+            tracing::warn!(rows = dead.len(), "child rows that cannot be written back as list text are kept in OLD's dead letters");
+            self.pending.extend(dead);
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
     async fn flush_pending(&mut self) -> Result<(), ApplyError> {
         if self.pending.is_empty() {
             return Ok(());

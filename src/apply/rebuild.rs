@@ -1,13 +1,20 @@
-//! Writing a split back (the reverse stream): one child row's change on NEW rebuilds its
-//! parent's list text on OLD, inside the open target transaction, with the parent row locked
-//! (`SELECT ... FOR UPDATE`) so the read and the write see one state.
+//! Writing a split back (the reverse stream): the child-row changes of one source transaction
+//! rebuild their parents' list texts on OLD, at the transaction's end (after every parent row
+//! of it is written), each parent read and locked once (`SELECT ... FOR UPDATE`), edited with
+//! all its changes in order, and written once — so an app's "insert the new rows, delete the
+//! old ones" never passes through a list the text cannot hold.
 //!
-//! Must never write a parent row that is gone (the parent's own delete came first), and never
-//! write text that does not split back to the list (`transform::rebuild` refuses it).
+//! A change whose list cannot be written back is kept in OLD's dead letters (the fallback's
+//! gate waits for them) and the stream goes on. Must never write a parent row that is gone.
+
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
 
 use crate::change::{Change, Op};
 use crate::quote::quote_ident;
-use crate::transform::rebuild::{Child, RebuildPlan};
+use crate::transform::rebuild::{Edit, RebuildPlan};
+use crate::transform::{DeadLetter, TargetOp};
 
 use super::{db, ApplyError, Writer};
 
@@ -18,117 +25,172 @@ fn qualified(t: &str) -> String {
     }
 }
 
-fn refused(plan: &RebuildPlan, c: &Change, message: String) -> Box<ApplyError> {
-    Box::new(ApplyError::Rebuild {
-        child: plan.child_table.clone(),
-        parent: format!("{}.{}", plan.parent_table, plan.text_column),
-        key: c.key.to_string(),
-        lsn: c.commit_lsn,
-        message,
+fn dead(plan: &RebuildPlan, c: &Change, reason: String) -> TargetOp {
+    let tuple = c.new.as_ref().or(c.old.as_ref());
+    TargetOp::DeadLetter(DeadLetter {
+        source_rel: Arc::from(plan.child_table.as_str()),
+        key: c.key.clone(),
+        version: c.commit_lsn,
+        op: c.op.as_str(),
+        reason: format!(
+            "cannot write it back into {}.{}: {reason}; set that text on OLD by hand, then delete this dead letter",
+            plan.parent_table, plan.text_column
+        ),
+        row: tuple
+            .map(|t| crate::transform::row_json(&c.rel, t))
+            .unwrap_or_default(),
     })
 }
 
-/// Apply `c` (a change to `plan`'s child table) to its parents' list text on OLD.
-pub async fn apply(writer: &Writer, plan: &RebuildPlan, c: &Change) -> Result<(), ApplyError> {
-    let child = |t: Option<&crate::change::Tuple>| -> Result<Option<Child>, Box<ApplyError>> {
-        t.map(|t| plan.child(&c.rel, t))
-            .transpose()
-            .map_err(|m| refused(plan, c, m))
-    };
-    let (old, new) = match c.op {
-        Op::Insert => (None, child(c.new.as_ref()).map_err(|e| *e)?),
-        Op::Delete => (child(c.old.as_ref()).map_err(|e| *e)?, None),
-        Op::Update => {
-            let new = child(c.new.as_ref()).map_err(|e| *e)?;
-            // Without an old row (no column of the replica identity changed), the item is
-            // replaced by name.
-            let old = match child(c.old.as_ref()).map_err(|e| *e)? {
-                Some(o) => Some(o),
-                None => new.clone(),
-            };
-            (old, new)
-        }
-        Op::Truncate => {
-            return Err(*refused(
-                plan,
-                c,
-                "a TRUNCATE of the child table cannot be written back as list text (it would empty every list); empty the lists on OLD by hand, or fall back before truncating".into(),
-            ))
-        }
-    };
-    match (old, new) {
-        (Some(o), Some(n)) if o.parent == n.parent => {
-            edit(writer, plan, c, &o.parent, Some(&o), Some(&n)).await
-        }
-        (o, n) => {
-            if let Some(o) = &o {
-                edit(writer, plan, c, &o.parent, Some(o), None).await?;
-            }
-            if let Some(n) = &n {
-                edit(writer, plan, c, &n.parent, None, Some(n)).await?;
-            }
-            Ok(())
-        }
-    }
+/// One parent's list and the changes to it, in order.
+struct List {
+    plan: Arc<RebuildPlan>,
+    parent: Vec<String>,
+    edits: Vec<Edit>,
+    /// The changes behind the edits (for a dead letter).
+    changes: Vec<Change>,
 }
 
-async fn edit(
+/// Apply the buffered child-row changes (in order) to their parents' list texts on OLD, in
+/// the writer's open transaction. Returns the dead letters of lists that cannot be written.
+pub async fn apply(
     writer: &Writer,
-    plan: &RebuildPlan,
-    c: &Change,
-    parent: &[String],
-    remove: Option<&Child>,
-    add: Option<&Child>,
-) -> Result<(), ApplyError> {
-    let table = qualified(&plan.parent_table);
-    let col = quote_ident(&plan.text_column);
-    let filter: Vec<String> = plan
-        .parent_key
+    buffered: Vec<(Arc<RebuildPlan>, Change)>,
+) -> Result<Vec<TargetOp>, ApplyError> {
+    let mut lists: Vec<List> = Vec::new();
+    let mut dead_letters = Vec::new();
+    for (plan, c) in buffered {
+        if c.op == Op::Truncate {
+            // Every list of this child table is empty now: what came before is moot.
+            flush(writer, std::mem::take(&mut lists), &mut dead_letters).await?;
+            truncate(writer, &plan).await?;
+            continue;
+        }
+        let old = c.old.as_ref().map(|t| plan.child(&c.rel, t)).transpose();
+        let new = c.new.as_ref().map(|t| plan.child(&c.rel, t)).transpose();
+        let (old, new) = match (old, new) {
+            (Ok(o), Ok(n)) => (o, n),
+            (Err(e), _) | (_, Err(e)) => {
+                dead_letters.push(dead(&plan, &c, e));
+                continue;
+            }
+        };
+        if c.op == Op::Update && old.is_none() {
+            let why = format!(
+                "the update carries no old row: {} needs REPLICA IDENTITY FULL",
+                plan.child_table
+            );
+            dead_letters.push(dead(&plan, &c, why));
+            continue;
+        }
+        // The item leaves its old list and joins its new one (the same list, mostly).
+        let mut add = |parent: Vec<String>, edit: Edit, c: &Change| match lists
+            .iter_mut()
+            .find(|l| Arc::ptr_eq(&l.plan, &plan) && l.parent == parent)
+        {
+            Some(l) => {
+                l.edits.push(edit);
+                l.changes.push(c.clone());
+            }
+            None => lists.push(List {
+                plan: plan.clone(),
+                parent,
+                edits: vec![edit],
+                changes: vec![c.clone()],
+            }),
+        };
+        match (old, new) {
+            (Some(o), Some(n)) if o.parent == n.parent => {
+                if let Some(p) = o.parent {
+                    add(p, (Some(o.item), Some(n.item)), &c);
+                }
+            }
+            (o, n) => {
+                if let Some((Some(p), item)) = o.map(|o| (o.parent, o.item)) {
+                    add(p, (Some(item), None), &c);
+                }
+                if let Some((Some(p), item)) = n.map(|n| (n.parent, n.item)) {
+                    add(p, (None, Some(item)), &c);
+                }
+            }
+        }
+    }
+    flush(writer, lists, &mut dead_letters).await?;
+    Ok(dead_letters)
+}
+
+fn filter(plan: &RebuildPlan) -> String {
+    plan.parent_key
         .iter()
         .enumerate()
         .map(|(i, (_, k, ty))| format!("{} = ${}::text::{ty}", quote_ident(k), i + 1))
-        .collect();
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = parent
-        .iter()
-        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    let row = writer
-        .client()
-        .query_opt(
-            &format!(
-                "SELECT {col}::text FROM {table} WHERE {} FOR UPDATE",
-                filter.join(" AND ")
-            ),
-            &params,
-        )
-        .await
-        .map_err(db("reading the list text to write a child row back"))?;
-    let Some(row) = row else {
-        // The parent is gone on OLD (its delete came first): nothing to write back.
-        return Ok(());
-    };
-    let text: Option<String> = row.get(0);
-    let next = plan
-        .edit(
-            text.as_deref(),
-            remove.map(|r| &r.item),
-            add.map(|a| &a.item),
-        )
-        .map_err(|m| *refused(plan, c, m))?;
-    let Some(next) = next else { return Ok(()) };
-    let n = parent.len() + 1;
-    let mut params = params;
-    params.push(&next);
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+async fn flush(
+    writer: &Writer,
+    lists: Vec<List>,
+    dead_letters: &mut Vec<TargetOp>,
+) -> Result<(), ApplyError> {
+    for l in lists {
+        let plan = &l.plan;
+        let table = qualified(&plan.parent_table);
+        let col = quote_ident(&plan.text_column);
+        let filter = filter(plan);
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            l.parent.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let row = writer
+            .client()
+            .query_opt(
+                &format!("SELECT {col}::text FROM {table} WHERE {filter} FOR UPDATE"),
+                &params,
+            )
+            .await
+            .map_err(db("reading the list text to write child rows back"))?;
+        // The parent is gone on OLD (deleted in this transaction, its children after it):
+        // nothing to write back.
+        let Some(row) = row else { continue };
+        let text: Option<String> = row.get(0);
+        let next = match plan.edit(text.as_deref(), &l.edits) {
+            Ok(Some(next)) => next,
+            Ok(None) => continue,
+            Err(why) => {
+                for c in &l.changes {
+                    dead_letters.push(dead(plan, c, why.clone()));
+                }
+                continue;
+            }
+        };
+        let n = params.len() + 1;
+        params.push(&next);
+        writer
+            .client()
+            .execute(
+                &format!("UPDATE {table} SET {col} = ${n}::text WHERE {filter}"),
+                &params,
+            )
+            .await
+            .map_err(db("writing the list text back"))?;
+    }
+    Ok(())
+}
+
+/// A TRUNCATE of the child table on NEW: every list on OLD is empty.
+async fn truncate(writer: &Writer, plan: &RebuildPlan) -> Result<(), ApplyError> {
+    let col = quote_ident(&plan.text_column);
     writer
         .client()
         .execute(
             &format!(
-                "UPDATE {table} SET {col} = ${n} WHERE {}",
-                filter.join(" AND ")
+                "UPDATE {} SET {col} = NULL WHERE {col} IS NOT NULL",
+                qualified(&plan.parent_table)
             ),
-            &params,
+            &[],
         )
         .await
-        .map_err(db("writing the list text back"))?;
+        .map_err(db(
+            "emptying the lists after a TRUNCATE of their child table",
+        ))?;
     Ok(())
 }

@@ -76,8 +76,10 @@ pub async fn fence(
     )))?;
     let all: Vec<String> = tables.iter().map(|t| qualified(t)).collect();
     if !all.is_empty() {
+        // Every statement of the fence is bounded by the budget: the app's writes queue
+        // behind these locks meanwhile.
         tx.batch_execute(&format!(
-            "SET LOCAL statement_timeout = {budget_ms}; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE; SET LOCAL statement_timeout = 0",
+            "SET LOCAL statement_timeout = {budget_ms}; LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
             all.join(", ")
         ))
         .await
@@ -86,9 +88,11 @@ pub async fn fence(
         )))?;
     }
     for q in &all {
+        // CREATE OR REPLACE, not DROP + CREATE: DROP TRIGGER takes ACCESS EXCLUSIVE, which
+        // would block the readers the fence must leave alone. Both statements here keep to
+        // the SHARE ROW EXCLUSIVE lock taken above.
         tx.batch_execute(&format!(
-            "DROP TRIGGER IF EXISTS {TRIGGER} ON {q}; \
-             CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
+            "CREATE OR REPLACE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON {q} \
              FOR EACH STATEMENT EXECUTE FUNCTION {s}.fence(); \
              ALTER TABLE {q} ENABLE ALWAYS TRIGGER {TRIGGER}",
             s = state.quoted,
@@ -118,7 +122,7 @@ pub async fn fenced(client: &Client) -> Result<Vec<String>, SwitchError> {
         .query(
             "SELECT n.nspname || '.' || c.relname FROM pg_trigger t \
              JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE t.tgname = $1 ORDER BY 1",
+             WHERE t.tgname = $1 AND t.tgenabled <> 'D' ORDER BY 1",
             &[&TRIGGER],
         )
         .await
@@ -126,13 +130,14 @@ pub async fn fenced(client: &Client) -> Result<Vec<String>, SwitchError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Lift every fence on `client` (idempotent). DROP TRIGGER takes a brief ACCESS EXCLUSIVE
-/// lock; each attempt waits at most `lock_timeout_ms`, and a timed-out one is retried up to
-/// ten times.
+/// Lift every fence on `client` (idempotent): the trigger is disabled, not dropped (DISABLE
+/// takes SHARE ROW EXCLUSIVE, which readers pass; DROP would take ACCESS EXCLUSIVE), and the
+/// next fence enables it again. Each attempt waits at most `lock_timeout_ms`; a timed-out one
+/// is retried up to ten times.
 pub async fn unfence(client: &Client, side: &str, lock_timeout_ms: u64) -> Result<(), SwitchError> {
     for t in fenced(client).await? {
         let sql = format!(
-            "BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; DROP TRIGGER IF EXISTS {TRIGGER} ON {}; COMMIT",
+            "BEGIN; SET LOCAL lock_timeout = {lock_timeout_ms}; ALTER TABLE {} DISABLE TRIGGER {TRIGGER}; COMMIT",
             qualified(&t)
         );
         let mut attempt = 0;
@@ -145,7 +150,7 @@ pub async fn unfence(client: &Client, side: &str, lock_timeout_ms: u64) -> Resul
                     let lock = e.code().map(|c| c.code()) == Some("55P03");
                     if !lock || attempt >= 10 {
                         return Err(SwitchError::sql(format!(
-                            "{side}: lifting the fence on {t} (by hand: DROP TRIGGER {TRIGGER} ON {t})"
+                            "{side}: lifting the fence on {t} (by hand: ALTER TABLE {t} DISABLE TRIGGER {TRIGGER})"
                         ))(e));
                     }
                 }

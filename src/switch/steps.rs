@@ -276,8 +276,19 @@ async fn run_steps(
     if let Err(e) = sides.state.set_phase(&sides.new, &after).await {
         // The commit may have landed with its answer lost: ask again on a new connection
         // before undoing anything.
-        if recorded(&sides.config, after.phase).await != Some(true) {
-            return abort(sides, way, before, report, clock, e.to_string(), created).await;
+        match recorded(&sides.config, after.phase).await {
+            Some(true) => {}
+            Some(false) => {
+                return abort(sides, way, before, report, clock, e.to_string(), created).await
+            }
+            // Unknown: neither undo (the switch may stand, with the app moving) nor go on.
+            // The fence stays; the daemon settles it once NEW answers (a phase still in
+            // transition is undone, a recorded one kept).
+            None => {
+                return Err(SwitchError::Refused(format!(
+                    "recording the switch failed ({e}) and NEW cannot be asked whether it went through: the fence stays up; remodel run settles it once NEW answers (remodel status shows the outcome)"
+                )))
+            }
         }
         tracing::warn!(error = %e, "the switch's record went through although its answer was lost");
         if let Ok(fresh) = Sides::connect(&sides.config).await {
@@ -340,10 +351,21 @@ async fn run_steps(
     })
 }
 
-/// Whether the recorded phase is `phase`, read on a new connection (None: could not read).
+/// Whether the recorded phase is `phase`, read on a new connection, trying for up to 30 s
+/// (None: NEW could not be asked).
 async fn recorded(config: &crate::config::Config, phase: Phase) -> Option<bool> {
-    let sides = Sides::connect(config).await.ok()?;
-    sides.phase().await.ok().map(|r| r.phase == phase)
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(sides) = Sides::connect(config).await {
+            if let Ok(r) = sides.phase().await {
+                return Some(r.phase == phase);
+            }
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Undo a switch before its record: lift the fence, drop a reverse slot it created, put the

@@ -33,7 +33,7 @@ use crate::lsn::Lsn;
 pub use catalog::Env;
 pub use compile::compile;
 pub use plan::{OutputPlan, Plan, Problem, TablePlan};
-pub use transformer::{child_id, Transformer};
+pub use transformer::{child_id, row_json, Transformer};
 
 /// A target column value as text for the target's input functions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -46,10 +46,14 @@ pub struct Item {
     pub position: i64,
 }
 
-/// A child row, as the rebuild sees it: its parent's key values (text) and its item.
+/// One child row's change: its item before (removed) and after (added).
+pub type Edit = (Option<Item>, Option<Item>);
+
+/// A child row, as the rebuild sees it: its parent's key values (text; None when a parent key
+/// column is NULL: the row belongs to no list) and its item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Child {
-    pub parent: Vec<String>,
+    pub parent: Option<Vec<String>>,
     pub item: Item,
 }
 
@@ -58,6 +62,14 @@ fn norm(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .to_lowercase()
+}
+
+/// `norm` without the punctuation the split trims from a name's ends.
+fn trimmed(s: &str) -> String {
+    norm(s)
+        .trim_matches(|c: char| matches!(c, ',' | ';' | '&' | '.' | ':'))
+        .trim()
+        .to_string()
 }
 
 impl RebuildPlan {
@@ -79,9 +91,12 @@ impl RebuildPlan {
                 )),
             }
         };
-        let mut parent = Vec::new();
+        let mut parent = Some(Vec::new());
         for (col, _, _) in &self.parent_key {
-            parent.push(text(col)?.ok_or_else(|| format!("{col} is NULL"))?);
+            match (text(col)?, parent.as_mut()) {
+                (Some(v), Some(p)) => p.push(v),
+                _ => parent = None,
+            }
         }
         let name = text(&self.name)?.unwrap_or_default();
         let position = match &self.position {
@@ -119,37 +134,61 @@ impl RebuildPlan {
             .collect()
     }
 
-    /// The list text after removing `remove` and adding `add` (either may be None) to the list
-    /// `text` holds. `Ok(None)`: the list is unchanged, write nothing. `Ok(Some(None))`: the
-    /// list is empty (NULL). Err: the new list cannot be written as text that splits back to it.
+    /// The list text after `edits` (in order; each removes its first item and adds its
+    /// second, either may be None) to the list `text` holds. `Ok(None)`: the list is unchanged,
+    /// write nothing. `Ok(Some(None))`: the list is empty (NULL). Err: the new list cannot be
+    /// written as text that splits back to it.
+    ///
+    /// Positions are read as 1-based places in the list (what the forward split writes): an
+    /// item added at position p goes to place p (the end, if the list is shorter or NEW has no
+    /// position column); an update that keeps its position stays where it is.
     pub fn edit(
         &self,
         text: Option<&str>,
-        remove: Option<&Item>,
-        add: Option<&Item>,
+        edits: &[Edit],
     ) -> Result<Option<Option<String>>, String> {
         let before = self.items(text);
-        let mut items = before.clone();
-        if let Some(r) = remove {
-            if let Some(i) = items.iter().position(|it| norm(&it.name) == norm(&r.name)) {
-                items.remove(i);
+        // Each item with whether it came from the text (a removal prefers those: an app that
+        // inserts a list's new rows before deleting its old ones has both for a while).
+        let mut items: Vec<(Item, bool)> = before.iter().map(|i| (i.clone(), true)).collect();
+        for (remove, add) in edits {
+            let found = remove.as_ref().and_then(|r| {
+                let key = norm(&r.name);
+                let rank = |(it, from_text): &(Item, bool)| (it.position != r.position, !from_text);
+                items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (it, _))| norm(&it.name) == key)
+                    .min_by_key(|(_, e)| rank(e))
+                    .map(|(i, _)| i)
+            });
+            match (remove, add, found) {
+                (Some(r), Some(a), Some(i)) if r.position == a.position => {
+                    items[i] = (a.clone(), false)
+                }
+                _ => {
+                    if let Some(i) = found {
+                        items.remove(i);
+                    }
+                    if let Some(a) = add {
+                        let at = usize::try_from(a.position.saturating_sub(1))
+                            .unwrap_or(0)
+                            .min(items.len());
+                        items.insert(at, (a.clone(), false));
+                    }
+                }
             }
         }
-        if let Some(a) = add {
-            // Before the first existing item at or after its position.
-            let at = items
+        let items: Vec<Item> = items.into_iter().map(|(i, _)| i).collect();
+        // Case counts (a rename from "acme inc." to "Acme Inc." is a change); whitespace runs
+        // do not.
+        let folded = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        let same = items.len() == before.len()
+            && items
                 .iter()
-                .position(|it| it.position >= a.position)
-                .unwrap_or(items.len());
-            items.insert(at, a.clone());
-        }
-        let same = |x: &[Item], y: &[Item]| {
-            x.len() == y.len()
-                && x.iter()
-                    .zip(y)
-                    .all(|(a, b)| norm(&a.name) == norm(&b.name) && a.annotations == b.annotations)
-        };
-        if same(&items, &before) {
+                .zip(&before)
+                .all(|(a, b)| folded(&a.name) == folded(&b.name) && a.annotations == b.annotations);
+        if same {
             return Ok(None);
         }
         if items.is_empty() {
@@ -190,9 +229,11 @@ impl RebuildPlan {
             };
             let text = words.join(&joiner);
             let back = self.items(Some(&text));
+            // The split trims stray punctuation from a name's ends ("Acme Corp." comes back
+            // "Acme Corp"): that is the forward mapping's own reading, not a loss here.
             if back.len() == items.len()
                 && back.iter().zip(items).all(|(b, it)| {
-                    norm(&b.name) == norm(&it.name) && b.annotations == it.annotations
+                    trimmed(&b.name) == trimmed(&it.name) && b.annotations == it.annotations
                 })
             {
                 return Ok(text);
@@ -237,73 +278,143 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_unchanged_list_keeps_the_original_text() {
-        let p = plan();
-        let text = "(a) Fortress Capital Advisors (b) John Doe";
-        // Removing and re-adding the same item (an update of its id only) changes nothing.
-        let same = item("John Doe", false, 2);
-        assert_eq!(p.edit(Some(text), Some(&same), Some(&same)), Ok(None));
+    fn text(p: &RebuildPlan, from: Option<&str>, edits: &[Edit]) -> Option<String> {
+        p.edit(from, edits).unwrap().unwrap()
     }
 
     #[test]
-    fn added_removed_and_flagged_items_are_rendered_with_markers() {
+    fn an_unchanged_list_keeps_the_original_text() {
         let p = plan();
-        let text = "Redwood Holdings & Co. & NorthStar Trust";
-        let added = p
-            .edit(Some(text), None, Some(&item("Atlas Property", true, 3)))
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let t = "(a) Fortress Capital Advisors (b) John Doe";
+        // An update of the child's id only changes nothing.
+        let same = item("John Doe", false, 2);
+        assert_eq!(
+            p.edit(Some(t), &[(Some(same.clone()), Some(same))]),
+            Ok(None)
+        );
+        // Nor does an ORM's replace: insert the new rows, then delete the old ones.
+        let replace = [
+            (None, Some(item("Fortress Capital Advisors", false, 1))),
+            (None, Some(item("John Doe", false, 2))),
+            (Some(item("Fortress Capital Advisors", false, 1)), None),
+            (Some(item("John Doe", false, 2)), None),
+        ];
+        assert_eq!(p.edit(Some(t), &replace), Ok(None));
+        // The same with one name changed: the removals take the text's items, not the new ones.
+        let replace = [
+            (None, Some(item("Fortress Capital Advisors", false, 1))),
+            (None, Some(item("Jane Roe", false, 2))),
+            (Some(item("Fortress Capital Advisors", false, 1)), None),
+            (Some(item("John Doe", false, 2)), None),
+        ];
+        assert_eq!(
+            text(&p, Some(t), &replace),
+            Some("Fortress Capital Advisors; Jane Roe".into())
+        );
+    }
+
+    #[test]
+    fn added_removed_flagged_and_moved_items_are_rendered_in_place() {
+        let p = plan();
+        let t = "Redwood Holdings & Co. & NorthStar Trust";
+        let added = text(
+            &p,
+            Some(t),
+            &[(None, Some(item("Atlas Property", true, 3)))],
+        )
+        .unwrap();
         assert_eq!(
             added,
             "Redwood Holdings & Co.; NorthStar Trust; Atlas Property (Pledge)"
         );
-        let removed = p
-            .edit(
-                Some(&added),
-                Some(&item("northstar  trust", false, 2)),
-                None,
+        // Inserted at place 1.
+        assert_eq!(
+            text(&p, Some(t), &[(None, Some(item("First Bank", false, 1)))]).unwrap(),
+            "First Bank; Redwood Holdings & Co.; NorthStar Trust"
+        );
+        // Flagged where it stands.
+        assert_eq!(
+            text(
+                &p,
+                Some(t),
+                &[(
+                    Some(item("Redwood Holdings & Co.", false, 1)),
+                    Some(item("Redwood Holdings & Co.", true, 1))
+                )]
             )
-            .unwrap()
-            .unwrap()
-            .unwrap();
+            .unwrap(),
+            "Redwood Holdings & Co. (Pledge); NorthStar Trust"
+        );
+        let removed = text(
+            &p,
+            Some(&added),
+            &[(Some(item("northstar  trust", false, 2)), None)],
+        )
+        .unwrap();
         assert_eq!(removed, "Redwood Holdings & Co.; Atlas Property (Pledge)");
         // Moved to the front.
-        let moved = p
-            .edit(
-                Some(&removed),
-                Some(&item("Atlas Property", true, 2)),
-                Some(&item("Atlas Property", false, 1)),
-            )
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let moved = text(
+            &p,
+            Some(&removed),
+            &[(
+                Some(item("Atlas Property", true, 2)),
+                Some(item("Atlas Property", false, 1)),
+            )],
+        )
+        .unwrap();
         assert_eq!(moved, "Atlas Property; Redwood Holdings & Co.");
+        // A rename that changes only case is a change.
         assert_eq!(
-            p.edit(Some("Solo Corp"), Some(&item("Solo Corp", false, 1)), None),
+            text(
+                &p,
+                Some("acme inc"),
+                &[(
+                    Some(item("acme inc", false, 1)),
+                    Some(item("Acme Inc", false, 1))
+                )]
+            ),
+            Some("Acme Inc".into())
+        );
+        assert_eq!(
+            p.edit(
+                Some("Solo Corp"),
+                &[(Some(item("Solo Corp", false, 1)), None)]
+            ),
             Ok(Some(None))
         );
         assert_eq!(
-            p.edit(None, None, Some(&item("First Bank", false, 1))),
-            Ok(Some(Some("First Bank".into())))
+            text(&p, None, &[(None, Some(item("First Bank", false, 1)))]),
+            Some("First Bank".into())
         );
     }
 
     #[test]
     fn a_name_holding_a_separator_is_refused_not_split() {
         let p = plan();
-        let refused = p.edit(Some("Alpha Corp"), None, Some(&item("Doe, John", false, 2)));
+        let refused = p.edit(
+            Some("Alpha Corp"),
+            &[(None, Some(item("Doe, John", false, 2)))],
+        );
         assert!(
             refused.as_ref().is_err_and(|e| e.contains("Doe, John")),
             "{refused:?}"
         );
-        // A protected phrase is no separator.
-        let ok = p.edit(
-            Some("Alpha Corp"),
-            None,
-            Some(&item("Smith & Sons", false, 2)),
+        // A protected phrase is no separator; a trailing period is the split's own reading.
+        assert_eq!(
+            text(
+                &p,
+                Some("Alpha Corp"),
+                &[(None, Some(item("Smith & Sons", false, 2)))]
+            ),
+            Some("Alpha Corp; Smith & Sons".into())
         );
-        assert_eq!(ok, Ok(Some(Some("Alpha Corp; Smith & Sons".into()))));
+        assert_eq!(
+            text(
+                &p,
+                Some("Alpha Corp"),
+                &[(None, Some(item("Beta Holdings.", false, 2)))]
+            ),
+            Some("Alpha Corp; Beta Holdings.".into())
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::switch::{
 
 async fn fences(c: &Client) -> i64 {
     c.query_one(
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'remodel_fence'",
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'remodel_fence' AND tgenabled <> 'D'",
         &[],
     )
     .await

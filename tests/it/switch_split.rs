@@ -26,6 +26,7 @@ const L2: &str = "00000000-0000-0000-0000-000000000002";
 const L3: &str = "00000000-0000-0000-0000-000000000003";
 const L4: &str = "00000000-0000-0000-0000-000000000004";
 const L5: &str = "00000000-0000-0000-0000-000000000005";
+const L7: &str = "00000000-0000-0000-0000-000000000007";
 const L1_TEXT: &str = "(a) Fortress Capital Advisors (b) John Doe";
 
 async fn cmd(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
@@ -90,6 +91,7 @@ async fn the_guarantor_split_runs_backwards_after_a_cutover_and_forwards_after_a
         (L2, "Redwood Holdings & Co. & NorthStar Trust"),
         (L3, "Atlas Property; BlueRock (Pledge)"),
         (L4, "Solo Lender"),
+        (L7, "Delete Me Corp"),
     ] {
         db.source
             .execute(
@@ -113,7 +115,7 @@ async fn the_guarantor_split_runs_backwards_after_a_cutover_and_forwards_after_a
                 .await
                 .map_err(|e| e.to_string())?
                 .get(0);
-            if n == 7 {
+            if n == 8 {
                 Ok(())
             } else {
                 Err(format!("{n} guarantors"))
@@ -179,21 +181,37 @@ async fn the_guarantor_split_runs_backwards_after_a_cutover_and_forwards_after_a
                (gen_random_uuid(), '{L5}', 1, 'Alpha Corp', false),
                (gen_random_uuid(), '{L5}', 2, 'Beta LLC', true);
              COMMIT;
+             -- An ORM's save of L2's set: insert the new rows, then delete the old ones.
              BEGIN;
-             DELETE FROM guarantors WHERE loan_id = '{L2}' AND name = 'NorthStar Trust';
-             INSERT INTO guarantors (id, loan_id, position, name) VALUES (gen_random_uuid(), '{L2}', 2, 'Gamma Trust');
+             CREATE TEMP TABLE old_ids AS SELECT id FROM guarantors WHERE loan_id = '{L2}';
+             INSERT INTO guarantors (id, loan_id, position, name) VALUES
+               (gen_random_uuid(), '{L2}', 1, 'Redwood Holdings & Co.'),
+               (gen_random_uuid(), '{L2}', 2, 'Gamma Trust');
+             DELETE FROM guarantors WHERE id IN (SELECT id FROM old_ids);
+             DROP TABLE old_ids;
              COMMIT;
+             -- L1: a child's id and the loan's amount change, the list does not.
+             UPDATE guarantors SET id = gen_random_uuid() WHERE loan_id = '{L1}' AND name = 'John Doe';
              UPDATE loans SET amount = 111 WHERE id = '{L1}';
+             -- L3: the two swap places, then Atlas is flagged where it stands.
+             UPDATE guarantors SET position = 3 - position WHERE loan_id = '{L3}';
+             UPDATE guarantors SET pledge = true WHERE loan_id = '{L3}' AND name = 'Atlas Property';
              BEGIN;
-             DELETE FROM guarantors WHERE loan_id = '{L3}';
-             DELETE FROM loans WHERE id = '{L3}';
+             DELETE FROM guarantors WHERE loan_id = '{L7}';
+             DELETE FROM loans WHERE id = '{L7}';
              COMMIT;"
         ))
         .await
         .unwrap();
     wait_text(&db, L5, Some(Some("Alpha Corp; Beta LLC (Pledge)"))).await;
     wait_text(&db, L2, Some(Some("Redwood Holdings & Co.; Gamma Trust"))).await;
-    wait_text(&db, L3, None).await;
+    wait_text(
+        &db,
+        L3,
+        Some(Some("BlueRock (Pledge); Atlas Property (Pledge)")),
+    )
+    .await;
+    wait_text(&db, L7, None).await;
     // An amount change leaves the text exactly as it was written.
     let l1: (String, Option<String>) = {
         let c = &db.source;
