@@ -102,6 +102,14 @@ pub async fn retry(config: &Config) -> Result<RetryReport, Error> {
     let mut client = target(config).await?;
     let st = StateSchema::new(&config.target.state_schema);
     st.migrate(&mut client).await?;
+    let phase = st.phase(&client).await?.phase;
+    if phase != crate::state::Phase::Forward {
+        return Err(crate::switch::SwitchError::Refused(format!(
+            "dead-letters --retry: the migration is {}: the target is the app's database now, and writing source rows into it would overwrite the app's writes; fall back first (remodel fallback), or carry the rows over by hand",
+            phase.as_str()
+        ))
+        .into());
+    }
     let plan =
         Arc::new(crate::transform::live::compile_live(&config.live(), &source, &client).await?);
     let letters = load(&client, &st, i64::MAX).await?;

@@ -92,6 +92,9 @@ pub enum VerifyError {
     StreamBehind { p: Lsn, waited: Duration },
     #[error("verify: interrupted")]
     Interrupted,
+    /// `--repair` writes the target from the source: wrong once the app writes the target.
+    #[error("verify --repair: the migration is {phase}: the target is the app's database now, and rewriting it from the source would overwrite the app's writes. Verify without --repair (differences on rows the app changed since the switch are expected until a fallback), or remodel fallback first")]
+    Switched { phase: &'static str },
     #[error("verify of {table}: {source}")]
     InTable {
         table: String,
@@ -118,6 +121,7 @@ impl VerifyError {
             VerifyError::Transform { .. }
             | VerifyError::UnknownTable { .. }
             | VerifyError::Table { .. }
+            | VerifyError::Switched { .. }
             | VerifyError::Interrupted => false,
         }
     }
@@ -437,6 +441,15 @@ pub async fn verify(
 ) -> Result<Report, VerifyError> {
     let started = Instant::now();
     let ctx = connect(config, shutdown, opts.show).await?;
+    if opts.repair {
+        let phase = ctx.state.phase(&ctx.target).await?.phase;
+        if phase != crate::state::Phase::Forward {
+            ctx.state.forget_pass(&ctx.target, ctx.pass).await;
+            return Err(VerifyError::Switched {
+                phase: phase.as_str(),
+            });
+        }
+    }
     let mut tables = tables(&ctx, &opts.tables).await?;
     let mode = match (opts.since, opts.sample) {
         (Some(_), _) => "since",

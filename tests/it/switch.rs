@@ -349,6 +349,14 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
         .get(0);
     assert!(n > 0);
 
+    // Nothing rewrites NEW from OLD while NEW is the app's database.
+    let (code, out) = cli_async(&d, &["verify", "--repair"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("the migration is switched"), "{out}");
+    let (code, out) = cli_async(&d, &["dead-letters", "--retry"]).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("the migration is switched"), "{out}");
+
     // The app's writes on NEW reach OLD through the inverse mapping.
     app.wait_committed(40).await;
     let (code, out) = cli_async(&d, &["fallback", "--timeout", "20"]).await;
