@@ -16,6 +16,7 @@
 mod complete;
 pub mod fence;
 mod gates;
+mod recover;
 pub mod reverse;
 mod sequences;
 mod steps;
@@ -23,7 +24,8 @@ pub mod watch;
 
 pub use complete::complete;
 pub use gates::Gate;
-pub use steps::{cutover, fallback, reconcile, recover};
+pub use recover::{reconcile, recover};
+pub use steps::{cutover, fallback};
 pub use watch::watch;
 
 use std::path::PathBuf;

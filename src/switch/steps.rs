@@ -106,7 +106,7 @@ async fn lock(sides: &Sides) -> Result<(), SwitchError> {
 
 async fn locked(sides: &mut Sides, opts: &Options, way: Way) -> Result<Outcome, SwitchError> {
     // A switch that died midway is undone first (its fence lifted), so the gates see the truth.
-    recover_locked(sides).await?;
+    super::recover::recover_locked(sides).await?;
     let fwd = Forward::compile(&sides.config, &sides.old, &sides.new).await?;
     let gates = match way {
         Way::Cutover => gates::cutover(sides, &fwd, opts).await,
@@ -494,114 +494,4 @@ async fn run_hook(cmd: &str, way: Way, rec: &PhaseRecord) -> Result<String, Stri
             text.trim()
         ))
     }
-}
-
-/// Undo a switch whose command died before its record (phase `cutting_over` or
-/// `falling_back`, and no command holds the switch lock): lift the fence it left and put the
-/// phase back. Returns whether there was one. The daemon calls it; so does every switch.
-pub async fn recover(config: &crate::config::Config) -> Result<bool, SwitchError> {
-    let sides = Sides::connect(config).await?;
-    if !sides.phase().await?.phase.in_transition() {
-        return Ok(false);
-    }
-    // Under the switch lock: a command holding it is alive, and one that took it after the
-    // phase was read would otherwise be undone from under it.
-    if !sides.state.lock_switch(&sides.new).await? {
-        return Ok(false);
-    }
-    let r = recover_locked(&sides).await;
-    let _ = sides.state.unlock_switch(&sides.new).await;
-    r
-}
-
-/// Make the fences and the reverse slot fit a settled phase, under the switch lock (skipped
-/// while a command holds it): the database the app writes to is never fenced (`switched`: NEW,
-/// `forward`: OLD) — a switch killed after its record, or whose unfence failed, leaves such a
-/// fence — and after a fallback the reverse slot, once the daemon let go of it, is dropped so
-/// it does not keep NEW's WAL.
-pub async fn reconcile(config: &crate::config::Config) -> Result<(), SwitchError> {
-    let sides = Sides::connect(config).await?;
-    if !sides.state.lock_switch(&sides.new).await? {
-        return Ok(());
-    }
-    let r = reconcile_locked(&sides).await;
-    let _ = sides.state.unlock_switch(&sides.new).await;
-    r
-}
-
-async fn reconcile_locked(sides: &Sides) -> Result<(), SwitchError> {
-    let rec = sides.phase().await?;
-    let lock_ms = sides.config.switch.lock_timeout_ms;
-    match rec.phase {
-        Phase::Switched if !fence::fenced(&sides.new).await?.is_empty() => {
-            tracing::warn!(
-                "NEW takes the app's writes (phase switched) but is fenced: lifting its fence"
-            );
-            fence::unfence(&sides.new, "NEW", lock_ms).await?;
-        }
-        Phase::Forward => {
-            if !fence::fenced(&sides.old).await?.is_empty() {
-                tracing::warn!(
-                    "OLD takes the app's writes (phase forward) but is fenced: lifting its fence"
-                );
-                fence::unfence(&sides.old, "OLD", lock_ms).await?;
-            }
-            sides
-                .new
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&reverse::slot(&sides.config)],
-                )
-                .await
-                .map_err(SwitchError::sql("NEW: dropping the reverse slot after a fallback".into()))?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The recovery, by a session holding the switch lock.
-async fn recover_locked(sides: &Sides) -> Result<bool, SwitchError> {
-    let rec = sides.phase().await?;
-    if !rec.phase.in_transition() {
-        return Ok(false);
-    }
-    let lock_ms = sides.config.switch.lock_timeout_ms;
-    let back = match rec.phase {
-        Phase::CuttingOver => {
-            fence::unfence(&sides.old, "OLD", lock_ms).await?;
-            // A reverse slot it may have created: nothing reads it before a switch is recorded.
-            sides
-                .new
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&reverse::slot(&sides.config)],
-                )
-                .await
-                .map_err(SwitchError::sql("NEW: dropping an unrecorded reverse slot".into()))?;
-            Phase::Forward
-        }
-        _ => {
-            fence::unfence(&sides.new, "NEW", lock_ms).await?;
-            Phase::Switched
-        }
-    };
-    tracing::warn!(phase = rec.phase.as_str(), back_to = back.as_str(), "a switch command died before recording its switch: its fence is lifted and the phase is back");
-    let restored = PhaseRecord { phase: back, ..rec };
-    sides.state.set_phase(&sides.new, &restored).await?;
-    let _ = sides
-        .state
-        .record_switch(
-            &sides.new,
-            if back == Phase::Forward {
-                "cutover"
-            } else {
-                "fallback"
-            },
-            "recovered",
-            &restored,
-            Some("the command died before recording the switch; the fence was lifted"),
-        )
-        .await;
-    Ok(true)
 }
