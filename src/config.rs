@@ -71,6 +71,10 @@ pub struct Config {
     /// split; set by `switch::reverse`, never by a file).
     #[serde(skip)]
     pub rebuilds: Vec<std::sync::Arc<crate::transform::rebuild::RebuildPlan>>,
+    /// Key-map pairs the reverse stream registers on OLD for the rows it applies (set by
+    /// `switch::reverse`, never by a file).
+    #[serde(skip)]
+    pub registrations: Vec<crate::transform::inverse::Registration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -439,6 +439,13 @@ async fn run_once(
                 .iter()
                 .map(|r| (r.child_table.clone(), r.clone()))
                 .collect(),
+            registrations: config.registrations.iter().fold(
+                std::collections::HashMap::new(),
+                |mut m: std::collections::HashMap<String, Vec<_>>, r| {
+                    m.entry(r.table.clone()).or_default().push(r.clone());
+                    m
+                },
+            ),
         },
         Transformer::new(Arc::new(plan)),
         FlushHandle::new(fb.clone()),

@@ -23,6 +23,7 @@
 pub mod batch;
 mod pipelined;
 mod rebuild;
+mod register;
 pub mod sql;
 mod statements;
 mod writer;
@@ -136,6 +137,8 @@ pub struct ApplySettings {
     pub stall_timeout: Duration,
     /// Child tables whose changes rebuild a list column (the reverse stream), by name.
     pub rebuilds: HashMap<String, Arc<crate::transform::rebuild::RebuildPlan>>,
+    /// Tables whose rows register a key-map pair on the target (the reverse stream), by name.
+    pub registrations: HashMap<String, Vec<crate::transform::inverse::Registration>>,
 }
 
 #[derive(Hash, PartialEq, Eq)]
@@ -353,6 +356,9 @@ impl Applier {
                     *t.counts
                         .entry((Arc::from(c.rel.qualified().as_str()), c.op))
                         .or_default() += 1;
+                }
+                if let Some(regs) = self.settings.registrations.get(&c.rel.qualified()) {
+                    register::keys(&self.writer, regs, &c).await?;
                 }
                 if let Some(plan) = self.settings.rebuilds.get(&c.rel.qualified()).cloned() {
                     // Written back at the source transaction's end (or every batch_rows).

@@ -10,8 +10,9 @@
 //!                                                          target lacks (for backfill to merge)
 //!   <schema>.backfill_tables (rel, state, cursor, rows_copied, chunks, ...)  per-table progress
 //!   <schema>.backfill_passes (id, owner, version, started_at, finished_at)    snapshot passes
-//!   <schema>.keymaps (name, seq), keymap (map, old, new)  key maps: source value → integer key,
-//!                                                          allocated by keymap_lookup(map, value)
+//!   <schema>.keymaps (name, seq), keymap (map, old, new, born_on_new)  key maps: source value →
+//!                                                          integer key, allocated by keymap_lookup(map,
+//!                                                          value); backwards by keymap_old(map, integer)
 //!   <schema>.dead_letters (rel, skey, version, op, reason, row)  rows the mapping could not
 //!                                                          transform (on_error = "dead_letter")
 //!   <schema>.phase (phase, fenced, reverse_slot, forward_lsn, reverse_lsn, timings)  where the
@@ -24,6 +25,7 @@
 
 mod backfill;
 mod deferred;
+mod keymap;
 mod ledger;
 mod phase;
 mod progress;
@@ -146,6 +148,26 @@ const MIGRATIONS: &[&str] = &[
          timings jsonb NOT NULL,
          detail text,
          at timestamptz NOT NULL DEFAULT now());",
+    // 8: key maps backwards (the reverse stream of a switch, on OLD): the original key of an
+    // integer, a deterministic uuid for one born on NEW, and the pairs NEW's rows register.
+    "ALTER TABLE {s}.keymap ADD COLUMN born_on_new boolean NOT NULL DEFAULT false;
+     CREATE FUNCTION {s}.keymap_old(m text, v text) RETURNS text
+       LANGUAGE plpgsql AS $f$
+       DECLARE r text;
+       BEGIN
+         IF v IS NULL THEN RETURN NULL; END IF;
+         SELECT k.old INTO r FROM {s}.keymap k WHERE k.map = m AND k.new = v::bigint
+           ORDER BY k.born_on_new LIMIT 1;
+         IF FOUND THEN RETURN r; END IF;
+         r := md5('remodel-keymap:' || m || ':' || v)::uuid::text;
+         INSERT INTO {s}.keymap (map, old, new, born_on_new) VALUES (m, r, v::bigint, true)
+           ON CONFLICT (map, old) DO NOTHING;
+         RETURN r;
+       END $f$;
+     CREATE FUNCTION {s}.keymap_register(m text, o text, n text) RETURNS void
+       LANGUAGE sql AS $f$
+         INSERT INTO {s}.keymap (map, old, new, born_on_new) VALUES (m, o, n::bigint, true)
+           ON CONFLICT (map, old) DO NOTHING $f$;",
 ];
 
 #[derive(Debug, thiserror::Error)]

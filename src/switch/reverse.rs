@@ -113,6 +113,7 @@ impl Forward {
                 .into_iter()
                 .map(Arc::new)
                 .collect(),
+            registrations: crate::transform::inverse::registrations(&self.plan),
         })
     }
 }
@@ -122,6 +123,7 @@ impl Forward {
 pub struct Inverse {
     pub tables: Vec<TableMapping>,
     pub rebuilds: Vec<Arc<RebuildPlan>>,
+    pub registrations: Vec<crate::transform::inverse::Registration>,
 }
 
 /// The configuration of the reverse stream: NEW is its source, OLD its target (with its own
@@ -135,6 +137,7 @@ pub fn config(forward: &Config, inverse: Inverse, new_tables: Vec<String>) -> Co
     c.target.url = forward.source.url.clone();
     c.tables = inverse.tables;
     c.rebuilds = inverse.rebuilds;
+    c.registrations = inverse.registrations;
     c.backfill.enabled = false;
     c.verify.interval = None;
     c

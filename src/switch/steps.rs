@@ -152,6 +152,37 @@ async fn run_steps(
     sides.state.migrate(&mut sides.new).await?;
     sides.state.set_phase(&sides.new, &transition).await?;
 
+    // Key maps backwards: NEW's pairs are copied to OLD before the fence (writes go on), and
+    // what the stream added since in the fence window below.
+    let maps = crate::transform::inverse::keymap_names(&fwd.plan);
+    let reversing = way == Way::Cutover && !opts.no_fallback;
+    let mut copied = std::collections::HashMap::new();
+    if reversing && !maps.is_empty() {
+        let started = Instant::now();
+        match sides
+            .state
+            .copy_keymaps(&sides.new, &sides.old, &maps, &copied, false)
+            .await
+        {
+            Ok((high, n)) => {
+                copied = high;
+                tracing::info!(
+                    pairs = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "key maps copied to OLD before the fence"
+                );
+            }
+            Err(e) => {
+                let clock = Clock::new();
+                let report = Report {
+                    direction: way.name().into(),
+                    ..Report::default()
+                };
+                return abort(sides, way, before, report, clock, e.to_string(), None).await;
+            }
+        }
+    }
+
     let mut clock = Clock::new();
     let fenced_at = Instant::now();
     let deadline = fenced_at + opts.timeout;
@@ -231,6 +262,28 @@ async fn run_steps(
     let created = reverse_slot.clone();
     crate::failpoint::hit("switch.after_drain");
 
+    if !maps.is_empty() && (reversing || way == Way::Fallback) {
+        // Cutover: the pairs the stream added since the copy. Fallback: the pairs of rows born
+        // on NEW, so the forward stream maps their keys back to the same integers.
+        let copy = match way {
+            Way::Cutover => {
+                sides
+                    .state
+                    .copy_keymaps(&sides.new, &sides.old, &maps, &copied, false)
+                    .await
+            }
+            Way::Fallback => {
+                sides
+                    .state
+                    .copy_keymaps(&sides.old, &sides.new, &maps, &copied, true)
+                    .await
+            }
+        };
+        if let Err(e) = copy {
+            return abort(sides, way, before, report, clock, e.to_string(), created).await;
+        }
+        clock.lap("key maps");
+    }
     let moved = match way {
         Way::Cutover => {
             sequences::advance(fwd, &sides.old, &sides.new, true, cfg.sequence_headroom).await

@@ -114,7 +114,13 @@ pub async fn compile(mappings: &[TableMapping], env: &Env<'_>) -> Result<Plan, V
         if let Some(tp) = compile_table(m, env, &mut problems, &mut plan, &mut feeds).await {
             for o in &tp.outputs {
                 for c in &o.columns {
-                    if let Expr::Lookup { map, from, .. } = &c.expr {
+                    if let Expr::Lookup {
+                        map,
+                        from,
+                        inverse: false,
+                        ..
+                    } = &c.expr
+                    {
                         lookups.push((map.clone(), tp.source.clone(), from.clone()));
                     }
                 }

@@ -220,10 +220,16 @@ pub(super) async fn row_output(
             );
             continue;
         }
-        if !matches!(
-            ttype.as_str(),
-            "bigint" | "integer" | "smallint" | "numeric"
-        ) {
+        if l.inverse && !matches!(ttype.as_str(), "uuid" | "text" | "character varying") {
+            p(format!("[tables.lookups] {tname}: the original key column {tgt_name}.{tname} is {ttype}: a key born on NEW gets a uuid, which it cannot hold"), "keep original keys uuid or text, or switch with --no-fallback".into());
+            continue;
+        }
+        if !l.inverse
+            && !matches!(
+                ttype.as_str(),
+                "bigint" | "integer" | "smallint" | "numeric"
+            )
+        {
             p(format!("[tables.lookups] {tname}: target column {tgt_name}.{tname} is {ttype}, not an integer type"), "key maps give bigint values: make the column bigint (or integer)".into());
             continue;
         }
@@ -237,6 +243,7 @@ pub(super) async fn row_output(
                 map: l.map.clone(),
                 from: l.from.clone(),
                 state: quote_ident(env.state_schema),
+                inverse: l.inverse,
             },
         });
     }

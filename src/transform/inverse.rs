@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use super::catalog::TableInfo;
-use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, TableMapping};
+use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, LookupSpec, TableMapping};
 use super::plan::{ChildField, Expr, OutputKind, OutputPlan, Plan, TablePlan};
 use super::rebuild::RebuildPlan;
 use super::Problem;
@@ -124,10 +124,30 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                         format!("computed column {target} ({text}) has no inverse"),
                         "drop the computed column before the switch, or switch with --no-fallback",
                     ),
-                    Expr::Lookup { map, from, .. } => p(
-                        format!("column {target} maps {from} through key map {map}: mapping the integers back to the original keys is not built yet"),
-                        "switch with --no-fallback",
-                    ),
+                    Expr::Lookup { from, .. } => {
+                        // The original key comes back from a column carrying it (a key
+                        // renamed to uid), or from the key map (`keymap_old`), which gives a
+                        // key born on NEW a uuid: the source column must hold one.
+                        let carried = o
+                            .columns
+                            .iter()
+                            .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from));
+                        fed.push(from);
+                        let src_type = tp
+                            .columns
+                            .iter()
+                            .find(|(n, _)| n == from)
+                            .map(|(_, t)| t.as_str())
+                            .unwrap_or("");
+                        if !carried
+                            && !matches!(base(src_type), "uuid" | "text" | "character varying")
+                        {
+                            p(
+                                format!("column {target} maps {from} ({src_type}) through a key map: a key born on NEW needs an original key, and remodel makes uuids"),
+                                "keep the original key in a NEW column (rename it), or switch with --no-fallback",
+                            );
+                        }
+                    }
                     Expr::Custom { .. } | Expr::Child(_) => {}
                 }
             }
@@ -251,8 +271,27 @@ pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMa
             continue;
         };
         let mut columns = std::collections::BTreeMap::new();
+        let mut lookups = std::collections::BTreeMap::new();
         for c in &info.columns {
             let fed = o.columns.iter().find(|t| t.name == c.name);
+            // A key-mapped column whose original key no NEW column carries: the original
+            // comes back through the key map.
+            if let Some(Expr::Lookup { map, from, .. }) = fed.map(|t| &t.expr) {
+                let carried = o
+                    .columns
+                    .iter()
+                    .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from));
+                if !carried {
+                    lookups.insert(
+                        from.clone(),
+                        LookupSpec {
+                            map: map.clone(),
+                            from: c.name.clone(),
+                            inverse: true,
+                        },
+                    );
+                }
+            }
             let spec = match fed.map(|t| &t.expr) {
                 Some(Expr::Column { name, .. }) if *name == c.name => {
                     ColumnSpec::Action(ColumnAction::Keep)
@@ -265,13 +304,90 @@ pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMa
             };
             columns.insert(c.name.clone(), spec);
         }
+        // OLD's key comes back from the NEW columns carrying it; when those are not NEW's
+        // primary key (a uuid key kept as `uid` next to a new integer key), they are the
+        // reverse stream's row key (NEW's replica identity must then include them).
+        let carriers: Vec<String> = tp
+            .source_key
+            .iter()
+            .filter_map(|k| {
+                o.columns
+                    .iter()
+                    .find(|c| matches!(&c.expr, Expr::Column { name, .. } if name == k))
+                    .map(|c| c.name.clone())
+            })
+            .collect();
+        let key = (carriers.len() == tp.source_key.len() && carriers != info.primary_key)
+            .then_some(carriers);
         out.push(TableMapping {
             source: o.target(),
             target: Some(tp.source.clone()),
+            key,
             columns,
+            lookups,
             ..TableMapping::default()
         });
     }
+    out
+}
+
+/// A pair the reverse stream registers in OLD's key map for each row of NEW's `table` it
+/// applies: NEW's `old_col` carries the original key, `new_col` the map's integer (a key
+/// renamed to uid, next to the integer key). References to a row born on NEW then resolve to
+/// its own original key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub table: String,
+    pub map: String,
+    pub old_col: String,
+    pub new_col: String,
+}
+
+/// Every registration the inverse of `plan` needs.
+pub fn registrations(plan: &Plan) -> Vec<Registration> {
+    let mut out = Vec::new();
+    for tp in plan.tables.values() {
+        for o in tp
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Row))
+        {
+            for c in &o.columns {
+                let Expr::Lookup { map, from, .. } = &c.expr else {
+                    continue;
+                };
+                if let Some(carrier) = o
+                    .columns
+                    .iter()
+                    .find(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from))
+                {
+                    out.push(Registration {
+                        table: o.target(),
+                        map: map.clone(),
+                        old_col: carrier.name.clone(),
+                        new_col: c.name.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.table, &a.map).cmp(&(&b.table, &b.map)));
+    out
+}
+
+/// The key maps the inverse of `plan` resolves through (copied to OLD at a cutover).
+pub fn keymap_names(plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .outputs
+        .iter()
+        .flat_map(|o| o.columns.iter())
+        .filter_map(|c| match &c.expr {
+            Expr::Lookup { map, .. } => Some(map.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
     out
 }
 

@@ -101,6 +101,10 @@ pub struct ColumnMap {
 pub struct LookupSpec {
     pub map: String,
     pub from: String,
+    /// The way back (the reverse stream of a switch, never a file): the target column gets
+    /// the original key the map holds for the source column's integer (`keymap_old`).
+    #[serde(skip)]
+    pub inverse: bool,
 }
 
 /// How a split output keys its child rows (UUID v5 from the parent key and ...).

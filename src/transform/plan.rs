@@ -39,6 +39,8 @@ pub enum Expr {
         map: String,
         from: String,
         state: String,
+        /// Integer → original key (`keymap_old`), for the reverse stream.
+        inverse: bool,
     },
     /// Column `slot` of the table's custom [`Transform`].
     Custom { slot: usize },
@@ -82,6 +84,16 @@ impl TargetColumn {
     pub fn sql_value(&self, input: &str) -> String {
         match &self.expr {
             Expr::Column { via: Some(v), .. } => format!("{input}::{v}::{}", self.sql_type),
+            Expr::Lookup {
+                map,
+                state,
+                inverse: true,
+                ..
+            } => format!(
+                "{state}.keymap_old({}, {input})::{}",
+                quote_literal(map),
+                self.sql_type
+            ),
             Expr::Lookup { map, state, .. } => format!(
                 "{state}.keymap_lookup({}, {input})::{}",
                 quote_literal(map),
@@ -94,7 +106,12 @@ impl TargetColumn {
     /// lookup only reads the map there (a STABLE function the planner can use with an index).
     pub fn sql_match(&self, input: &str) -> String {
         match &self.expr {
-            Expr::Lookup { map, state, .. } => format!(
+            Expr::Lookup {
+                map,
+                state,
+                inverse: false,
+                ..
+            } => format!(
                 "{state}.keymap_get({}, {input})::{}",
                 quote_literal(map),
                 self.sql_type

@@ -38,6 +38,7 @@ mod stream;
 mod structure;
 mod switch;
 mod switch_faults;
+mod switch_keys;
 mod switch_split;
 mod types;
 mod verify;
