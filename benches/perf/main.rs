@@ -9,7 +9,8 @@
 //!  (c) live:  pgbench TPC-B, --clients for --seconds        lag p50/p99 of 100 ms heartbeats
 //!  (d) backfill of --backfill-rows rows                     raw COPY pipe, copy_data, remodel × --workers
 //!  (e) guarantor split of --loans loans + --updates         split vs identity mapping
-//!  (f) cutover + fallback × --switches under --switch-writers  write-unavailable time, steps
+//!  (f) cutover + fallback × --switches under --switch-writers  write-unavailable time, steps;
+//!      a cutover with a key map of --keymap-pairs pairs        the copy to OLD
 //! ```
 //!
 //! For the drains a slot for each consumer exists before the backlog is written; the backlog is
@@ -77,6 +78,9 @@ pub struct Args {
     /// (f) app sessions writing during the switches.
     #[arg(long, default_value_t = 4)]
     pub switch_writers: u32,
+    /// (f) key-map pairs of the cutover with a key map.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keymap_pairs: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -254,6 +258,7 @@ async fn run(args: &Args) -> anyhow::Result<Report> {
     }
     if on("f") {
         switch::run(&clusters, args, &mut report).await?;
+        switch::keymap(&clusters, args, &mut report).await?;
     }
     Ok(report)
 }
