@@ -406,3 +406,57 @@ async fn a_switch_killed_after_its_drain_is_undone_in_either_direction() {
     );
     d.stop();
 }
+
+#[tokio::test]
+async fn a_postpone_file_holds_the_cutover_before_its_fence_until_it_is_removed() {
+    let db = setup().await;
+    let mut d = start(&db).await;
+    let postpone = d.dir.path().join("postpone");
+    std::fs::write(&postpone, "").unwrap();
+    let log = d.dir.path().join("cutover.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_remodel"))
+        .args(["cutover", "--verify-sample", "0", "--postpone-file"])
+        .arg(&postpone)
+        .arg("--config")
+        .arg(&d.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let l = &log;
+    wait_until(
+        "the cutover says it is postponed",
+        Duration::from_secs(30),
+        || async move {
+            let text = std::fs::read_to_string(l).unwrap_or_default();
+            if text.contains("postponed") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
+    // Past its gates, before its fence: nothing changed yet.
+    assert_eq!(fences(&db.source).await, 0);
+    assert_eq!(phase(&d).await, "forward");
+    old_takes_a_write(&db, "while-postponed")
+        .await
+        .expect("OLD writable");
+    std::fs::remove_file(&postpone).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(phase(&d).await, "switched");
+    let got = converge(&db).await;
+    assert!(
+        got.iter().any(|r| r.contains(":while-postponed:")),
+        "{got:?}"
+    );
+    d.stop();
+}
