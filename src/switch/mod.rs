@@ -259,6 +259,22 @@ impl Sides {
         Ok(self.state.phase(&self.new).await?)
     }
 
+    /// Drop the reverse slot on NEW if it exists and no stream reads it (`why` names the
+    /// occasion in an error).
+    pub async fn drop_idle_reverse_slot(&self, why: &str) -> Result<(), SwitchError> {
+        self.new
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND NOT active",
+                &[&reverse::slot(&self.config)],
+            )
+            .await
+            .map_err(SwitchError::sql(format!(
+                "NEW: dropping the reverse slot ({why})"
+            )))?;
+        Ok(())
+    }
+
     /// What the stream of `slot` applied on `client` (its progress row).
     pub async fn applied(&self, client: &Client, slot: &str) -> Result<Lsn, SwitchError> {
         Ok(self

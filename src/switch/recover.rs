@@ -5,7 +5,7 @@
 //!
 //! Must never lift a fence on the side the app left, nor drop a slot a stream reads.
 
-use super::{fence, reverse, Sides, SwitchError};
+use super::{fence, Sides, SwitchError};
 use crate::state::{Phase, PhaseRecord};
 
 /// Undo a switch whose command died before its record (phase `cutting_over` or
@@ -58,14 +58,7 @@ async fn reconcile_locked(sides: &Sides) -> Result<(), SwitchError> {
                 );
                 fence::unfence(&sides.old, "OLD", lock_ms).await?;
             }
-            sides
-                .new
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&reverse::slot(&sides.config)],
-                )
-                .await
-                .map_err(SwitchError::sql("NEW: dropping the reverse slot after a fallback".into()))?;
+            sides.drop_idle_reverse_slot("after a fallback").await?;
         }
         _ => {}
     }
@@ -83,14 +76,7 @@ pub(super) async fn recover_locked(sides: &Sides) -> Result<bool, SwitchError> {
         Phase::CuttingOver => {
             fence::unfence(&sides.old, "OLD", lock_ms).await?;
             // A reverse slot it may have created: nothing reads it before a switch is recorded.
-            sides
-                .new
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&reverse::slot(&sides.config)],
-                )
-                .await
-                .map_err(SwitchError::sql("NEW: dropping an unrecorded reverse slot".into()))?;
+            sides.drop_idle_reverse_slot("unrecorded").await?;
             Phase::Forward
         }
         _ => {

@@ -438,14 +438,8 @@ async fn abort(
         Way::Cutover => fence::unfence(&sides.old, "OLD", lock_ms).await?,
         Way::Fallback => fence::unfence(&sides.new, "NEW", lock_ms).await?,
     }
-    if let Some(slot) = created_slot {
-        let _ = sides
-            .new
-            .execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                &[&slot],
-            )
-            .await;
+    if created_slot.is_some() {
+        let _ = sides.drop_idle_reverse_slot("an aborted cutover's").await;
     }
     sides.state.set_phase(&sides.new, before).await?;
     report.steps = clock.steps;

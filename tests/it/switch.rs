@@ -53,9 +53,12 @@ pub async fn cli_env(d: &Daemon, args: &[&str], env: &[(&str, &str)]) -> (Option
     let cfg = d.config_path.display().to_string();
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend(["--config".to_string(), cfg]);
-    let env: Vec<(String, String)> = env
+    // The daemon's own environment (a shipped example's connection overrides), then `env`.
+    let env: Vec<(String, String)> = d
+        .env
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .cloned()
+        .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::compare::rows;
-use crate::support::daemon::{example_env, free_listen, remodel_cmd, Daemon};
+use crate::support::daemon::{example_env, free_listen, Daemon};
 use crate::support::{fresh_db, pair, wait_until};
 
 const OLD_DDL: &str = "
@@ -24,18 +24,6 @@ ALTER TABLE orders REPLICA IDENTITY USING INDEX orders_uid_key;";
 
 const A1: &str = "10000000-0000-4000-8000-000000000001";
 const A2: &str = "10000000-0000-4000-8000-000000000002";
-
-async fn cmd(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--config".into(), d.config_path.display().to_string()]);
-    let env = d.env.clone();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
-        remodel_cmd(&refs, &env)
-    })
-    .await
-    .unwrap()
-}
 
 /// OLD's orders as "order id|account id|amount", NEW's translated back the same way.
 const OLD_ORDERS: &str =
@@ -76,7 +64,7 @@ async fn key_maps_run_backwards_and_rows_born_on_new_keep_their_keys_across_a_fa
     same("accounts forward", OLD_ACCOUNTS, NEW_ACCOUNTS).await;
     same("orders forward", OLD_ORDERS, NEW_ORDERS).await;
 
-    let (code, out) = cmd(&d, &["cutover", "--verify-sample", "50"]).await;
+    let (code, out) = crate::switch::cli_async(&d, &["cutover", "--verify-sample", "50"]).await;
     assert_eq!(code, Some(0), "cutover: {out}\n{}", d.log());
     assert!(out.contains("key maps"), "{out}");
 
@@ -122,7 +110,7 @@ async fn key_maps_run_backwards_and_rows_born_on_new_keep_their_keys_across_a_fa
     );
 
     // Back to OLD: an order of the account born on NEW goes forward under its integer.
-    let (code, out) = cmd(&d, &["fallback"]).await;
+    let (code, out) = crate::switch::cli_async(&d, &["fallback"]).await;
     assert_eq!(code, Some(0), "fallback: {out}\n{}", d.log());
     let n_accounts: i64 = t
         .query_one("SELECT count(*) FROM accounts", &[])

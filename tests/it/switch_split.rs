@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::compare::rows;
-use crate::support::daemon::{example_env, free_listen, remodel_cmd, Daemon};
+use crate::support::daemon::{example_env, free_listen, Daemon};
 use crate::support::{fresh_db, pair, wait_until, TestDb};
 
 const OLD_DDL: &str =
@@ -28,18 +28,6 @@ const L4: &str = "00000000-0000-0000-0000-000000000004";
 const L5: &str = "00000000-0000-0000-0000-000000000005";
 const L7: &str = "00000000-0000-0000-0000-000000000007";
 const L1_TEXT: &str = "(a) Fortress Capital Advisors (b) John Doe";
-
-async fn cmd(d: &Daemon, args: &[&str]) -> (Option<i32>, String) {
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend(["--config".into(), d.config_path.display().to_string()]);
-    let env = d.env.clone();
-    tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
-        remodel_cmd(&refs, &env)
-    })
-    .await
-    .unwrap()
-}
 
 async fn text(c: &tokio_postgres::Client, id: &str) -> Option<Option<String>> {
     c.query_opt(
@@ -164,7 +152,7 @@ async fn the_guarantor_split_runs_backwards_after_a_cutover_and_forwards_after_a
     };
     tokio::time::sleep(Duration::from_millis(1)).await;
 
-    let (code, out) = cmd(&d, &["cutover", "--verify-sample", "50"]).await;
+    let (code, out) = crate::switch::cli_async(&d, &["cutover", "--verify-sample", "50"]).await;
     assert_eq!(code, Some(0), "cutover: {out}\n{}", d.log());
     assert!(
         out.contains("1 split(s) written back") || out.contains("switched"),
@@ -239,7 +227,7 @@ async fn the_guarantor_split_runs_backwards_after_a_cutover_and_forwards_after_a
     assert_eq!(l1.1.as_deref(), Some(L1_TEXT));
 
     // Back to OLD.
-    let (code, out) = cmd(&d, &["fallback"]).await;
+    let (code, out) = crate::switch::cli_async(&d, &["fallback"]).await;
     assert_eq!(code, Some(0), "fallback: {out}\n{}", d.log());
     side.store(0, Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
