@@ -15,7 +15,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;
 
-use crate::support::compare::{rows, seed};
+use crate::support::compare::{converge_with, rows, seed};
 use crate::support::daemon::{config, free_listen, remodel_cmd, Daemon};
 use crate::support::{fresh_db, pair, wait_until, TestDb};
 
@@ -99,21 +99,7 @@ pub async fn start_with(db: &TestDb, mapping: &str) -> Daemon {
 
 /// Wait until OLD and NEW hold the same rows (through the mapping).
 pub async fn converge(db: &TestDb) -> Vec<String> {
-    let (s, t) = (&db.source, &db.target);
-    wait_until(
-        "OLD = inverse(NEW)",
-        Duration::from_secs(60),
-        || async move {
-            let a = rows(s, OLD_ROWS).await;
-            let b = rows(t, NEW_ROWS).await;
-            if a == b {
-                Ok(a)
-            } else {
-                Err(format!("OLD {} rows, NEW {} rows", a.len(), b.len()))
-            }
-        },
-    )
-    .await
+    converge_with(db, OLD_ROWS, NEW_ROWS, Duration::from_secs(60)).await
 }
 
 /// The app: writes to the side `side` names (0 OLD, 1 NEW), one row change per transaction,
