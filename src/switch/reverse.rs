@@ -138,6 +138,7 @@ pub fn config(forward: &Config, inverse: Inverse, new_tables: Vec<String>) -> Co
     c.tables = inverse.tables;
     c.rebuilds = inverse.rebuilds;
     c.registrations = inverse.registrations;
+    c.transforms = forward.transforms.inverses();
     c.backfill.enabled = false;
     c.verify.interval = None;
     c

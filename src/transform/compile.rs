@@ -18,8 +18,10 @@ use super::plan::{
 use super::split::{SplitSpec, Splitter};
 use crate::quote::quote_ident;
 
+mod part_output;
 mod split_output;
 
+use part_output::part_output;
 use split_output::split_output;
 
 /// remodel's default namespace for child ids (UUID v5 of "remodel.child" in the URL namespace).
@@ -27,7 +29,7 @@ pub fn default_namespace() -> uuid::Uuid {
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"https://remodel.dev/child")
 }
 
-fn qualify(name: &str) -> String {
+pub(super) fn qualify(name: &str) -> String {
     if name.contains('.') {
         name.to_string()
     } else {
@@ -317,7 +319,14 @@ async fn compile_table(
             } else {
                 OutputKind::Row
             },
+            Vec::new(),
         ));
+    }
+    for part in &m.parts {
+        let parts = (part, &source_key[..], &refs[..]);
+        if let Some(o) = part_output(parts, m, s, env, problems, plan, feeds).await {
+            outputs.push(o);
+        }
     }
     for sm in &m.split {
         let child_tgt = qualify(&sm.target);
@@ -344,6 +353,7 @@ async fn compile_table(
                 cols,
                 key,
                 OutputKind::Split(Arc::new(sp)),
+                Vec::new(),
             ));
         }
     }
@@ -367,15 +377,17 @@ async fn compile_table(
     })
 }
 
-fn output(
+pub(super) fn output(
     plan: &mut Plan,
     source: &str,
     t: &TableInfo,
     columns: Vec<TargetColumn>,
     key: Vec<usize>,
     kind: OutputKind,
+    present: Vec<usize>,
 ) -> Arc<OutputPlan> {
     let o = Arc::new(OutputPlan {
+        present,
         id: plan.outputs.len(),
         source: source.to_string(),
         target_schema: t.schema.clone(),

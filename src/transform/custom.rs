@@ -27,6 +27,9 @@
 //! assert!(registry.get("initials").is_some());
 //! ```
 //!
+//! A transform that implements [`Transform::inverse`] lets its mapping run backwards after a
+//! switch (docs/mapping.md, "Running backwards").
+//!
 //! A transform must be deterministic (replays and backfill call it again on the same row and
 //! must get the same values) and must never block or do I/O: it runs inside the apply loop.
 
@@ -44,6 +47,19 @@ pub trait Transform: Send + Sync {
     /// `Ok(false)`: the row is not in the target. `Err(reason)`: the row cannot be transformed
     /// (handled by the table's `on_error`).
     fn transform(&self, row: &SourceRow<'_>, out: &mut [Option<String>]) -> Result<bool, String>;
+    /// The way back, for a fallback (the reverse stream, NEW → OLD): a transform that reads
+    /// this one's [`Transform::columns`] from a target row and fills the source columns this
+    /// one reads, so that `inverse(transform(row))` gives `row`'s values back. `None` (the
+    /// default): a mapping using this transform cannot run backwards (switch with
+    /// `--no-fallback`).
+    fn inverse(&self) -> Option<Arc<dyn Transform>> {
+        None
+    }
+}
+
+/// The name the reverse stream registers the inverse of transform `name` under.
+pub fn inverse_name(name: &str) -> String {
+    format!("{name}.inverse")
 }
 
 /// One source row as text values (PostgreSQL output format), by column name.
@@ -76,6 +92,17 @@ impl Registry {
     }
     pub fn get(&self, name: &str) -> Option<Arc<dyn Transform>> {
         self.map.get(name).cloned()
+    }
+    /// The inverses of the registered transforms that have one, each under
+    /// [`inverse_name`]: the reverse stream's registry.
+    pub fn inverses(&self) -> Registry {
+        Registry {
+            map: self
+                .map
+                .iter()
+                .filter_map(|(n, t)| t.inverse().map(|i| (inverse_name(n), i)))
+                .collect(),
+        }
     }
     pub fn names(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.map.keys().map(String::as_str).collect();

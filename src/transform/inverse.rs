@@ -6,15 +6,19 @@
 //! (renamed or not), cast only along a lossless widening (the way back never loses a value the
 //! forward way produced), and constants (NEW's value stays on NEW). A source column the mapping
 //! drops keeps OLD's value on update; a row born on NEW needs it nullable or with a default.
-//! Everything else is refused: filters, computed columns, custom transforms, key maps, splits
-//! and merges — the last three are for the inverse mapping still to be built.
+//! A split comes back as list text ([`rebuilds`]), a key map through OLD's copy of it, and a
+//! merge as parts of the merged row ([`PartMapping`]): each merging table gets its row back
+//! from the merged row's key and its columns, and has no row while they are all NULL.
+//! A custom transform runs backwards through its own [`super::custom::Transform::inverse`].
+//! Refused: filters, computed columns, transforms without an inverse, merges of tables keyed
+//! otherwise.
 //!
 //! Must never touch a database: it reads the plan and the source catalog as data.
 
 use std::collections::HashMap;
 
 use super::catalog::TableInfo;
-use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, LookupSpec, TableMapping};
+use super::mapping::{ColumnAction, ColumnMap, ColumnSpec, LookupSpec, PartMapping, TableMapping};
 use super::plan::{ChildField, Expr, OutputKind, OutputPlan, Plan, TablePlan};
 use super::rebuild::RebuildPlan;
 use super::Problem;
@@ -62,16 +66,26 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                 "remove the filter before the switch, or switch with --no-fallback",
             );
         }
-        if tp.custom.is_some() {
-            p(
-                "a custom transform has no inverse".into(),
-                "switch with --no-fallback (a Transform cannot supply its inverse yet)",
-            );
+        // A custom transform's inverse fills the source columns back.
+        let mut filled_back: Vec<String> = Vec::new();
+        if let Some(c) = &tp.custom {
+            match c.transform.inverse() {
+                Some(inv) => filled_back = inv.columns(),
+                None => p(
+                    format!("the custom transform {} has no inverse", c.name),
+                    "implement Transform::inverse for it, or switch with --no-fallback",
+                ),
+            }
         }
         let rows: Vec<_> = tp
             .outputs
             .iter()
             .filter(|o| matches!(o.kind, OutputKind::Row))
+            .collect();
+        let merges: Vec<_> = tp
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.kind, OutputKind::Merge))
             .collect();
         for o in &tp.outputs {
             match &o.kind {
@@ -84,10 +98,14 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                         )
                     }
                 }
-                OutputKind::Merge => p(
-                    format!("the merge into {} cannot be inverted yet", o.target()),
-                    "switch with --no-fallback",
-                ),
+                OutputKind::Merge => {
+                    if let Err(why) = merge_back(tp, o) {
+                        p(
+                            format!("the merge into {}: {why}", o.target()),
+                            "merge back only a table keyed like the merged row (its key renamed to the target's key), whose columns are kept, renamed or widened; or switch with --no-fallback",
+                        )
+                    }
+                }
             }
         }
         if rows.len() > 1 {
@@ -100,7 +118,7 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
             );
         }
         let mut fed: Vec<&str> = Vec::new();
-        for o in &rows {
+        for o in rows.iter().chain(&merges) {
             for c in &o.columns {
                 let target = format!("{}.{}", o.target(), c.name);
                 match &c.expr {
@@ -160,9 +178,10 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
         }
         // Source columns the mapping drops: OLD keeps them on update; an insert made on NEW
         // must be able to leave them out.
-        if let (Some(info), false) = (source.get(rel.as_str()), rows.is_empty()) {
+        let written = !rows.is_empty() || !merges.is_empty();
+        if let (Some(info), true) = (source.get(rel.as_str()), written) {
             for c in &info.columns {
-                if fed.contains(&c.name.as_str()) || c.generated {
+                if fed.contains(&c.name.as_str()) || filled_back.contains(&c.name) || c.generated {
                     continue;
                 }
                 if c.not_null && !c.has_default && !c.identity_always {
@@ -233,6 +252,69 @@ fn rebuild(tp: &TablePlan, o: &OutputPlan) -> Result<RebuildPlan, String> {
         annotations,
         splitter: std::sync::Arc::new(sp.splitter.clone()),
     })
+}
+
+/// Why merge output `o` of `tp` cannot be written back to `tp`'s table as a part of the
+/// merged row (see [`PartMapping`]), if it cannot: every key column of `tp` must come back
+/// from the merged row's key, and its other columns from kept or renamed columns.
+fn merge_back(tp: &TablePlan, o: &OutputPlan) -> Result<(), String> {
+    for k in &tp.source_key {
+        let carried = o.key.iter().any(|&i| {
+            matches!(&o.columns.get(i).map(|c| &c.expr), Some(Expr::Column { name, .. }) if name == k)
+        });
+        if !carried {
+            return Err(format!(
+                "{}'s key column {k} does not come back from {}'s key: which row a merged row comes back as cannot be told",
+                tp.source,
+                o.target()
+            ));
+        }
+    }
+    if o.columns.len() == o.key.len() {
+        return Err(format!(
+            "it contributes no column besides the key: whether {} has a row cannot be told",
+            tp.source
+        ));
+    }
+    for c in &o.columns {
+        if let Expr::Lookup { .. } | Expr::Custom { .. } = c.expr {
+            return Err(format!(
+                "column {}.{} comes from a key map or a transform",
+                o.target(),
+                c.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The parts the merged row `o` (an owner's row output) is written back as: one per mapping
+/// merging into it.
+fn parts(plan: &Plan, o: &OutputPlan) -> Vec<PartMapping> {
+    let mut tables: Vec<_> = plan.tables.values().collect();
+    tables.sort_by(|a, b| a.source.cmp(&b.source));
+    let mut out = Vec::new();
+    for tp in tables {
+        for m in tp
+            .outputs
+            .iter()
+            .filter(|m| matches!(m.kind, OutputKind::Merge) && m.target() == o.target())
+        {
+            let columns = m
+                .columns
+                .iter()
+                .filter_map(|c| match &c.expr {
+                    Expr::Column { name, .. } => Some((c.name.clone(), name.clone())),
+                    _ => None,
+                })
+                .collect();
+            out.push(PartMapping {
+                target: tp.source.clone(),
+                columns,
+            });
+        }
+    }
+    out
 }
 
 /// How every split of `plan` is written back (for a plan [`problems`] accepted).
@@ -325,6 +407,12 @@ pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMa
             key,
             columns,
             lookups,
+            parts: parts(plan, o),
+            transform: tp
+                .custom
+                .as_ref()
+                .filter(|c| c.transform.inverse().is_some())
+                .map(|c| super::custom::inverse_name(&c.name)),
             ..TableMapping::default()
         });
     }

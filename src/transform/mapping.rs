@@ -60,6 +60,20 @@ pub struct TableMapping {
     pub split: Vec<SplitMapping>,
     /// Name of a Rust [`super::custom::Transform`] registered by a library user.
     pub transform: Option<String>,
+    /// Rows of other tables made from some of this row's columns: the inverse of a merge (the
+    /// reverse stream of a switch; never from a file).
+    #[serde(skip)]
+    pub parts: Vec<PartMapping>,
+}
+
+/// A row of `target` made from some of a source row's columns, present while any of its
+/// columns outside the target key is not NULL (the way back of an N→1 merge: the forward
+/// merge clears a contributor's columns to NULL when its row goes, so all-NULL is no row).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartMapping {
+    pub target: String,
+    /// Source column → target column; source columns not named are not in the part.
+    pub columns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -171,6 +171,10 @@ pub struct OutputPlan {
     /// Indices into `columns` of the target's primary key.
     pub key: Vec<usize>,
     pub kind: OutputKind,
+    /// A part (the way back of a merge, [`super::mapping::PartMapping`]): indices into
+    /// `columns` of which at least one must be non-NULL for the row to exist; a row whose
+    /// are all NULL is removed. Empty: the row always exists.
+    pub present: Vec<usize>,
     /// The target table takes part in a foreign key (either side, or it could not be told),
     /// has a unique index besides its primary key, or is written by more than one mapping:
     /// its writes keep their order relative to other source tables' writes. An unlinked

@@ -70,6 +70,26 @@ async fn merge_of_two_tables_converges_under_writes() {
     let env = env(&db, &listen);
     let (code, out) = remodel_cmd(&["check", "--config", &file.display().to_string()], &env);
     assert_eq!(code, Some(0), "check: {out}");
+    // The shipped merge cannot run backwards: an email row's own key is not in people, and
+    // the filter cannot be inverted; the fallback check names both (tests/it/switch_merge.rs
+    // runs a merge that can).
+    let (code, out) = remodel_cmd(
+        &[
+            "check",
+            "--config",
+            &file.display().to_string(),
+            "--fallback",
+        ],
+        &env,
+    );
+    assert_eq!(code, Some(1), "check --fallback: {out}");
+    assert!(
+        out.contains("public.contact_emails")
+            && out.contains("key column id does not come back")
+            && out.contains("filter")
+            && out.contains("--no-fallback"),
+        "check --fallback: {out}"
+    );
     let mut d = Daemon::start_file(&file, &listen, env.clone());
     d.wait_ready().await;
     let mut next_contact = contacts;

@@ -76,6 +76,13 @@ pub async fn start_with(db: &TestDb, mapping: &str) -> Daemon {
     let listen = free_listen();
     let d = Daemon::start(&config(db, &listen, mapping), &listen);
     d.wait_ready().await;
+    backfill_done(db).await;
+    converge(db).await;
+    d
+}
+
+/// Wait until every table's backfill is done.
+pub async fn backfill_done(db: &TestDb) {
     let t = &db.target;
     wait_until("backfill done", Duration::from_secs(60), || async move {
         let done: Option<bool> = t
@@ -86,15 +93,11 @@ pub async fn start_with(db: &TestDb, mapping: &str) -> Daemon {
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        if done == Some(true) {
-            Ok(())
-        } else {
-            Err(format!("{done:?}"))
-        }
+        (done == Some(true))
+            .then_some(())
+            .ok_or(format!("{done:?}"))
     })
     .await;
-    converge(db).await;
-    d
 }
 
 /// Wait until OLD and NEW hold the same rows (through the mapping).

@@ -19,6 +19,7 @@ fn output(id: usize) -> Arc<OutputPlan> {
         columns: vec![col("id"), col("a"), col("big")],
         key: vec![0],
         kind: crate::transform::plan::OutputKind::Row,
+        present: vec![],
         linked: true,
     })
 }

@@ -196,7 +196,7 @@ pub(super) fn ops(
                 let row = values(b, oi, &new_cells, &eval).map_err(e)?;
                 match &o.kind {
                     OutputKind::Row => {
-                        if removal {
+                        if removal || absent(o, &row) {
                             if change.op == Op::Update {
                                 let mut key = target_key(o, &row);
                                 if let (Some(old_key), Some(old)) = (&moved, &change.old) {
@@ -388,6 +388,12 @@ pub(super) fn ops(
         }
     }
     Ok(())
+}
+
+/// Whether a part's row is not there: every column that says so is NULL (an unchanged TOAST
+/// value is not NULL). Always false for an output that is not a part.
+pub(super) fn absent(o: &OutputPlan, row: &[Value]) -> bool {
+    !o.present.is_empty() && o.present.iter().all(|&i| row[i] == Value::Null)
 }
 
 /// A merge output's non-key column values (what a Clear compares against).
