@@ -141,6 +141,13 @@ pub enum Event {
         commit_ts: i64,
     },
     Change(Change),
+    /// A transactional logical message of remodel's (`prefix` starting `remodel.`), in its
+    /// transaction: a snapshot reader's announcement (`state::PassMark`).
+    Message {
+        prefix: String,
+        content: Vec<u8>,
+        commit_lsn: Lsn,
+    },
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,

@@ -35,6 +35,10 @@ pub const POINTS: &[(&str, &str)] = &[
         "the target transaction (data + progress row) committed; the slot not yet confirmed",
     ),
     (
+        "apply.after_pass_mark",
+        "a pass's mark applied and stored in the open target transaction; nothing after it written, not committed",
+    ),
+    (
         "apply.mid_batch",
         "some statements of a target transaction executed, not committed",
     ),

@@ -370,6 +370,8 @@ async fn run_once(
             .map(|p| p.applied_lsn)
             .unwrap_or_default();
         let start = crate::source::start::start_position(progress, slot_lsn);
+        // Read with the progress it belongs to: marks before it are stored, after it re-sent.
+        let recording = state.load_recording(&target, &config.source.slot).await?;
         tracing::info!(source = %src_info, target = %tgt_info, slot = %config.source.slot, %progress, %slot_lsn, tables = plan.tables.len(), "starting replication");
 
         let (reader, writer) = crate::source::start::open_stream(
@@ -379,9 +381,12 @@ async fn run_once(
             start,
         )
         .await?;
-        Ok::<_, Error>((source, start, plan, state, target, progress, reader, writer))
+        Ok::<_, Error>((
+            (source, start, plan, state, target, progress),
+            (reader, writer, recording),
+        ))
     };
-    let (source, start, plan, state, target, progress, reader, writer) =
+    let ((source, start, plan, state, target, progress), (reader, writer, recording)) =
         tokio::time::timeout(limit, setup)
             .await
             .map_err(|_| Error::Stalled {
@@ -422,7 +427,8 @@ async fn run_once(
     metrics.applied_lsn.set(progress.0 as i64);
     metrics.set_ready(true);
 
-    let writer = Writer::new(target, state, config.stall_timeout());
+    let mut writer = Writer::new(target, state, config.stall_timeout());
+    writer.record_for_passes(recording);
     if let Some(name) = &origins.tag {
         writer.tag_origin(name).await?;
     }

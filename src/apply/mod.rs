@@ -23,6 +23,7 @@
 pub mod batch;
 mod pipelined;
 mod rebuild;
+mod recording;
 mod register;
 pub mod sql;
 mod statements;
@@ -65,6 +66,12 @@ pub enum ApplyError {
     /// the culprit commits and the error names exactly it.
     #[error("{inner} (retrying with each source transaction up to {until} in its own target transaction, to commit everything before it)")]
     Isolate { until: Lsn, inner: Box<ApplyError> },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// A `remodel.pass` message this remodel cannot read: a pass it cannot tell the tables
+    /// of must not go unrecorded.
+    #[error("source: the pass announcement at LSN {lsn} cannot be read ({reason}); a snapshot reader of another remodel version may be running: stop it, or upgrade this daemon")]
+    PassMark { lsn: Lsn, reason: String },
     #[error("target: {what}: {source}")]
     Db {
         what: &'static str,
@@ -84,6 +91,8 @@ impl ApplyError {
         match self {
             ApplyError::Db { source, .. } => source.is_transient(),
             ApplyError::Stalled { .. } => true,
+            ApplyError::State(e) => e.is_transient(),
+            ApplyError::PassMark { .. } => false,
             ApplyError::Transform(_) | ApplyError::Rejected { .. } | ApplyError::Isolate { .. } => {
                 false
             }
@@ -144,6 +153,9 @@ pub struct ApplySettings {
 #[derive(Hash, PartialEq, Eq)]
 enum StmtKey {
     Upsert(usize),
+    /// Without recording versions (no pass needs them: `recording`).
+    PlainUpsert(usize),
+    PlainDelete(usize),
     Update(usize, Vec<usize>, bool),
     Delete(usize),
     Clear(usize),
@@ -151,6 +163,12 @@ enum StmtKey {
     DeadLetters,
     Progress,
     Lock,
+}
+
+impl StmtKey {
+    fn is_plain(&self) -> bool {
+        matches!(self, StmtKey::PlainUpsert(_) | StmtKey::PlainDelete(_))
+    }
 }
 
 struct OpenTxn {
@@ -310,6 +328,11 @@ impl Applier {
                 within(limit, "committing a batch", self.commit()).await?;
                 return Ok(true);
             }
+            // Idle between transactions: passes that ended are recorded no more.
+            _ = tokio::time::sleep(recording::REFRESH), if self.txn.is_none() && self.source_txn.is_none() && self.writer.records_for_passes() => {
+                within(limit, "ending finished passes", self.writer.end_finished_passes()).await?;
+                return Ok(true);
+            }
             ev = rx.recv() => ev,
         };
         let Some(ev) = ev else {
@@ -371,6 +394,27 @@ impl Applier {
                 self.transformer.transform(&c, &mut self.pending)?;
                 if self.pending.len() >= self.settings.batch_rows {
                     self.flush_pending().await?;
+                }
+            }
+            Event::Message {
+                prefix,
+                content,
+                commit_lsn,
+            } => {
+                if self.skipping || prefix != crate::state::PASS_PREFIX {
+                    return Ok(());
+                }
+                let mark = crate::state::PassMark::decode(&content).map_err(|reason| {
+                    ApplyError::PassMark {
+                        lsn: commit_lsn,
+                        reason,
+                    }
+                })?;
+                if mark.slot == self.settings.slot {
+                    // What came before the mark is written as it was decided.
+                    self.flush_pending().await?;
+                    self.writer.start_pass(&mark, commit_lsn).await?;
+                    crate::failpoint::hit("apply.after_pass_mark");
                 }
             }
             Event::Commit {
@@ -493,6 +537,8 @@ impl Applier {
                 .with_label_values(&[&table, op.as_str()])
                 .inc_by(n);
         }
+        // Between target transactions: passes that ended are recorded no more.
+        self.writer.end_finished_passes().await?;
         Ok(())
     }
 

@@ -46,7 +46,7 @@ impl Writer {
         // Statements and locks first (prepared once per connection; a round trip only then).
         let mut preps = Vec::with_capacity(groups.len());
         for (i, g) in groups.iter().enumerate() {
-            let Some((output, key, cols, from, rows)) = data_parts(g) else {
+            let Some((output, key, cols, from, rows)) = data_parts(g, |o| self.plain(o)) else {
                 continue;
             };
             let lock = match self
@@ -58,6 +58,7 @@ impl Writer {
             };
             let state = self.state.clone();
             let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
+            let plain = key.is_plain();
             let stmt = self
                 .stmt(key, |k| stmt_text(&state, output, k), n)
                 .await
@@ -68,7 +69,7 @@ impl Writer {
                 rows,
                 lock,
                 stmt,
-                RowParams::new(rows, &cols, from),
+                RowParams::new(rows, &cols, from, plain),
             ));
         }
         let client = &self.client;

@@ -114,6 +114,54 @@ pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
     )
 }
 
+/// `input AS (...)` of a plain statement: the value columns only (`$4..`; the key and
+/// version arrays `$2`, `$3` are sent empty and not read).
+fn plain_input_cte(value_cols: &[String]) -> String {
+    let params: Vec<String> = (0..value_cols.len())
+        .map(|i| format!("${}::text[]", i + 4))
+        .collect();
+    format!(
+        "input AS (SELECT * FROM unnest({}) AS i({}))",
+        params.join(", "),
+        value_cols.join(", ")
+    )
+}
+
+/// [`upsert`] without recording versions: for a table no pass reads (`apply::recording`). The
+/// run's keys are distinct (`batch`), so one statement is the rows applied in order.
+pub fn plain_upsert(o: &OutputPlan) -> String {
+    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
+    let values: Vec<String> = o
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
+        .collect();
+    let (targets, on_conflict) = insert_columns_and_conflict(o);
+    format!(
+        "WITH {input}
+         INSERT INTO {target} AS t ({targets})
+         SELECT {values} FROM input i
+         {on_conflict}",
+        input = plain_input_cte(&cols),
+        target = o.quoted_target(),
+        values = values.join(", "),
+    )
+}
+
+/// [`delete`] without a tombstone: for a table no pass reads (and without deferred entries).
+pub fn plain_delete(o: &OutputPlan) -> String {
+    let cols: Vec<String> = (0..o.key.len()).map(|i| format!("k{i}")).collect();
+    let wheres = match_columns(o, &o.key, |j, _| format!("i.k{j}"));
+    format!(
+        "WITH {input}
+         DELETE FROM {target} AS t USING input i
+         WHERE {wheres}",
+        input = plain_input_cte(&cols),
+        target = o.quoted_target(),
+    )
+}
+
 /// Update of the `present` columns only (others are unchanged TOAST values on the source),
 /// finding each row by its key, or by its old key (`moved`: params after the present columns).
 ///

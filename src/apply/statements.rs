@@ -75,7 +75,7 @@ impl Writer {
             Group::Children { output, parents } => return self.children(output, parents).await,
             Group::DeadLetters { rows } => return self.dead_letters(rows).await,
             Group::Upsert { .. } | Group::Update { .. } | Group::Delete { .. } => {
-                match data_parts(group) {
+                match data_parts(group, |o| self.plain(o)) {
                     Some(parts) => parts,
                     None => return Ok(()),
                 }
@@ -83,13 +83,14 @@ impl Writer {
         };
         let state = self.state.clone();
         let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
+        let plain = key.is_plain();
         let text = |key: &StmtKey| stmt_text(&state, output, key);
         let stmt = self.stmt(key, text, n).await?;
         // Only partial updates return rows: the keys they had to defer. The table lock (one
         // source table here) is its own statement, pipelined just before (same round trip).
         // (Flushes send stretches of row groups through exec_pipelined; this path serves the
         // other kinds and diagnose's one-row groups.)
-        let run = self.run_rows(&stmt, &output.source, rows, &cols, from);
+        let run = self.run_rows(&stmt, &output.source, rows, &cols, from, plain);
         let deferred = match (&lock, need.first()) {
             (Some(lock), Some(rel)) => {
                 let p: [&(dyn ToSql + Sync); 1] = [rel];
@@ -114,6 +115,8 @@ impl Writer {
         if deferred.is_empty() {
             return;
         }
+        // Their resolution reads a snapshot: the table's writes are recorded from now on.
+        self.stick(&output.source);
         if let Some(t) = self.txn.as_mut() {
             *t.counts.deferred.entry(output.source.clone()).or_default() += deferred.len() as u64;
         }
@@ -253,6 +256,9 @@ impl Writer {
             .execute(&stmt, &[&rels, &keys, &vers, &ops, &why, &json])
             .await?;
         for d in rows {
+            // `dead-letters --retry` writes at the letter's version: later writes of the
+            // table must be recorded for it to see them.
+            self.stick(&d.source_rel);
             tracing::warn!(table = %d.source_rel, key = %d.key, lsn = %d.version, reason = %d.reason,
                 "row set aside in {}.dead_letters (on_error = \"dead_letter\")", self.state.schema);
             if let Some(t) = self.txn.as_mut() {
@@ -272,8 +278,9 @@ impl Writer {
         rows: &[(Guard, Vec<Value>)],
         cols: &[usize],
         from: &[Vec<Value>],
+        plain: bool,
     ) -> Result<Vec<String>, tokio_postgres::Error> {
-        let params = RowParams::new(rows, cols, from);
+        let params = RowParams::new(rows, cols, from, plain);
         let out = self.client.query(stmt, &params.refs(&rel)).await?;
         Ok(deferred_keys(&out))
     }
@@ -347,10 +354,12 @@ pub(super) fn text_of(v: Option<&Value>) -> Option<&str> {
 }
 
 /// The parts of a row group's statement: output, statement key, the row columns it sends, the
-/// old keys of moved rows, and the rows. None for the other group kinds.
+/// old keys of moved rows, and the rows. None for the other group kinds. `plain`: whether the
+/// group's output is written without recording versions.
 #[allow(clippy::type_complexity)]
 pub(super) fn data_parts(
     group: &Group,
+    plain: impl Fn(&OutputPlan) -> bool,
 ) -> Option<(
     &Arc<OutputPlan>,
     StmtKey,
@@ -361,7 +370,11 @@ pub(super) fn data_parts(
     match group {
         Group::Upsert { output, rows } => Some((
             output,
-            StmtKey::Upsert(output.id),
+            if plain(output) {
+                StmtKey::PlainUpsert(output.id)
+            } else {
+                StmtKey::Upsert(output.id)
+            },
             (0..output.columns.len()).collect(),
             &[][..],
             rows,
@@ -380,7 +393,11 @@ pub(super) fn data_parts(
         )),
         Group::Delete { output, rows } => Some((
             output,
-            StmtKey::Delete(output.id),
+            if plain(output) {
+                StmtKey::PlainDelete(output.id)
+            } else {
+                StmtKey::Delete(output.id)
+            },
             (0..output.key.len()).collect(),
             &[][..],
             rows,
@@ -395,6 +412,8 @@ pub(super) fn stmt_text(state: &StateSchema, output: &OutputPlan, key: &StmtKey)
         StmtKey::Upsert(_) => sql::upsert(state, output),
         StmtKey::Update(_, present, moved) => sql::update_present(state, output, present, *moved),
         StmtKey::Delete(_) => sql::delete(state, output),
+        StmtKey::PlainUpsert(_) => sql::plain_upsert(output),
+        StmtKey::PlainDelete(_) => sql::plain_delete(output),
         // Prepared by their own methods (clear, children, dead_letters, commit, locks).
         StmtKey::Clear(_)
         | StmtKey::Children(_)
@@ -414,18 +433,26 @@ pub(super) struct RowParams<'a> {
 }
 
 impl<'a> RowParams<'a> {
+    /// `plain`: the statement reads no keys or versions (sent empty).
     pub(super) fn new(
         rows: &'a [(Guard, Vec<Value>)],
         cols: &[usize],
         from: &[Vec<Value>],
+        plain: bool,
     ) -> Self {
         let text = |v: &Value| match v {
             Value::Text(s) => Some(s.clone()),
             _ => None,
         };
         RowParams {
-            skeys: rows.iter().map(|(g, _)| g.key.encode()).collect(),
-            vers: rows.iter().map(|(g, _)| g.version.to_string()).collect(),
+            skeys: match plain {
+                true => Vec::new(),
+                false => rows.iter().map(|(g, _)| g.key.encode()).collect(),
+            },
+            vers: match plain {
+                true => Vec::new(),
+                false => rows.iter().map(|(g, _)| g.version.to_string()).collect(),
+            },
             columns: cols
                 .iter()
                 .map(|&c| rows.iter().map(|(_, r)| text_of(r.get(c))).collect())

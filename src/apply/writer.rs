@@ -49,6 +49,8 @@ pub struct Writer {
     pub(super) txn: Option<WriterTxn>,
     /// How long a ROLLBACK may take on a connection that stopped answering.
     stall_timeout: Duration,
+    /// The stream's pass-scoped recording; None: every write records its version.
+    pub(super) recorded: Option<super::recording::Recorded>,
 }
 
 impl Writer {
@@ -58,6 +60,7 @@ impl Writer {
             state,
             stmts: HashMap::new(),
             txn: None,
+            recorded: None,
             stall_timeout,
         }
     }

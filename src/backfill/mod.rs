@@ -361,7 +361,16 @@ async fn pass(
     let started = Instant::now();
     let deadline = started + shared.config.max_snapshot_age();
     let owner = format!("{owner}:{}", rand::random::<u32>());
-    let pass_id = shared.state.register_pass(source, target, &owner).await?;
+    let pass_id = shared
+        .state
+        .register_pass(
+            source,
+            target,
+            &owner,
+            &shared.config.source.slot,
+            Some(todo.clone()),
+        )
+        .await?;
     let exported = snapshot::export(src_info, "remodel_bf").await?;
     let (p, snapshot) = (exported.p, exported.snapshot.clone());
     let workers = shared.config.backfill.workers.min(todo.len()).max(1);
@@ -372,6 +381,8 @@ async fn pass(
             .await
             .map_err(sql("importing the pass snapshot"))?;
         let t = tgt_info.connect().await?;
+        // The stream records for this pass while any connection it writes through lives.
+        shared.state.hold_pass(&t, &owner).await?;
         conns.push((s, t));
     }
     crate::failpoint::hit("backfill.pass_switch");
@@ -418,7 +429,7 @@ async fn pass(
         .map_err(sql("closing the pass"))?;
     target
         .execute(
-            "SELECT pg_advisory_unlock(hashtextextended('remodel-pass:' || $1, 0))",
+            "SELECT pg_advisory_unlock_shared(hashtextextended('remodel-pass:' || $1, 0))",
             &[&owner],
         )
         .await

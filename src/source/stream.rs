@@ -361,6 +361,19 @@ impl SourceStream {
                 self.skipping_own = self.skip_origin.as_deref() == Some(name.as_str());
                 vec![]
             }
+            LogicalMessage::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix.starts_with("remodel.") => {
+                let (_, commit_lsn) = self.txn(lsn)?;
+                vec![Event::Message {
+                    prefix,
+                    content: content.to_vec(),
+                    commit_lsn,
+                }]
+            }
             LogicalMessage::Type { .. } | LogicalMessage::Message { .. } => vec![],
             LogicalMessage::StreamStart { .. }
             | LogicalMessage::StreamStop

@@ -18,6 +18,8 @@
 //!   <schema>.phase (phase, fenced, reverse_slot, forward_lsn, reverse_lsn, timings)  where the
 //!                                                          migration is: forward, switched, ...
 //!   <schema>.switches (direction, outcome, lsns, timings)  every cutover and fallback attempt
+//!   <schema>.recording (owner, slot, tables, since)        passes the stream records versions
+//!                                                          for (pass-scoped recording, ADR 0012)
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -29,9 +31,11 @@ mod keymap;
 mod ledger;
 mod phase;
 mod progress;
+mod recording;
 
 pub use deferred::{DeferredEntry, DeferredSummary};
 pub use phase::{Fenced, Phase, PhaseRecord};
+pub use recording::{PassMark, Recording, PASS_PREFIX};
 
 use tokio_postgres::Client;
 
@@ -168,6 +172,14 @@ const MIGRATIONS: &[&str] = &[
        LANGUAGE sql AS $f$
          INSERT INTO {s}.keymap (map, old, new, born_on_new) VALUES (m, o, n::bigint, true)
            ON CONFLICT (map, old) DO NOTHING $f$;",
+    // 9: passes the stream records versions for (issue 19, ADR 0012): one row per snapshot
+    // reader whose in-band start message the stream applied, until the reader is gone.
+    "CREATE TABLE {s}.recording (
+         owner text PRIMARY KEY,
+         slot text NOT NULL,
+         tables text[],
+         since pg_lsn NOT NULL,
+         started_at timestamptz NOT NULL DEFAULT now());",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -359,19 +371,25 @@ impl StateSchema {
     /// session lives, is taken first: tombstone pruning treats a pass as running exactly while
     /// its lock is held. The version is a lower bound of any snapshot taken afterwards, so no
     /// concurrent pruning removes a tombstone the reader will need.
+    ///
+    /// It also announces the pass to the stream of `slot` in-band ([`PassMark`]), before any
+    /// snapshot it takes: from there on the stream records versions for `tables` (None: all)
+    /// until no session holds the pass's lock (ADR 0012).
     pub async fn register_pass(
         &self,
         source: &Client,
         target: &Client,
         owner: &str,
+        slot: &str,
+        tables: Option<Vec<String>>,
     ) -> Result<i64, StateError> {
-        target
-            .execute(
-                "SELECT pg_advisory_lock(hashtextextended('remodel-pass:' || $1, 0))",
-                &[&owner],
-            )
-            .await
-            .map_err(self.err("marking the pass as running"))?;
+        self.hold_pass(target, owner).await?;
+        let mark = PassMark {
+            slot: slot.to_string(),
+            owner: owner.to_string(),
+            tables,
+        };
+        self.announce_pass(source, &mark).await?;
         let floor: String = source
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
             .await

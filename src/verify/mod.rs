@@ -301,6 +301,8 @@ pub(crate) struct Ctx {
     pub shutdown: CancellationToken,
     /// This verification's row in `backfill_passes` (see `connect`).
     pub pass: i64,
+    /// The owner of that pass: a connection that writes for it holds its lock too.
+    pub pass_owner: String,
 }
 
 /// A reader inside a snapshot the stream has applied everything before.
@@ -394,7 +396,9 @@ async fn connect(
     // tombstone at or after a floor below every snapshot this verification reads, so a row
     // deleted after a snapshot stays busy instead of looking missing.
     let owner = format!("verify:{}:{}", std::process::id(), rand::random::<u32>());
-    let pass = state.register_pass(&source, &target, &owner).await?;
+    let pass = state
+        .register_pass(&source, &target, &owner, &config.source.slot, None)
+        .await?;
     let plan = crate::transform::live::compile_live(&config.live(), &source, &target)
         .await
         .map_err(VerifyError::Plan)?;
@@ -418,6 +422,7 @@ async fn connect(
         plan: Arc::new(plan),
         shutdown,
         pass,
+        pass_owner: owner,
     })
 }
 

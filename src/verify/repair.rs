@@ -31,6 +31,7 @@ pub(crate) async fn repair(ctx: &Ctx, tables: &mut [Table]) -> Result<(), Verify
     let snap = ctx.snapshot().await?;
     let version = Lsn(snap.p.0.saturating_sub(1));
     let client = ctx.tgt_info.connect().await?;
+    ctx.state.hold_pass(&client, &ctx.pass_owner).await?;
     let mut applier = Writer::new(client, ctx.state.clone(), ctx.config.stall_timeout());
     let mut transformer = Transformer::new(ctx.plan.clone());
     for t in tables.iter_mut() {

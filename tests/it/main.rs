@@ -34,6 +34,7 @@ mod mapping_keychange;
 mod mapping_merge;
 mod mapping_split;
 mod privileges;
+mod recording;
 mod stream;
 mod structure;
 mod switch;

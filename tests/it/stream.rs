@@ -64,12 +64,15 @@ async fn streams_inserts_updates_deletes_of_common_types() {
         m("remodel_changes_applied_total{op=\"update\",table=\"public.kinds\"}").await,
         3.0
     );
-    // Five source transactions, plus one marker transaction per backfill pass.
+    // Five source transactions, plus two per backfill pass: its announcement (the stream
+    // records versions from there, ADR 0012) and its marker.
     d.wait_metric("remodel_backfill_passes_total", |n| n >= 1.0)
         .await;
     let passes = d.metric("remodel_backfill_passes_total").await;
-    d.wait_metric("remodel_transactions_applied_total", |n| n == 5.0 + passes)
-        .await;
+    d.wait_metric("remodel_transactions_applied_total", |n| {
+        n == 5.0 + 2.0 * passes
+    })
+    .await;
     assert!(m("remodel_applied_lsn").await > 0.0);
     assert!(d
         .get("/metrics")

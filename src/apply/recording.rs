@@ -1,0 +1,104 @@
+//! The stream's side of pass-scoped recording (ADR 0012, `state::recording`): which of its
+//! writes record versions in the ledger. A row group of a plain 1→1 output whose source table
+//! no pass reads, and that has no dead letters or deferred entries, is written with a plain
+//! set-based statement (no ledger, no sort); everything else keeps the ledger guard.
+//!
+//! A writer without a [`Recording`] (repair, dead-letter retry, deferred resolution, which are
+//! the passes) always records. Must never write plainly a table a running pass may write.
+
+use std::time::{Duration, Instant};
+
+use crate::lsn::Lsn;
+use crate::state::{PassMark, Recording};
+use crate::transform::plan::OutputKind;
+use crate::transform::OutputPlan;
+
+use super::{db, ApplyError, Writer};
+
+/// How often the stream asks which recorded passes ended.
+pub(super) const REFRESH: Duration = Duration::from_secs(1);
+
+/// The writer's recording state (the stream's writer only).
+pub(super) struct Recorded {
+    pub(super) recording: Recording,
+    pub(super) refreshed: Instant,
+}
+
+impl Writer {
+    /// Write plainly what no pass needs recorded (the stream loop's writer), starting from
+    /// `recording` as stored.
+    pub fn record_for_passes(&mut self, recording: Recording) {
+        self.recorded = Some(Recorded {
+            recording,
+            refreshed: Instant::now(),
+        });
+    }
+
+    /// Whether passes are being recorded for (their end is to be watched).
+    pub(super) fn records_for_passes(&self) -> bool {
+        self.recorded
+            .as_ref()
+            .is_some_and(|r| !r.recording.owners().is_empty())
+    }
+
+    /// Whether a row group of `o` is written without recording versions.
+    pub(super) fn plain(&self, o: &OutputPlan) -> bool {
+        matches!(o.kind, OutputKind::Row)
+            && self
+                .recorded
+                .as_ref()
+                .is_some_and(|r| !r.recording.records(&o.source))
+    }
+
+    /// Record `rel` for the rest of the run (it has dead letters or deferred entries now).
+    pub(super) fn stick(&mut self, rel: &str) {
+        if let Some(r) = self.recorded.as_mut() {
+            if r.recording.stick(rel) {
+                tracing::info!(table = %rel, "recording versions of this table for the rest of the run (dead letters or deferred rows)");
+            }
+        }
+    }
+
+    /// A pass's mark, applied in the open target transaction at its position in the stream:
+    /// recorded from here on (and stored, with the transaction's progress).
+    pub async fn start_pass(&mut self, mark: &PassMark, lsn: Lsn) -> Result<(), ApplyError> {
+        let Some(r) = self.recorded.as_mut() else {
+            return Ok(());
+        };
+        r.recording.start(mark);
+        tracing::info!(owner = %mark.owner, tables = ?mark.tables, %lsn, "a pass started: recording versions for its tables");
+        let sql = self.state.record_pass();
+        self.client
+            .execute(
+                &sql,
+                &[&mark.owner, &mark.slot, &mark.tables, &lsn.to_string()],
+            )
+            .await
+            .map_err(db("storing a pass the stream records for"))?;
+        Ok(())
+    }
+
+    /// Between target transactions, at most every [`REFRESH`]: end the recording of passes no
+    /// session runs any more.
+    pub async fn end_finished_passes(&mut self) -> Result<(), ApplyError> {
+        let Some(r) = self.recorded.as_mut() else {
+            return Ok(());
+        };
+        let owners = r.recording.owners();
+        if owners.is_empty() || r.refreshed.elapsed() < REFRESH {
+            return Ok(());
+        }
+        r.refreshed = Instant::now();
+        let ended = self
+            .state
+            .end_finished_passes(&self.client, &owners)
+            .await?;
+        if let Some(r) = self.recorded.as_mut() {
+            for owner in ended {
+                tracing::info!(%owner, "a pass ended: its tables are written without recording versions again");
+                r.recording.end(&owner);
+            }
+        }
+        Ok(())
+    }
+}
