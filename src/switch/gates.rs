@@ -524,6 +524,16 @@ async fn new_as_source(sides: &Sides, fwd: &Forward) -> Result<Gate, SwitchError
             }
         }
     }
+    // A merged row's update must carry the old row: a part goes only when it had something.
+    for t in crate::transform::inverse::merged_tables(&fwd.plan) {
+        if let Some(info) = fwd.new_catalog.get(&t) {
+            if info.replica_identity != 'f' {
+                problems.push(format!(
+                    "{t} is a merged row written back to the tables that fed it: its updates must carry the whole old row (ALTER TABLE {t} REPLICA IDENTITY FULL)"
+                ));
+            }
+        }
+    }
     for t in fwd.new_tables() {
         if let Some(info) = fwd.new_catalog.get(&t) {
             if info.identity_columns.is_empty() {

@@ -70,7 +70,30 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
         let mut filled_back: Vec<String> = Vec::new();
         if let Some(c) = &tp.custom {
             match c.transform.inverse() {
-                Some(inv) => filled_back = inv.columns(),
+                Some(inv) => {
+                    filled_back = inv.columns();
+                    // What the transform consumed must come back: through its inverse, or
+                    // as a column the mapping keeps.
+                    let kept = |r: &str| {
+                        tp.outputs.iter().any(|o| {
+                            o.columns
+                                .iter()
+                                .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == r))
+                        })
+                    };
+                    let lost: Vec<String> = c
+                        .transform
+                        .reads()
+                        .into_iter()
+                        .filter(|r| !filled_back.contains(r) && !kept(r))
+                        .collect();
+                    if !lost.is_empty() {
+                        p(
+                            format!("the inverse of transform {} does not fill {} (read by the transform, not kept by the mapping)", c.name, lost.join(", ")),
+                            "make Transform::inverse fill every column the transform reads, or keep the column",
+                        );
+                    }
+                }
                 None => p(
                     format!("the custom transform {} has no inverse", c.name),
                     "implement Transform::inverse for it, or switch with --no-fallback",
@@ -270,9 +293,13 @@ fn merge_back(tp: &TablePlan, o: &OutputPlan) -> Result<(), String> {
             ));
         }
     }
-    if o.columns.len() == o.key.len() {
+    let contributed = (0..o.columns.len())
+        .filter(|i| !o.key.contains(i))
+        .filter(|&i| matches!(o.columns[i].expr, Expr::Column { .. }))
+        .count();
+    if contributed == 0 {
         return Err(format!(
-            "it contributes no column besides the key: whether {} has a row cannot be told",
+            "it contributes no source column besides the key: whether {} has a row cannot be told",
             tp.source
         ));
     }
@@ -286,6 +313,25 @@ fn merge_back(tp: &TablePlan, o: &OutputPlan) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// NEW's tables that are written back as parts (merged rows): the reverse stream compares a
+/// part before and after each update, so their updates must carry the old row (REPLICA
+/// IDENTITY FULL, a cutover gate).
+pub fn merged_tables(plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = plan
+        .tables
+        .values()
+        .flat_map(|tp| {
+            tp.outputs
+                .iter()
+                .filter(|o| matches!(o.kind, OutputKind::Merge) && merge_back(tp, o).is_ok())
+                .map(|o| o.target())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The parts the merged row `o` (an owner's row output) is written back as: one per mapping

@@ -1,7 +1,8 @@
 //! A merge through a switch: OLD's `users` and `profiles` (one profile per user, keyed by
 //! the user) are one `people` row on NEW. After a cutover each change the app makes to a
 //! person on NEW comes back to OLD as the user row and the profile row: a profile exists on
-//! OLD while one of its columns is set on NEW, and goes when they are all NULL; a person
+//! OLD while one of its columns is set on NEW, and goes when they become all NULL (an empty
+//! profile NEW never set stays); a key change moves both; a person
 //! deleted on NEW loses its profile before the user (OLD's foreign key has no cascade); a
 //! column the mapping drops keeps OLD's value. After a fallback OLD's writes reach NEW again.
 
@@ -66,6 +67,16 @@ async fn a_merge_runs_backwards_as_each_merged_tables_rows() {
     let (s, t) = (&db.source, &db.target);
     let (code, out) = crate::switch::cli_async(&d, &["check", "--fallback"]).await;
     assert_eq!(code, Some(0), "check --fallback: {out}");
+    // The reverse stream compares a part before and after each update of the merged row.
+    let (code, out) = crate::switch::cli_async(&d, &["cutover", "--dry-run"]).await;
+    assert_eq!(code, Some(2), "cutover --dry-run: {out}");
+    assert!(
+        out.contains("public.people is a merged row") && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    t.batch_execute("ALTER TABLE people REPLICA IDENTITY FULL")
+        .await
+        .unwrap();
     let (code, out) = crate::switch::cli_async(&d, &["cutover", "--verify-sample", "50"]).await;
     assert_eq!(code, Some(0), "cutover: {out}\n{}", d.log());
 
@@ -83,9 +94,11 @@ async fn a_merge_runs_backwards_as_each_merged_tables_rows() {
         "UPDATE people SET bio = 'changed' WHERE id = 11",
         // A person with a profile deleted: the profile goes first (no cascade on OLD).
         "DELETE FROM people WHERE id = 9",
-        // The name of a person whose OLD profile is empty changes: NEW holds no profile for
-        // it, so the empty profile goes (the documented rule).
+        // The name of a person whose OLD profile is empty changes: the profile had nothing
+        // on NEW before and has nothing now, so OLD's empty row stays.
         "UPDATE people SET name = 'renamed' WHERE id = 5",
+        // A key change: user and profile move together (no cascade on OLD).
+        "UPDATE people SET id = 113 WHERE id = 13",
         // Born and gone in one transaction: nothing on OLD.
         "BEGIN; INSERT INTO people (id, town) VALUES (103, 'brief'); DELETE FROM people WHERE id = 103; COMMIT",
     ] {
@@ -98,14 +111,14 @@ async fn a_merge_runs_backwards_as_each_merged_tables_rows() {
     );
     assert!(all.contains(&"102|born bare|-|-".to_string()), "{all:?}");
     let profiles = rows(s, OLD_PROFILES).await;
-    let mut expected: Vec<String> = [1, 2, 3, 11, 13, 15, 17, 19, 101]
+    let mut expected: Vec<String> = [1, 2, 3, 5, 11, 15, 17, 19, 101, 113]
         .iter()
         .map(|i| i.to_string())
         .collect();
     expected.sort(); // `rows` sorts as text
     assert_eq!(
         profiles, expected,
-        "OLD's profiles: one per person with a profile column set on NEW, and 3 (empty, untouched)"
+        "OLD's profiles: one per person with a profile column set on NEW, and 3 and 5 (empty)"
     );
     let kept = rows(
         s,

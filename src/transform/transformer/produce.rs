@@ -196,6 +196,17 @@ pub(super) fn ops(
                 let row = values(b, oi, &new_cells, &eval).map_err(e)?;
                 match &o.kind {
                     OutputKind::Row => {
+                        if !removal && absent(o, &row) && moved.is_none() {
+                            // A part (the way back of a merge) with nothing in it now: it goes
+                            // only if it had something before (an empty part row stays).
+                            let was_absent = match (&old_cells, &old_eval) {
+                                (Some(c), Some(ev)) => absent(o, &values(b, oi, c, ev).map_err(e)?),
+                                _ => false,
+                            };
+                            if was_absent || change.op == Op::Insert {
+                                continue;
+                            }
+                        }
                         if removal || absent(o, &row) {
                             if change.op == Op::Update {
                                 let mut key = target_key(o, &row);
