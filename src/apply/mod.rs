@@ -489,12 +489,14 @@ impl Applier {
                     .prepared(
                         StmtKey::Progress,
                         &text,
-                        &[Type::TEXT, Type::TEXT, Type::FLOAT8],
+                        &[Type::TEXT, Type::TEXT, Type::FLOAT8, Type::TEXT],
                         "preparing the progress update",
                     )
                     .await?;
                 let (end_text, secs) = (end.to_string(), pg_ts_to_unix_secs(ts));
-                let params: [&(dyn ToSql + Sync); 3] = [&self.settings.slot, &end_text, &secs];
+                let plain = self.writer.take_plain_writes();
+                let params: [&(dyn ToSql + Sync); 4] =
+                    [&self.settings.slot, &end_text, &secs, &plain];
                 // Pipelined: the progress row and COMMIT go out together (one round trip).
                 // If the progress row fails, the server turns that COMMIT into a rollback,
                 // so the progress error alone decides: nothing is confirmed.

@@ -59,6 +59,9 @@ impl Writer {
             let state = self.state.clone();
             let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
             let plain = key.is_plain();
+            if plain {
+                self.note_plain(&output.source, rows);
+            }
             let stmt = self
                 .stmt(key, |k| stmt_text(&state, output, k), n)
                 .await

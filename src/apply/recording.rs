@@ -50,6 +50,29 @@ impl Writer {
                 .is_some_and(|r| !r.recording.records(&o.source))
     }
 
+    /// Note a plain row group of `rel` (its newest version), for the transaction's progress.
+    pub(super) fn note_plain(&mut self, rel: &str, rows: &crate::apply::batch::GuardedRows) {
+        let newest = rows.iter().map(|r| r.0.version).max().unwrap_or_default();
+        if let Some(t) = self.txn.as_mut() {
+            let e = t.plain.entry(rel.to_string()).or_default();
+            *e = (*e).max(newest);
+        }
+    }
+
+    /// The tables this transaction wrote plainly, as the progress statement's JSON (`{}`).
+    pub(super) fn take_plain_writes(&mut self) -> String {
+        let plain = self
+            .txn
+            .as_mut()
+            .map(|t| std::mem::take(&mut t.plain))
+            .unwrap_or_default();
+        let m: serde_json::Map<String, serde_json::Value> = plain
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v.to_string())))
+            .collect();
+        serde_json::Value::Object(m).to_string()
+    }
+
     /// Record `rel` for the rest of the run (it has dead letters or deferred entries now).
     pub(super) fn stick(&mut self, rel: &str) {
         if let Some(r) = self.recorded.as_mut() {
@@ -93,7 +116,15 @@ impl Writer {
             .state
             .end_finished_passes(&self.client, &owners)
             .await?;
+        if ended.is_empty() {
+            return Ok(());
+        }
+        // What the ended passes left in the dead letters or deferred entries (a backfill
+        // chunk's rows the mapping refused) was committed before their locks went: those
+        // tables stay recorded.
+        let sticky = self.state.load_recording(&self.client, "").await?;
         if let Some(r) = self.recorded.as_mut() {
+            r.recording.stick_all(&sticky);
             for owner in ended {
                 tracing::info!(%owner, "a pass ended: its tables are written without recording versions again");
                 r.recording.end(&owner);

@@ -84,6 +84,9 @@ impl Writer {
         let state = self.state.clone();
         let n = 3 + cols.len() + from.first().map_or(0, Vec::len);
         let plain = key.is_plain();
+        if plain {
+            self.note_plain(&output.source, rows);
+        }
         let text = |key: &StmtKey| stmt_text(&state, output, key);
         let stmt = self.stmt(key, text, n).await?;
         // Only partial updates return rows: the keys they had to defer. The table lock (one

@@ -40,6 +40,8 @@ pub(super) struct WriterTxn {
     /// Source tables whose lock this target transaction holds (shared; see sql::lock_shared).
     pub(super) locked: HashSet<String>,
     pub(super) counts: Counts,
+    /// Per source table, the newest version written without recording it (ADR 0012).
+    pub(super) plain: HashMap<String, crate::lsn::Lsn>,
 }
 
 pub struct Writer {

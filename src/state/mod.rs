@@ -20,6 +20,7 @@
 //!   <schema>.switches (direction, outcome, lsns, timings)  every cutover and fallback attempt
 //!   <schema>.recording (owner, slot, tables, since)        passes the stream records versions
 //!                                                          for (pass-scoped recording, ADR 0012)
+//!   <schema>.plain_writes (rel, lsn)                       the newest write made without one
 //! ```
 //!
 //! Owns the DDL of these tables and reading progress. Must never create or alter the user's
@@ -179,7 +180,10 @@ const MIGRATIONS: &[&str] = &[
          slot text NOT NULL,
          tables text[],
          since pg_lsn NOT NULL,
-         started_at timestamptz NOT NULL DEFAULT now());",
+         started_at timestamptz NOT NULL DEFAULT now());
+     CREATE TABLE {s}.plain_writes (
+         rel text PRIMARY KEY,
+         lsn pg_lsn NOT NULL);",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +195,8 @@ pub enum StateError {
         #[source]
         source: crate::pgerr::PgError,
     },
+    #[error("slot {slot} is still being created (no consistent point after 60 s; a long transaction on the source holds it up): a pass cannot announce itself to a stream that does not exist yet; it is retried")]
+    SlotNotReady { slot: String },
     #[error("state schema {schema} is at version {found}, newer than this remodel knows ({known}); upgrade remodel")]
     TooNew {
         schema: String,
@@ -205,6 +211,7 @@ impl StateError {
         match self {
             StateError::Sql { source, .. } => source.is_transient(),
             StateError::TooNew { .. } => false,
+            StateError::SlotNotReady { .. } => true,
         }
     }
 }
@@ -235,7 +242,7 @@ impl StateSchema {
         let lit = crate::quote::quote_literal(slot);
         format!(
             "BEGIN; DELETE FROM {s}.progress WHERE slot = {lit}; \
-             TRUNCATE {s}.ledger, {s}.truncations, {s}.deferred, {s}.dead_letters, {s}.backfill_passes; \
+             TRUNCATE {s}.ledger, {s}.truncations, {s}.deferred, {s}.dead_letters, {s}.backfill_passes, {s}.recording, {s}.plain_writes; \
              UPDATE {s}.backfill_tables SET state = 'pending', cursor = NULL; COMMIT;"
         )
     }

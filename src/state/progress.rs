@@ -12,13 +12,30 @@ use crate::lsn::Lsn;
 impl StateSchema {
     /// Statement: record `$2` (an LSN as text) and `$3` (commit time, Unix seconds) as applied
     /// for slot `$1`.
+    ///
+    /// `$4` (a JSON object, source table → LSN) names the tables the transaction wrote
+    /// without recording versions (ADR 0012), with the newest such write: kept in
+    /// `<schema>.plain_writes`, so `verify --since` knows what the ledger cannot list.
     pub fn record_progress(&self) -> String {
         format!(
-            "INSERT INTO {} (slot, applied_lsn, commit_ts, updated_at)
+            "WITH w AS (
+               INSERT INTO {plain} AS w (rel, lsn)
+               SELECT key, value::pg_lsn FROM jsonb_each_text($4::text::jsonb)
+               ON CONFLICT (rel) DO UPDATE SET lsn = GREATEST(w.lsn, EXCLUDED.lsn))
+             INSERT INTO {progress} (slot, applied_lsn, commit_ts, updated_at)
              VALUES ($1, $2::text::pg_lsn, to_timestamp($3), now())
              ON CONFLICT (slot) DO UPDATE SET applied_lsn = EXCLUDED.applied_lsn,
                  commit_ts = EXCLUDED.commit_ts, updated_at = now()",
-            self.table("progress")
+            plain = self.table("plain_writes"),
+            progress = self.table("progress")
+        )
+    }
+
+    /// Statement: the newest write of `$1` the stream made without recording its version.
+    pub fn last_plain_write(&self) -> String {
+        format!(
+            "SELECT lsn::text FROM {} WHERE rel = $1",
+            self.table("plain_writes")
         )
     }
 

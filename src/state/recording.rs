@@ -76,6 +76,10 @@ impl Recording {
     pub fn stick(&mut self, rel: &str) -> bool {
         self.sticky.insert(rel.to_string())
     }
+    /// Also record what `other` records regardless (its sticky tables).
+    pub fn stick_all(&mut self, other: &Recording) {
+        self.sticky.extend(other.sticky.iter().cloned());
+    }
     pub fn owners(&self) -> Vec<String> {
         self.passes.keys().cloned().collect()
     }
@@ -166,8 +170,29 @@ impl StateSchema {
     }
 
     /// Announce a reader on the source (its own transaction, before its snapshot): the stream
-    /// records versions from the returned position on.
+    /// records versions from the returned position on. A slot still being created (no
+    /// consistent point yet) would never stream the mark: wait for it first (up to a minute).
     pub async fn announce_pass(&self, source: &Client, mark: &PassMark) -> Result<Lsn, StateError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let creating: Option<bool> = source
+                .query_opt(
+                    "SELECT confirmed_flush_lsn IS NULL FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&mark.slot],
+                )
+                .await
+                .map_err(self.err("reading the stream's slot"))?
+                .map(|r| r.get(0));
+            if creating != Some(true) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StateError::SlotNotReady {
+                    slot: mark.slot.clone(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         let lsn: String = source
             .query_one(
                 "SELECT pg_logical_emit_message(true, $1, $2)::text",

@@ -66,6 +66,12 @@ pub enum VerifyError {
         #[source]
         source: PgError,
     },
+    #[error("verify --since {since}: the stream wrote rows of {table} at {last} without recording their versions (no pass was reading it then, docs/adr/0012): the ledger cannot list them. Verify without --since (every row), or with --sample N")]
+    NotRecordedSince {
+        table: String,
+        since: Lsn,
+        last: Lsn,
+    },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -122,6 +128,7 @@ impl VerifyError {
             | VerifyError::UnknownTable { .. }
             | VerifyError::Table { .. }
             | VerifyError::Switched { .. }
+            | VerifyError::NotRecordedSince { .. }
             | VerifyError::Interrupted => false,
         }
     }
@@ -463,6 +470,26 @@ pub async fn verify(
     };
     // One snapshot serves every table (renewed after backfill.max_snapshot_age), one more each
     // re-check round: each costs a wait for the stream.
+    // `--since` lists the ledger's keys: only exact while every write since was recorded.
+    if let Some(since) = opts.since {
+        for t in tables.iter() {
+            let last: Option<String> = ctx
+                .target
+                .query_opt(&ctx.state.last_plain_write(), &[&t.rel])
+                .await
+                .map_err(q("reading the table's writes without versions"))?
+                .map(|r| r.get(0));
+            if let Some(last) = last.and_then(|l| l.parse::<Lsn>().ok()) {
+                if last >= since {
+                    return Err(VerifyError::NotRecordedSince {
+                        table: t.rel.clone(),
+                        since,
+                        last,
+                    });
+                }
+            }
+        }
+    }
     let mut snap = None;
     for t in tables.iter_mut() {
         let snap = ctx.snap(&mut snap).await?;

@@ -120,6 +120,15 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
     let since = now(&db).await;
     update(&db, 10, 1).await;
     assert_eq!(recorded_since(&db, &since).await, 0, "no pass, no versions");
+    // So the ledger cannot list them: `verify --since` says so instead of comparing nothing.
+    let (code, out) = crate::switch::cli_async(&d, &["verify", "--since", &since]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("public.t") && out.contains("without recording their versions"),
+        "{out}"
+    );
+    // verify announced itself too (every table); its recording ends with it.
+    wait_recording(&db, 0).await;
 
     // A reader of another table: t is still written plainly.
     let other = hold(&db, "reader-other").await;
@@ -149,6 +158,10 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
         10,
         "a pass of t: recorded"
     );
+    let (code, out) =
+        crate::switch::cli_async(&d, &["verify", "--since", &since, "--table", "t", "--json"])
+            .await;
+    assert_eq!(code, Some(0), "every write since was recorded: {out}");
     wait_recording(&db, 2).await;
 
     // The readers' sessions end: recording ends (within the stream's refresh), nothing more
