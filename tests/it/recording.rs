@@ -15,6 +15,34 @@ use crate::support::{fresh_db, pair, wait_until, TestDb};
 const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
                    CREATE TABLE other (id int PRIMARY KEY)";
 
+/// Play a reader of `tables` (a JSON array, or `null` for all): hold its lock, commit its
+/// mark, and wait until the stream records for it. Recording ends once the client is dropped.
+pub async fn reader(db: &TestDb, owner: &str, tables: &str) -> Client {
+    let c = hold(db, owner).await;
+    db.source
+        .batch_execute(&mark_sql(db, owner, tables))
+        .await
+        .unwrap();
+    let t = &db.target;
+    wait_until(
+        "the stream records for the reader",
+        Duration::from_secs(30),
+        || async move {
+            let n: i64 = t
+                .query_one(
+                    "SELECT count(*) FROM remodel.recording WHERE owner = $1",
+                    &[&owner],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            (n == 1).then_some(()).ok_or("not yet".to_string())
+        },
+    )
+    .await;
+    c
+}
+
 /// Take reader `owner`'s lock on a session of its own (kept while the client lives).
 async fn hold(db: &TestDb, owner: &str) -> Client {
     let c = pair().target.client(&db.name).await;

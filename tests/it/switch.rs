@@ -112,6 +112,8 @@ pub struct App {
     pub side: Arc<AtomicU8>,
     stop: Arc<AtomicBool>,
     pub committed: Arc<AtomicU64>,
+    /// Of those, the writes committed on OLD.
+    pub committed_old: Arc<AtomicU64>,
     pub refused: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<BTreeMap<i64, (String, i64)>>,
 }
@@ -121,6 +123,7 @@ impl App {
         let side = Arc::new(AtomicU8::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let committed = Arc::new(AtomicU64::new(0));
+        let committed_old = Arc::new(AtomicU64::new(0));
         let refused = Arc::new(AtomicU64::new(0));
         let old = remodel::cluster::connect_no_tls(&db.source_url)
             .await
@@ -142,6 +145,7 @@ impl App {
             committed.clone(),
             refused.clone(),
         );
+        let co = committed_old.clone();
         let task = tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut n = 0u64;
@@ -185,6 +189,9 @@ impl App {
                 match r {
                     Ok(()) => {
                         c.fetch_add(1, Ordering::SeqCst);
+                        if !on_new {
+                            co.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     Err(code) if code == "25006" => {
                         rf.fetch_add(1, Ordering::SeqCst);
@@ -199,6 +206,7 @@ impl App {
             side,
             stop,
             committed,
+            committed_old,
             refused,
             task,
         }
@@ -358,6 +366,8 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
         rows(&db.target, NEW_ROWS).await,
         "OLD has every write NEW took before its fence, the moment fallback returns"
     );
+    // Counted from before the app turns to OLD: every write it commits there from now on.
+    let before_old_writes = app.committed_old.load(Ordering::SeqCst);
     app.side.store(0, Ordering::SeqCst);
     let e = db
         .target
@@ -370,12 +380,12 @@ async fn cutover_then_fallback_keeps_every_app_write_on_both_sides_without_loops
     assert_eq!(e.code().map(|c| c.code()), Some("25006"), "{e:?}");
 
     // From here every write the app commits is on OLD (NEW refuses it).
-    let before_old_writes = app.committed.load(Ordering::SeqCst);
     app.wait_committed(30).await;
     let refused = app.refused.load(Ordering::SeqCst);
-    let (model, committed) = app.finish().await;
+    let committed_old = app.committed_old.clone();
+    let (model, _) = app.finish().await;
     eprintln!("the fences refused {refused} app write(s), each retried on the other side");
-    let old_writes = (committed - before_old_writes) as f64;
+    let old_writes = (committed_old.load(Ordering::SeqCst) - before_old_writes) as f64;
     let converged = converge(&db).await;
     assert_eq!(
         converged,

@@ -440,7 +440,9 @@ async fn verify_modes_and_exit_codes() {
         err.contains("nosuch") && err.contains("public.accounts"),
         "{err}"
     );
-    // --since: only rows the stream wrote after the LSN; those are right.
+    // --since: only rows the stream wrote after the LSN; those are right. The stream lists
+    // them only while a pass reads the table (ADR 0012): a reader is running meanwhile.
+    let reader = crate::recording::reader(&s.db, "verify-test-reader", "null").await;
     let lsn: String =
         s.db.source
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
@@ -473,6 +475,7 @@ async fn verify_modes_and_exit_codes() {
     assert_eq!(code, Some(0), "{r:#}\n{err}");
     assert_eq!(r["mode"], "since");
     assert_eq!(count(&r, "public.accounts", "compared"), 5, "{r:#}");
+    drop(reader);
     // Full: every diverging row (the stream rewrote 10, 12 and 14), then --repair fixes them.
     let (code, r, _) = verify(&s.config, &["--table", "accounts"]);
     assert_eq!(code, Some(1));
