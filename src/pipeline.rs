@@ -428,7 +428,7 @@ async fn run_once(
     metrics.set_ready(true);
 
     let mut writer = Writer::new(target, state, config.stall_timeout());
-    writer.record_for_passes(recording);
+    writer.record_for_passes(recording, plan.tables.keys().cloned().collect());
     if let Some(name) = &origins.tag {
         writer.tag_origin(name).await?;
     }

@@ -329,7 +329,7 @@ impl Applier {
                 return Ok(true);
             }
             // Idle between transactions: passes that ended are recorded no more.
-            _ = tokio::time::sleep(recording::REFRESH), if self.txn.is_none() && self.source_txn.is_none() && self.writer.records_for_passes() => {
+            _ = tokio::time::sleep(recording::PRUNE_EVERY), if self.txn.is_none() && self.source_txn.is_none() && self.writer.records_for_passes() => {
                 within(limit, "ending finished passes", self.writer.end_finished_passes()).await?;
                 return Ok(true);
             }

@@ -16,21 +16,36 @@ use crate::transform::OutputPlan;
 use super::{db, ApplyError, Writer};
 
 /// How often the stream asks which recorded passes ended.
-pub(super) const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Ledger entries deleted per step of pruning a table no pass reads any more (one statement
+/// between target transactions, so the stream never waits long for it).
+const PRUNE_BATCH: i64 = 5_000;
+/// How often a pruning batch may run; also the idle loop's tick while anything is watched.
+pub(super) const PRUNE_EVERY: Duration = Duration::from_millis(200);
 
 /// The writer's recording state (the stream's writer only).
 pub(super) struct Recorded {
     pub(super) recording: Recording,
     pub(super) refreshed: Instant,
+    /// Every mapped source table (what a pass of all tables read).
+    tables: Vec<String>,
+    /// Tables whose ledger entries are being pruned (their last pass ended).
+    prune: std::collections::BTreeSet<String>,
+    pruned: Instant,
 }
 
 impl Writer {
     /// Write plainly what no pass needs recorded (the stream loop's writer), starting from
     /// `recording` as stored.
-    pub fn record_for_passes(&mut self, recording: Recording) {
+    /// `tables`: every mapped source table.
+    pub fn record_for_passes(&mut self, recording: Recording, tables: Vec<String>) {
         self.recorded = Some(Recorded {
             recording,
             refreshed: Instant::now(),
+            tables,
+            prune: Default::default(),
+            pruned: Instant::now(),
         });
     }
 
@@ -38,7 +53,7 @@ impl Writer {
     pub(super) fn records_for_passes(&self) -> bool {
         self.recorded
             .as_ref()
-            .is_some_and(|r| !r.recording.owners().is_empty())
+            .is_some_and(|r| !r.recording.owners().is_empty() || !r.prune.is_empty())
     }
 
     /// Whether a row group of `o` is written without recording versions.
@@ -103,7 +118,9 @@ impl Writer {
 
     /// Between target transactions, at most every [`REFRESH`]: end the recording of passes no
     /// session runs any more.
+    /// Also one step of pruning, if one is due.
     pub async fn end_finished_passes(&mut self) -> Result<(), ApplyError> {
+        self.prune_step().await?;
         let Some(r) = self.recorded.as_mut() else {
             return Ok(());
         };
@@ -125,10 +142,55 @@ impl Writer {
         let sticky = self.state.load_recording(&self.client, "").await?;
         if let Some(r) = self.recorded.as_mut() {
             r.recording.stick_all(&sticky);
+            let mut read = Vec::new();
             for owner in ended {
                 tracing::info!(%owner, "a pass ended: its tables are written without recording versions again");
+                match r.recording.tables_of(&owner) {
+                    Some(Some(t)) => read.extend(t),
+                    Some(None) => read.extend(r.tables.iter().cloned()),
+                    None => {}
+                }
                 r.recording.end(&owner);
             }
+            // Their entries serve no reader now (a later one needs only versions after its own
+            // mark): pruned, a batch at a time.
+            for t in read {
+                if !r.recording.records(&t) {
+                    r.prune.insert(t);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch of pruning: the ledger entries of a table whose last pass ended. A table a
+    /// pass records again keeps them (they are older than that pass's mark, and harmless).
+    async fn prune_step(&mut self) -> Result<(), ApplyError> {
+        let Some(r) = self.recorded.as_mut() else {
+            return Ok(());
+        };
+        let Some(table) = r.prune.first().cloned() else {
+            return Ok(());
+        };
+        // At most one batch per PRUNE_EVERY, so a busy stream's commits rarely wait for one.
+        if r.pruned.elapsed() < PRUNE_EVERY {
+            return Ok(());
+        }
+        r.pruned = Instant::now();
+        if r.recording.records(&table) {
+            r.prune.remove(&table);
+            return Ok(());
+        }
+        let n = self
+            .client
+            .execute(&self.state.prune_unrecorded(), &[&table, &PRUNE_BATCH])
+            .await
+            .map_err(db("pruning the version ledger of a table no pass reads"))?;
+        if (n as i64) < PRUNE_BATCH {
+            if let Some(r) = self.recorded.as_mut() {
+                r.prune.remove(&table);
+            }
+            tracing::debug!(%table, "ledger entries pruned: no pass reads the table");
         }
         Ok(())
     }

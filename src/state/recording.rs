@@ -76,6 +76,10 @@ impl Recording {
     pub fn stick(&mut self, rel: &str) -> bool {
         self.sticky.insert(rel.to_string())
     }
+    /// The tables reader `owner` reads (None: all), if the stream records for it.
+    pub fn tables_of(&self, owner: &str) -> Option<Option<Vec<String>>> {
+        self.passes.get(owner).cloned()
+    }
     /// Also record what `other` records regardless (its sticky tables).
     pub fn stick_all(&mut self, other: &Recording) {
         self.sticky.extend(other.sticky.iter().cloned());
@@ -167,6 +171,15 @@ impl StateSchema {
             .await
             .map_err(self.err("ending the recording of finished passes"))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Statement: delete up to `$2` ledger entries of table `$1`, which no reader needs any
+    /// more (no pass records it, it has no dead letters or deferred entries); returns how many.
+    pub fn prune_unrecorded(&self) -> String {
+        format!(
+            "DELETE FROM {l} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {l} WHERE rel = $1 LIMIT $2))",
+            l = self.table("ledger")
+        )
     }
 
     /// Announce a reader on the source (its own transaction, before its snapshot): the stream

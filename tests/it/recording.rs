@@ -200,6 +200,24 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
     let since = now(&db).await;
     update(&db, 10, 4).await;
     assert_eq!(recorded_since(&db, &since).await, 0, "the pass ended");
+    // And what it recorded is pruned: no reader needs it.
+    let t = &db.target;
+    wait_until(
+        "t's ledger entries pruned",
+        Duration::from_secs(30),
+        || async move {
+            let n: i64 = t
+                .query_one(
+                    "SELECT count(*) FROM remodel.ledger WHERE rel = 'public.t'",
+                    &[],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            (n == 0).then_some(()).ok_or(format!("{n} entries"))
+        },
+    )
+    .await;
     d.stop();
 }
 
