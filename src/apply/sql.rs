@@ -92,15 +92,22 @@ pub fn insert_columns_and_conflict(o: &OutputPlan) -> (String, String) {
     )
 }
 
-/// Insert-or-update of full rows: every column of `o` is a parameter.
-pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
-    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
-    let values: Vec<String> = o
+/// A full row of `o` from `input i`: the input's column names (`c0..`) and each target
+/// column's value converted from them.
+fn full_row(o: &OutputPlan) -> (Vec<String>, Vec<String>) {
+    let cols = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
+    let values = o
         .columns
         .iter()
         .enumerate()
         .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
         .collect();
+    (cols, values)
+}
+
+/// Insert-or-update of full rows: every column of `o` is a parameter.
+pub fn upsert(state: &StateSchema, o: &OutputPlan) -> String {
+    let (cols, values) = full_row(o);
     let (targets, on_conflict) = insert_columns_and_conflict(o);
     format!(
         "WITH {input}, {guard}
@@ -130,13 +137,7 @@ fn plain_input_cte(value_cols: &[String]) -> String {
 /// [`upsert`] without recording versions: for a table no pass reads (`apply::recording`). The
 /// run's keys are distinct (`batch`), so one statement is the rows applied in order.
 pub fn plain_upsert(o: &OutputPlan) -> String {
-    let cols: Vec<String> = (0..o.columns.len()).map(|i| format!("c{i}")).collect();
-    let values: Vec<String> = o
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| c.sql_value(&format!("i.c{i}")))
-        .collect();
+    let (cols, values) = full_row(o);
     let (targets, on_conflict) = insert_columns_and_conflict(o);
     format!(
         "WITH {input}

@@ -5,41 +5,25 @@
 //! A reader is played by the test: a target session holding the lock a pass holds, and the
 //! mark a pass commits on the source (`StateSchema::register_pass` does both).
 
-use std::time::Duration;
-
 use tokio_postgres::Client;
 
 use crate::support::daemon::{config, free_listen, Daemon};
-use crate::support::{fresh_db, pair, wait_until, TestDb};
+use crate::support::locks::wait_count;
+use crate::support::{fresh_db, pair, TestDb};
 
 const DDL: &str = "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
                    CREATE TABLE other (id int PRIMARY KEY)";
 
 /// Play a reader of `tables` (a JSON array, or `null` for all): hold its lock, commit its
 /// mark, and wait until the stream records for it. Recording ends once the client is dropped.
-pub async fn reader(db: &TestDb, owner: &str, tables: &str) -> Client {
+pub async fn reader(db: &TestDb, d: &Daemon, owner: &str, tables: &str) -> Client {
     let c = hold(db, owner).await;
     db.source
         .batch_execute(&mark_sql(db, owner, tables))
         .await
         .unwrap();
-    let t = &db.target;
-    wait_until(
-        "the stream records for the reader",
-        Duration::from_secs(30),
-        || async move {
-            let n: i64 = t
-                .query_one(
-                    "SELECT count(*) FROM remodel.recording WHERE owner = $1",
-                    &[&owner],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            (n == 1).then_some(()).ok_or("not yet".to_string())
-        },
-    )
-    .await;
+    let sql = format!("SELECT count(*) FROM remodel.recording WHERE owner = '{owner}'");
+    wait_count(d, &db.target, "the stream records for the reader", &sql, 1).await;
     c
 }
 
@@ -73,30 +57,13 @@ async fn now(db: &TestDb) -> String {
 }
 
 /// Update rows 1..=n of t, one transaction, and wait until the target has them.
-async fn update(db: &TestDb, n: i32, v: i32) {
+async fn update(db: &TestDb, d: &Daemon, n: i32, v: i32) {
     db.source
         .execute("UPDATE t SET v = $2 WHERE id <= $1", &[&n, &v])
         .await
         .unwrap();
-    let t = &db.target;
-    wait_until(
-        "the update applied",
-        Duration::from_secs(30),
-        || async move {
-            let got: i64 = t
-                .query_one(
-                    "SELECT count(*) FROM t WHERE id <= $1 AND v = $2",
-                    &[&n, &v],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            (got == n as i64)
-                .then_some(())
-                .ok_or(format!("{got} of {n}"))
-        },
-    )
-    .await;
+    let sql = format!("SELECT count(*) FROM t WHERE id <= {n} AND v = {v}");
+    wait_count(d, &db.target, "the update applied", &sql, i64::from(n)).await;
 }
 
 /// Ledger entries of t at or after `since`.
@@ -111,17 +78,9 @@ async fn recorded_since(db: &TestDb, since: &str) -> i64 {
         .get(0)
 }
 
-async fn wait_recording(db: &TestDb, owners: i64) {
-    let t = &db.target;
-    wait_until("recording rows", Duration::from_secs(30), || async move {
-        let n: i64 = t
-            .query_one("SELECT count(*) FROM remodel.recording", &[])
-            .await
-            .map_err(|e| e.to_string())?
-            .get(0);
-        (n == owners).then_some(()).ok_or(format!("{n} rows"))
-    })
-    .await;
+async fn wait_recording(db: &TestDb, d: &Daemon, owners: i64) {
+    let sql = "SELECT count(*) FROM remodel.recording";
+    wait_count(d, &db.target, "recording rows", sql, owners).await;
 }
 
 async fn start(db: &TestDb, env: Vec<(String, String)>) -> Daemon {
@@ -135,7 +94,7 @@ async fn start(db: &TestDb, env: Vec<(String, String)>) -> Daemon {
     d.wait_ready().await;
     crate::switch::backfill_done(db).await;
     // The backfill pass ended: nothing is recorded for it any more.
-    wait_recording(db, 0).await;
+    wait_recording(db, &d, 0).await;
     d
 }
 
@@ -146,7 +105,7 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
 
     // No reader: the stream writes without versions.
     let since = now(&db).await;
-    update(&db, 10, 1).await;
+    update(&db, &d, 10, 1).await;
     assert_eq!(recorded_since(&db, &since).await, 0, "no pass, no versions");
     // So the ledger cannot list them: `verify --since` says so instead of comparing nothing.
     let (code, out) = crate::switch::cli_async(&d, &["verify", "--since", &since]).await;
@@ -156,7 +115,7 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
         "{out}"
     );
     // verify announced itself too (every table); its recording ends with it.
-    wait_recording(&db, 0).await;
+    wait_recording(&db, &d, 0).await;
 
     // A reader of another table: t is still written plainly.
     let other = hold(&db, "reader-other").await;
@@ -164,9 +123,9 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
         .batch_execute(&mark_sql(&db, "reader-other", "[\"public.other\"]"))
         .await
         .unwrap();
-    wait_recording(&db, 1).await;
+    wait_recording(&db, &d, 1).await;
     let since = now(&db).await;
-    update(&db, 10, 2).await;
+    update(&db, &d, 10, 2).await;
     assert_eq!(
         recorded_since(&db, &since).await,
         0,
@@ -180,7 +139,7 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
         .await
         .unwrap();
     let since = now(&db).await;
-    update(&db, 10, 3).await;
+    update(&db, &d, 10, 3).await;
     assert_eq!(
         recorded_since(&db, &since).await,
         10,
@@ -190,34 +149,19 @@ async fn a_pass_mark_starts_recording_for_its_tables_and_its_lock_going_ends_it(
         crate::switch::cli_async(&d, &["verify", "--since", &since, "--table", "t", "--json"])
             .await;
     assert_eq!(code, Some(0), "every write since was recorded: {out}");
-    wait_recording(&db, 2).await;
+    wait_recording(&db, &d, 2).await;
 
     // The readers' sessions end: recording ends (within the stream's refresh), nothing more
     // is recorded.
     drop(other);
     drop(reader);
-    wait_recording(&db, 0).await;
+    wait_recording(&db, &d, 0).await;
     let since = now(&db).await;
-    update(&db, 10, 4).await;
+    update(&db, &d, 10, 4).await;
     assert_eq!(recorded_since(&db, &since).await, 0, "the pass ended");
     // And what it recorded is pruned: no reader needs it.
-    let t = &db.target;
-    wait_until(
-        "t's ledger entries pruned",
-        Duration::from_secs(30),
-        || async move {
-            let n: i64 = t
-                .query_one(
-                    "SELECT count(*) FROM remodel.ledger WHERE rel = 'public.t'",
-                    &[],
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .get(0);
-            (n == 0).then_some(()).ok_or(format!("{n} entries"))
-        },
-    )
-    .await;
+    let sql = "SELECT count(*) FROM remodel.ledger WHERE rel = 'public.t'";
+    wait_count(&d, &db.target, "t's ledger entries pruned", sql, 0).await;
     d.stop();
 }
 
@@ -246,20 +190,20 @@ async fn a_kill_between_a_pass_mark_and_the_writes_after_it_keeps_them_recorded(
     d.env.retain(|(k, _)| k != "REMODEL_FAILPOINTS");
     d.spawn();
     d.wait_ready().await;
-    update(&db, 5, 7).await;
+    update(&db, &d, 5, 7).await;
     assert_eq!(
         recorded_since(&db, &since).await,
         5,
         "the mark was streamed again"
     );
-    wait_recording(&db, 1).await;
+    wait_recording(&db, &d, 1).await;
 
     // After a kill -9 once the mark committed, the stored mark keeps recording.
     d.kill9();
     d.spawn();
     d.wait_ready().await;
     let since = now(&db).await;
-    update(&db, 8, 8).await;
+    update(&db, &d, 8, 8).await;
     assert_eq!(recorded_since(&db, &since).await, 8, "the stored mark");
     d.stop();
 }

@@ -442,7 +442,7 @@ async fn verify_modes_and_exit_codes() {
     );
     // --since: only rows the stream wrote after the LSN; those are right. The stream lists
     // them only while a pass reads the table (ADR 0012): a reader is running meanwhile.
-    let reader = crate::recording::reader(&s.db, "verify-test-reader", "null").await;
+    let reader = crate::recording::reader(&s.db, &s.daemon, "verify-test-reader", "null").await;
     let lsn: String =
         s.db.source
             .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
