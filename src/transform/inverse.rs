@@ -47,6 +47,21 @@ pub fn lossless(source: &str, target: &str) -> bool {
     (s == t && (source == target || !target.contains('('))) || WIDENINGS.contains(&(s, t))
 }
 
+/// The column of `o` that holds source column `col` as it is (kept or renamed), if any.
+fn carrier<'a>(o: &'a OutputPlan, col: &str) -> Option<&'a super::plan::TargetColumn> {
+    o.columns
+        .iter()
+        .find(|x| matches!(&x.expr, Expr::Column { name, .. } if name == col))
+}
+
+/// Source column `col`'s type in `tp`.
+fn source_type<'a>(tp: &'a TablePlan, col: &str) -> Option<&'a str> {
+    tp.columns
+        .iter()
+        .find(|(n, _)| n == col)
+        .map(|(_, t)| t.as_str())
+}
+
 /// Every reason the plan cannot run backwards, per table (empty: it can).
 pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem> {
     let mut out = Vec::new();
@@ -74,13 +89,7 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                     filled_back = inv.columns();
                     // What the transform consumed must come back: through its inverse, or
                     // as a column the mapping keeps.
-                    let kept = |r: &str| {
-                        tp.outputs.iter().any(|o| {
-                            o.columns
-                                .iter()
-                                .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == r))
-                        })
-                    };
+                    let kept = |r: &str| tp.outputs.iter().any(|o| carrier(o, r).is_some());
                     let lost: Vec<String> = c
                         .transform
                         .reads()
@@ -147,12 +156,7 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                 match &c.expr {
                     Expr::Column { name, .. } => {
                         fed.push(name);
-                        let src_type = tp
-                            .columns
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, t)| t.as_str())
-                            .unwrap_or("");
+                        let src_type = source_type(tp, name).unwrap_or("");
                         if !lossless(src_type, &c.sql_type) {
                             p(
                                 format!("column {target} ({}) from {name} ({src_type}): the cast back to {src_type} can lose values", c.sql_type),
@@ -169,17 +173,9 @@ pub fn problems(plan: &Plan, source: &HashMap<String, TableInfo>) -> Vec<Problem
                         // The original key comes back from a column carrying it (a key
                         // renamed to uid), or from the key map (`keymap_old`), which gives a
                         // key born on NEW a uuid: the source column must hold one.
-                        let carried = o
-                            .columns
-                            .iter()
-                            .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from));
+                        let carried = carrier(o, from).is_some();
                         fed.push(from);
-                        let src_type = tp
-                            .columns
-                            .iter()
-                            .find(|(n, _)| n == from)
-                            .map(|(_, t)| t.as_str())
-                            .unwrap_or("");
+                        let src_type = source_type(tp, from).unwrap_or("");
                         if !carried
                             && !matches!(base(src_type), "uuid" | "text" | "character varying")
                         {
@@ -243,12 +239,7 @@ fn rebuild(tp: &TablePlan, o: &OutputPlan) -> Result<RebuildPlan, String> {
             .get(j)
             .cloned()
             .ok_or("parent key column missing")?;
-        let ty = tp
-            .columns
-            .iter()
-            .find(|(n, _)| *n == key)
-            .map(|(_, t)| t.clone())
-            .unwrap_or_else(|| "text".into());
+        let ty = source_type(tp, &key).unwrap_or("text").to_string();
         parent_key.push((child_col, key, ty));
     }
     if parent_key.len() != tp.source_key.len() {
@@ -405,11 +396,7 @@ pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMa
             // A key-mapped column whose original key no NEW column carries: the original
             // comes back through the key map.
             if let Some(Expr::Lookup { map, from, .. }) = fed.map(|t| &t.expr) {
-                let carried = o
-                    .columns
-                    .iter()
-                    .any(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from));
-                if !carried {
+                if carrier(o, from).is_none() {
                     lookups.insert(
                         from.clone(),
                         LookupSpec {
@@ -438,12 +425,7 @@ pub fn mappings(plan: &Plan, target: &HashMap<String, TableInfo>) -> Vec<TableMa
         let carriers: Vec<String> = tp
             .source_key
             .iter()
-            .filter_map(|k| {
-                o.columns
-                    .iter()
-                    .find(|c| matches!(&c.expr, Expr::Column { name, .. } if name == k))
-                    .map(|c| c.name.clone())
-            })
+            .filter_map(|k| carrier(o, k).map(|c| c.name.clone()))
             .collect();
         let key = (carriers.len() == tp.source_key.len() && carriers != info.primary_key)
             .then_some(carriers);
@@ -490,11 +472,7 @@ pub fn registrations(plan: &Plan) -> Vec<Registration> {
                 let Expr::Lookup { map, from, .. } = &c.expr else {
                     continue;
                 };
-                if let Some(carrier) = o
-                    .columns
-                    .iter()
-                    .find(|x| matches!(&x.expr, Expr::Column { name, .. } if name == from))
-                {
+                if let Some(carrier) = carrier(o, from) {
                     out.push(Registration {
                         table: o.target(),
                         map: map.clone(),
