@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::compare::converge_with;
-use crate::support::daemon::{config, drop_slot, free_listen};
+use crate::support::daemon::{drop_slot, load_config};
 use crate::support::{fresh_db, pair};
 use remodel::control::Control;
 use remodel::metrics::Metrics;
@@ -43,18 +43,10 @@ async fn registered_rust_transform_fills_columns_and_filters_rows() {
         .batch_execute("CREATE TABLE people (id int PRIMARY KEY, first_name text, last_name text, initials text)")
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        config(
-            &db,
-            &free_listen(),
-            "[[tables]]\nsource = \"public.people\"\ntransform = \"initials\"\n",
-        ),
-    )
-    .unwrap();
-    let mut cfg = remodel::Config::load(&path).unwrap();
+    let mut cfg = load_config(
+        &db,
+        "[[tables]]\nsource = \"public.people\"\ntransform = \"initials\"\n",
+    );
     // Not registered: the compile error says so.
     let control = Control::new();
     let err = remodel::pipeline::run(cfg.clone(), control, Metrics::new())

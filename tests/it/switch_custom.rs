@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::compare::converge_with;
-use crate::support::daemon::{config, free_listen};
+use crate::support::daemon::load_config;
 use crate::support::{fresh_db, pair, TestDb};
 use remodel::control::Control;
 use remodel::metrics::Metrics;
@@ -97,19 +97,11 @@ async fn a_transform_with_an_inverse_runs_backwards_and_one_without_is_refused()
         .batch_execute("CREATE TABLE people (id int PRIMARY KEY, full_name text)")
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(
-        &path,
-        config(
-            &db,
-            &free_listen(),
-            "[[tables]]\nsource = \"public.people\"\ntransform = \"full_name\"\n\
+    let plain = load_config(
+        &db,
+        "[[tables]]\nsource = \"public.people\"\ntransform = \"full_name\"\n\
              [tables.columns]\nfirst_name = \"drop\"\nlast_name = \"drop\"\n",
-        ),
-    )
-    .unwrap();
-    let plain = remodel::Config::load(&path).unwrap();
+    );
 
     // Without an inverse: the gate names the transform.
     let mut cfg = plain.clone();

@@ -72,6 +72,15 @@ pub fn example_env(db: &TestDb, listen: &str, extra: &[(&str, &str)]) -> Vec<(St
     .collect()
 }
 
+/// [`config`] (on a free metrics port) loaded as a [`remodel::Config`], for running the
+/// pipeline in this process (e.g. with Rust transforms registered on it).
+pub fn load_config(db: &TestDb, extra: &str) -> remodel::Config {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config(db, &free_listen(), extra)).expect("write config");
+    remodel::Config::load(&path).expect("load config")
+}
+
 pub fn config(db: &TestDb, listen: &str, extra: &str) -> String {
     config_with(db, listen, "", extra)
 }
